@@ -1,0 +1,143 @@
+"""The client end of a session: one gRPC stream, calls batched while a send is under way.
+
+Calls that want no reply are queued and leave at once when nothing is being sent; while
+a frame is on its way, later calls wait in the queue and leave together in the next
+frame. Calls that want a reply are queued the same way and the caller then reads the
+reply stream, so replies come back in call order.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from fikit_wire import calls as wire
+from fikit_wire import session_pb2, session_pb2_grpc
+
+log = logging.getLogger("fikit.client")
+
+_CLOSE = object()
+
+
+class ConnectionLost(Exception):
+    """The server cannot be reached, refused the session, or went away."""
+
+
+class Connection:
+    """One session with a gpu-server."""
+
+    def __init__(
+        self, target: str, *, priority: int, client_name: str, timeout: float = 5.0
+    ) -> None:
+        self.target = target
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", wire.MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),
+            ],
+        )
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            self._channel.close()
+            raise ConnectionLost(
+                f"no GPU server answers at {target} within {timeout:g} s"
+            ) from None
+        self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._replies: deque[list[Any]] = deque()
+        self._lock = threading.Lock()
+        self._lost: str | None = None
+        hello = session_pb2.Hello(
+            protocol_version=wire.PROTOCOL_VERSION, client_name=client_name, priority=priority
+        )
+        self._stream = session_pb2_grpc.GpuSessionStub(self._channel).Open(self._frames(hello))
+        try:
+            first = next(self._stream)
+        except grpc.RpcError as err:
+            self.close()
+            raise ConnectionLost(
+                f"GPU server at {target} refused the session: {err.details()}"
+            ) from None
+        welcome = first.welcome
+        if welcome.protocol_version != wire.PROTOCOL_VERSION:
+            self.close()
+            raise ConnectionLost(
+                f"GPU server at {target} speaks protocol {welcome.protocol_version}, "
+                f"this client speaks {wire.PROTOCOL_VERSION}"
+            )
+        self.backend = welcome.backend
+        self.session_id = welcome.session_id
+
+    def _frames(self, hello: session_pb2.Hello) -> Iterator[session_pb2.ClientFrame]:
+        """Request stream: the Hello, then whatever has queued up while the last frame left."""
+        yield session_pb2.ClientFrame(hello=hello)
+        while True:
+            call = self._outbox.get()
+            if call is _CLOSE:
+                return
+            batch, size = [call], _payload_size(call)
+            while size < wire.FRAME_SOFT_LIMIT_BYTES:
+                try:
+                    call = self._outbox.get_nowait()
+                except queue.Empty:
+                    break
+                if call is _CLOSE:
+                    yield session_pb2.ClientFrame(calls=wire.pack(batch))
+                    return
+                batch.append(call)
+                size += _payload_size(call)
+            yield session_pb2.ClientFrame(calls=wire.pack(batch))
+
+    @property
+    def lost(self) -> str | None:
+        """Why the session ended, or None while it is alive."""
+        return self._lost
+
+    def post(self, name: str, *args: Any) -> None:
+        """Send a call that wants no reply."""
+        if self._lost is None:
+            self._outbox.put([name, False, *args])
+
+    def request(self, name: str, *args: Any) -> list[Any]:
+        """Send a call and wait for its reply ``[status, *values]``."""
+        return self.request_many([[name, True, *args]])[0]
+
+    def request_many(self, calls: list[list[Any]]) -> list[list[Any]]:
+        """Send calls (``[name, wants_reply, *args]``) together; return the replies wanted."""
+        with self._lock:
+            if self._lost is not None:
+                raise ConnectionLost(self._lost)
+            for call in calls:
+                self._outbox.put(call)
+            wanted = sum(1 for call in calls if call[1])
+            return [self._next_reply() for _ in range(wanted)]
+
+    def _next_reply(self) -> list[Any]:
+        while not self._replies:
+            try:
+                frame = next(self._stream)
+            except (grpc.RpcError, StopIteration) as err:
+                detail = err.details() if isinstance(err, grpc.RpcError) else "stream ended"
+                self._lost = f"lost the GPU server at {self.target}: {detail}"
+                log.error("fikit: %s", self._lost)
+                raise ConnectionLost(self._lost) from None
+            self._replies.extend(wire.unpack(frame.replies))
+        return self._replies.popleft()
+
+    def close(self) -> None:
+        """End the session; the server frees everything it held."""
+        if self._lost is None:
+            self._lost = "session closed"
+        self._outbox.put(_CLOSE)
+        self._channel.close()
+
+
+def _payload_size(call: list[Any]) -> int:
+    return sum(len(a) for a in call if isinstance(a, (bytes, bytearray, memoryview)))

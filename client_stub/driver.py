@@ -1,0 +1,829 @@
+"""The remote implementations of ``cuda.bindings.driver`` functions.
+
+Each function has the real one's name, parameters and return tuple ``(CUresult, ...)``
+with the real types. Calls whose only result is a status (launches, async host-to-device
+copies, memsets, event records, stream waits) are posted without waiting; their errors
+come back from the next synchronizing call. ``activation.build_stub`` turns these into a
+module that also carries every type, enum and constant of the real one.
+
+The current context is per thread, as in CUDA, and lives on the client: calls that act
+in the current context send its handle along.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import functools
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from cuda.bindings.driver import (
+    CUcontext,
+    CUdevice,
+    CUdeviceptr,
+    CUevent,
+    CUfunction,
+    CUjit_option,
+    CUkernel,
+    CUlibrary,
+    CUmodule,
+    CUresult,
+    CUstream,
+    CUuuid,
+)
+
+from client_stub.connection import Connection, ConnectionLost
+from client_stub.host_memory import (
+    HostBufferError,
+    PinnedHostMemory,
+    check_host,
+    read_host,
+    write_host,
+)
+from client_stub.kernel_args import ParamCountMismatch, pack_kernel_params
+from fikit_wire.calls import COPY_CHUNK_BYTES
+
+log = logging.getLogger("fikit.client")
+
+#: Priorities run from 0 (lowest) to 9 (highest); a client that sets none gets 0.
+DEFAULT_PRIORITY = 0
+#: cuMemHostAlloc flag asking for memory the GPU can map: impossible across machines.
+_MEMHOSTALLOC_DEVICEMAP = 0x02
+#: JIT options whose values are host buffers the remote driver cannot fill.
+_HOST_BUFFER_JIT_OPTIONS = frozenset(
+    int(o)
+    for o in (
+        CUjit_option.CU_JIT_INFO_LOG_BUFFER,
+        CUjit_option.CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES,
+        CUjit_option.CU_JIT_ERROR_LOG_BUFFER,
+        CUjit_option.CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
+    )
+)
+
+
+class DriverFailure(Exception):
+    """Ends a stub function early with a CUresult."""
+
+    def __init__(self, code: int | CUresult) -> None:
+        super().__init__(code)
+        self.code = int(code)
+
+
+class _ThreadState(threading.local):
+    def __init__(self) -> None:
+        self.contexts: list[int] = []
+
+
+class RemoteDriver:
+    """Process-wide client state: the session, per-thread contexts and answer caches."""
+
+    def __init__(self) -> None:
+        self.server: str | None = None
+        self.priority: int | None = None
+        self.connection: Connection | None = None
+        self.lock = threading.Lock()
+        self.thread = _ThreadState()
+        self.context_devices: dict[int, int] = {}
+        self.layouts: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        self.answers: dict[tuple[Any, ...], list[Any]] = {}
+        self.pinned = PinnedHostMemory()
+        self.uuids: dict[int, tuple[CUuuid, ctypes.Array[ctypes.c_char]]] = {}
+
+    def configure(self, server: str | None, priority: int | None) -> None:
+        """Choose the server and priority before the first cuInit (else the environment)."""
+        self.server, self.priority = server, priority
+
+    def connect(self) -> Connection:
+        """The session, opened on first use; failures are logged and raise DriverFailure."""
+        with self.lock:
+            if self.connection is not None:
+                return self.connection
+            target = self.server or os.environ.get("FIKIT_SERVER")
+            if not target:
+                log.error("fikit: FIKIT_SERVER is not set: no GPU server to connect to")
+                raise DriverFailure(CUresult.CUDA_ERROR_NO_DEVICE)
+            priority = self.priority
+            if priority is None:
+                priority = int(os.environ.get("FIKIT_PRIORITY", DEFAULT_PRIORITY))
+            try:
+                self.connection = Connection(
+                    target,
+                    priority=priority,
+                    client_name=" ".join(sys.argv)[:200] or "python",
+                    timeout=float(os.environ.get("FIKIT_CONNECT_TIMEOUT", "5")),
+                )
+            except ConnectionLost as err:
+                log.error("fikit: %s", err)
+                raise DriverFailure(CUresult.CUDA_ERROR_NO_DEVICE) from None
+            atexit.register(self.connection.close)
+            return self.connection
+
+    def close(self) -> None:
+        """End the session: the server frees all it held; cuInit opens a new one."""
+        with self.lock:
+            if self.connection is not None:
+                self.connection.close()
+            self.connection = None
+            self.thread = _ThreadState()
+            self.context_devices.clear()
+            self.layouts.clear()
+            self.answers.clear()
+            self.uuids.clear()
+
+    def session(self) -> Connection:
+        """The open session, or CUDA_ERROR_NOT_INITIALIZED before cuInit."""
+        if self.connection is None:
+            raise DriverFailure(CUresult.CUDA_ERROR_NOT_INITIALIZED)
+        return self.connection
+
+    def request(self, name: str, *args: Any) -> list[Any]:
+        """Round trip; returns the reply values or raises DriverFailure with its status."""
+        status, *values = self.session().request(name, *args)
+        if status:
+            raise DriverFailure(status)
+        return values
+
+    def constant(self, name: str, *args: Any) -> list[Any]:
+        """A request whose answer cannot change during the session, answered once."""
+        key = (name, *args)
+        values = self.answers.get(key)
+        if values is None:
+            values = self.request(name, *args)
+            self.answers[key] = values
+        return values
+
+    def post(self, name: str, *args: Any) -> None:
+        """Send without waiting; a lost session fails the next synchronizing call."""
+        self.session().post(name, *args)
+
+    @property
+    def current(self) -> int:
+        """Handle of this thread's current context, 0 when there is none."""
+        stack = self.thread.contexts
+        return stack[-1] if stack else 0
+
+    def known_context(self, ctx: Any) -> int:
+        handle = _handle(ctx)
+        if handle not in self.context_devices:
+            raise DriverFailure(CUresult.CUDA_ERROR_INVALID_CONTEXT)
+        return handle
+
+    def remember_function(self, reply: list[Any]) -> int:
+        handle, offsets, sizes = reply
+        self.layouts[handle] = (tuple(offsets), tuple(sizes))
+        return handle
+
+
+REMOTE = RemoteDriver()
+
+#: name -> implementation, filled by ``_driver_function``.
+IMPLEMENTATIONS: dict[str, Callable[..., tuple[Any, ...]]] = {}
+
+
+def _driver_function(outputs: int) -> Callable[[Callable[..., tuple[Any, ...]]], Any]:
+    """Register a stub: it returns its output values, or raises DriverFailure."""
+
+    def register(fn: Callable[..., tuple[Any, ...]]) -> Callable[..., tuple[Any, ...]]:
+        failed = (None,) * outputs
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> tuple[Any, ...]:
+            try:
+                values = fn(*args, **kwargs)
+            except DriverFailure as failure:
+                return (CUresult(failure.code), *failed)
+            except ConnectionLost:
+                return (CUresult.CUDA_ERROR_DEVICE_UNAVAILABLE, *failed)
+            return (CUresult.CUDA_SUCCESS, *values)
+
+        IMPLEMENTATIONS[fn.__name__] = call
+        return call
+
+    return register
+
+
+def _handle(obj: Any) -> int:
+    """The int value of a handle given as a binding object, an int or None."""
+    return 0 if obj is None else int(obj)
+
+
+def _name(name: Any) -> str:
+    return name.decode() if isinstance(name, (bytes, bytearray)) else str(name)
+
+
+def _image(image: Any) -> bytes:
+    """Module image bytes from a buffer, or a NUL-terminated image at an int address."""
+    if isinstance(image, int):
+        return ctypes.string_at(image)
+    try:
+        return bytes(memoryview(image).cast("B"))
+    except TypeError:
+        raise DriverFailure(CUresult.CUDA_ERROR_INVALID_VALUE) from None
+
+
+def _jit_options(count: int, options: Any, values: Any) -> dict[int, int]:
+    options, values = list(options or ())[:count], list(values or ())[:count]
+    if len(options) != len(values):
+        raise DriverFailure(CUresult.CUDA_ERROR_INVALID_VALUE)
+    chosen = {}
+    for option, value in zip(options, values):
+        if int(option) in _HOST_BUFFER_JIT_OPTIONS:
+            continue
+        if not isinstance(value, int):
+            raise DriverFailure(CUresult.CUDA_ERROR_NOT_SUPPORTED)
+        chosen[int(option)] = int(value)
+    return chosen
+
+
+# -- initialization, version, devices ------------------------------------------------------
+@_driver_function(0)
+def cuInit(Flags: int) -> tuple[()]:
+    REMOTE.connect()
+    REMOTE.request("cuInit", int(Flags))
+    return ()
+
+
+@_driver_function(1)
+def cuDriverGetVersion() -> tuple[int]:
+    REMOTE.connect()
+    return tuple(REMOTE.constant("cuDriverGetVersion"))
+
+
+@_driver_function(1)
+def cuDeviceGetCount() -> tuple[int]:
+    return tuple(REMOTE.constant("cuDeviceGetCount"))
+
+
+@_driver_function(1)
+def cuDeviceGet(ordinal: int) -> tuple[CUdevice]:
+    return (CUdevice(REMOTE.constant("cuDeviceGet", int(ordinal))[0]),)
+
+
+@_driver_function(1)
+def cuDeviceGetName(length: int, dev: Any) -> tuple[bytes]:
+    if length <= 0:
+        raise DriverFailure(CUresult.CUDA_ERROR_INVALID_VALUE)
+    (name,) = REMOTE.constant("cuDeviceGetName", _handle(dev))
+    text = name.encode()[: length - 1] + b"\0"
+    return (text + b" " * (length - len(text)),)
+
+
+@_driver_function(1)
+def cuDeviceGetAttribute(attrib: Any, dev: Any) -> tuple[int]:
+    return tuple(REMOTE.constant("cuDeviceGetAttribute", int(attrib), _handle(dev)))
+
+
+@_driver_function(1)
+def cuDeviceTotalMem(dev: Any) -> tuple[int]:
+    return tuple(REMOTE.constant("cuDeviceTotalMem", _handle(dev)))
+
+
+@_driver_function(1)
+def cuDeviceGetUuid(dev: Any) -> tuple[CUuuid]:
+    device = _handle(dev)
+    if device not in REMOTE.uuids:
+        (raw,) = REMOTE.constant("cuDeviceGetUuid", device)
+        storage = ctypes.create_string_buffer(bytes(raw), 16)
+        REMOTE.uuids[device] = (CUuuid(ctypes.addressof(storage)), storage)
+    return (REMOTE.uuids[device][0],)
+
+
+# -- contexts ------------------------------------------------------------------------------
+@_driver_function(1)
+def cuDevicePrimaryCtxRetain(dev: Any) -> tuple[CUcontext]:
+    device = _handle(dev)
+    (handle,) = REMOTE.request("cuDevicePrimaryCtxRetain", device)
+    REMOTE.context_devices[handle] = device
+    return (CUcontext(handle),)
+
+
+@_driver_function(0)
+def cuDevicePrimaryCtxRelease(dev: Any) -> tuple[()]:
+    REMOTE.request("cuDevicePrimaryCtxRelease", _handle(dev))
+    return ()
+
+
+@_driver_function(2)
+def cuDevicePrimaryCtxGetState(dev: Any) -> tuple[int, int]:
+    flags, active = REMOTE.request("cuDevicePrimaryCtxGetState", _handle(dev))
+    return (flags, active)
+
+
+@_driver_function(0)
+def cuDevicePrimaryCtxReset(dev: Any) -> tuple[()]:
+    REMOTE.request("cuDevicePrimaryCtxReset", _handle(dev))
+    return ()
+
+
+@_driver_function(1)
+def cuCtxCreate(ctxCreateParams: Any, flags: int, dev: Any) -> tuple[CUcontext]:
+    if ctxCreateParams is not None:
+        raise DriverFailure(CUresult.CUDA_ERROR_NOT_SUPPORTED)
+    device = _handle(dev)
+    (handle,) = REMOTE.request("cuCtxCreate", int(flags), device)
+    REMOTE.context_devices[handle] = device
+    REMOTE.thread.contexts.append(handle)
+    return (CUcontext(handle),)
+
+
+@_driver_function(0)
+def cuCtxDestroy(ctx: Any) -> tuple[()]:
+    handle = _handle(ctx)
+    REMOTE.request("cuCtxDestroy", handle)
+    REMOTE.context_devices.pop(handle, None)
+    stack = REMOTE.thread.contexts
+    if stack and stack[-1] == handle:
+        stack.pop()
+    return ()
+
+
+@_driver_function(0)
+def cuCtxSetCurrent(ctx: Any) -> tuple[()]:
+    REMOTE.session()
+    stack = REMOTE.thread.contexts
+    if _handle(ctx) == 0:
+        if stack:
+            stack.pop()
+        return ()
+    handle = REMOTE.known_context(ctx)
+    if stack:
+        stack[-1] = handle
+    else:
+        stack.append(handle)
+    return ()
+
+
+@_driver_function(1)
+def cuCtxGetCurrent() -> tuple[CUcontext]:
+    REMOTE.session()
+    return (CUcontext(REMOTE.current),)
+
+
+@_driver_function(0)
+def cuCtxPushCurrent(ctx: Any) -> tuple[()]:
+    REMOTE.session()
+    REMOTE.thread.contexts.append(REMOTE.known_context(ctx))
+    return ()
+
+
+@_driver_function(1)
+def cuCtxPopCurrent() -> tuple[CUcontext]:
+    REMOTE.session()
+    if not REMOTE.thread.contexts:
+        raise DriverFailure(CUresult.CUDA_ERROR_INVALID_CONTEXT)
+    return (CUcontext(REMOTE.thread.contexts.pop()),)
+
+
+@_driver_function(1)
+def cuCtxGetDevice() -> tuple[CUdevice]:
+    REMOTE.session()
+    device = REMOTE.context_devices.get(REMOTE.current)
+    if device is None:
+        raise DriverFailure(CUresult.CUDA_ERROR_INVALID_CONTEXT)
+    return (CUdevice(device),)
+
+
+@_driver_function(0)
+def cuCtxSynchronize() -> tuple[()]:
+    REMOTE.request("cuCtxSynchronize", REMOTE.current)
+    return ()
+
+
+@_driver_function(2)
+def cuCtxGetStreamPriorityRange() -> tuple[int, int]:
+    least, greatest = REMOTE.request("cuCtxGetStreamPriorityRange", REMOTE.current)
+    return (least, greatest)
+
+
+# -- memory --------------------------------------------------------------------------------
+@_driver_function(1)
+def cuMemAlloc(bytesize: int) -> tuple[CUdeviceptr]:
+    return (CUdeviceptr(REMOTE.request("cuMemAlloc", REMOTE.current, int(bytesize))[0]),)
+
+
+@_driver_function(0)
+def cuMemFree(dptr: Any) -> tuple[()]:
+    REMOTE.request("cuMemFree", _handle(dptr))
+    return ()
+
+
+@_driver_function(2)
+def cuMemGetInfo() -> tuple[int, int]:
+    free, total = REMOTE.request("cuMemGetInfo", REMOTE.current)
+    return (free, total)
+
+
+@_driver_function(2)
+def cuMemGetAddressRange(dptr: Any) -> tuple[CUdeviceptr, int]:
+    base, size = REMOTE.request("cuMemGetAddressRange", _handle(dptr))
+    return (CUdeviceptr(base), size)
+
+
+def _copy_to_device(dst: Any, src: Any, size: int, stream: int | None) -> None:
+    """Host-to-device copy in chunks; a synchronous copy waits for the last chunk."""
+    connection = REMOTE.session()
+    try:
+        data = read_host(src, size)
+    except HostBufferError as err:
+        log.debug("fikit: %s", err)
+        raise DriverFailure(CUresult.CUDA_ERROR_INVALID_VALUE) from None
+    ctx, base = REMOTE.current, _handle(dst)
+    chunks = [(o, data[o : o + COPY_CHUNK_BYTES]) for o in range(0, size, COPY_CHUNK_BYTES)]
+    if stream is not None:
+        for offset, chunk in chunks:
+            connection.post("cuMemcpyHtoD", ctx, base, offset, chunk, size, stream)
+        return
+    last = len(chunks) - 1
+    calls = [
+        ["cuMemcpyHtoD", i == last, ctx, base, offset, chunk, size, None]
+        for i, (offset, chunk) in enumerate(chunks)
+    ]
+    for status, *_ in connection.request_many(calls):
+        if status:
+            raise DriverFailure(status)
+
+
+def _copy_to_host(dst: Any, src: Any, size: int, stream: int | None) -> None:
+    """Device-to-host copy in pipelined chunks, written into ``dst`` as they arrive."""
+    connection = REMOTE.session()
+    try:
+        check_host(dst, size)
+    except HostBufferError as err:
+        log.debug("fikit: %s", err)
+        raise DriverFailure(CUresult.CUDA_ERROR_INVALID_VALUE) from None
+    if size == 0:
+        return
+    ctx, base = REMOTE.current, _handle(src)
+    offsets = range(0, size, COPY_CHUNK_BYTES)
+    calls = [
+        ["cuMemcpyDtoH", True, ctx, base, o, min(COPY_CHUNK_BYTES, size - o), size, stream]
+        for o in offsets
+    ]
+    replies = connection.request_many(calls)
+    for offset, (status, *values) in zip(offsets, replies):
+        if status:
+            raise DriverFailure(status)
+        write_host(dst, offset, values[0])
+
+
+@_driver_function(0)
+def cuMemcpyHtoD(dstDevice: Any, srcHost: Any, ByteCount: int) -> tuple[()]:
+    _copy_to_device(dstDevice, srcHost, int(ByteCount), None)
+    return ()
+
+
+@_driver_function(0)
+def cuMemcpyHtoDAsync(dstDevice: Any, srcHost: Any, ByteCount: int, hStream: Any) -> tuple[()]:
+    _copy_to_device(dstDevice, srcHost, int(ByteCount), _handle(hStream))
+    return ()
+
+
+@_driver_function(0)
+def cuMemcpyDtoH(dstHost: Any, srcDevice: Any, ByteCount: int) -> tuple[()]:
+    _copy_to_host(dstHost, srcDevice, int(ByteCount), None)
+    return ()
+
+
+@_driver_function(0)
+def cuMemcpyDtoHAsync(dstHost: Any, srcDevice: Any, ByteCount: int, hStream: Any) -> tuple[()]:
+    _copy_to_host(dstHost, srcDevice, int(ByteCount), _handle(hStream))
+    return ()
+
+
+@_driver_function(0)
+def cuMemcpyDtoD(dstDevice: Any, srcDevice: Any, ByteCount: int) -> tuple[()]:
+    args = (REMOTE.current, _handle(dstDevice), _handle(srcDevice), int(ByteCount), None)
+    REMOTE.request("cuMemcpyDtoD", *args)
+    return ()
+
+
+@_driver_function(0)
+def cuMemcpyDtoDAsync(dstDevice: Any, srcDevice: Any, ByteCount: int, hStream: Any) -> tuple[()]:
+    stream = _handle(hStream)
+    REMOTE.post(
+        "cuMemcpyDtoD", REMOTE.current, _handle(dstDevice), _handle(srcDevice), ByteCount, stream
+    )
+    return ()
+
+
+def _memset(dst: Any, value: int, width: int, count: int, stream: int | None) -> tuple[()]:
+    REMOTE.post("cuMemset", REMOTE.current, _handle(dst), int(value), width, int(count), stream)
+    return ()
+
+
+@_driver_function(0)
+def cuMemsetD8(dstDevice: Any, uc: int, N: int) -> tuple[()]:
+    return _memset(dstDevice, uc, 1, N, None)
+
+
+@_driver_function(0)
+def cuMemsetD16(dstDevice: Any, us: int, N: int) -> tuple[()]:
+    return _memset(dstDevice, us, 2, N, None)
+
+
+@_driver_function(0)
+def cuMemsetD32(dstDevice: Any, ui: int, N: int) -> tuple[()]:
+    return _memset(dstDevice, ui, 4, N, None)
+
+
+@_driver_function(0)
+def cuMemsetD8Async(dstDevice: Any, uc: int, N: int, hStream: Any) -> tuple[()]:
+    return _memset(dstDevice, uc, 1, N, _handle(hStream))
+
+
+@_driver_function(0)
+def cuMemsetD16Async(dstDevice: Any, us: int, N: int, hStream: Any) -> tuple[()]:
+    return _memset(dstDevice, us, 2, N, _handle(hStream))
+
+
+@_driver_function(0)
+def cuMemsetD32Async(dstDevice: Any, ui: int, N: int, hStream: Any) -> tuple[()]:
+    return _memset(dstDevice, ui, 4, N, _handle(hStream))
+
+
+def _allocate_host(bytesize: int, flags: int) -> tuple[int]:
+    REMOTE.session()
+    if flags & _MEMHOSTALLOC_DEVICEMAP:
+        raise DriverFailure(CUresult.CUDA_ERROR_NOT_SUPPORTED)
+    if bytesize <= 0:
+        raise DriverFailure(CUresult.CUDA_ERROR_INVALID_VALUE)
+    return (REMOTE.pinned.allocate(int(bytesize)),)
+
+
+@_driver_function(1)
+def cuMemAllocHost(bytesize: int) -> tuple[int]:
+    return _allocate_host(bytesize, 0)
+
+
+@_driver_function(1)
+def cuMemHostAlloc(bytesize: int, Flags: int) -> tuple[int]:
+    return _allocate_host(bytesize, int(Flags))
+
+
+@_driver_function(0)
+def cuMemFreeHost(p: Any) -> tuple[()]:
+    REMOTE.session()
+    if not REMOTE.pinned.free(_handle(p)):
+        raise DriverFailure(CUresult.CUDA_ERROR_INVALID_VALUE)
+    return ()
+
+
+# -- modules, libraries, functions ---------------------------------------------------------
+@_driver_function(1)
+def cuModuleLoadData(image: Any) -> tuple[CUmodule]:
+    return (CUmodule(REMOTE.request("cuModuleLoadData", REMOTE.current, _image(image), {})[0]),)
+
+
+@_driver_function(1)
+def cuModuleLoadDataEx(
+    image: Any, numOptions: int, options: Any, optionValues: Any
+) -> tuple[CUmodule]:
+    jit = _jit_options(numOptions, options, optionValues)
+    return (CUmodule(REMOTE.request("cuModuleLoadData", REMOTE.current, _image(image), jit)[0]),)
+
+
+@_driver_function(0)
+def cuModuleUnload(hmod: Any) -> tuple[()]:
+    REMOTE.request("cuModuleUnload", _handle(hmod))
+    return ()
+
+
+@_driver_function(1)
+def cuModuleGetFunction(hmod: Any, name: Any) -> tuple[CUfunction]:
+    reply = REMOTE.request("cuModuleGetFunction", _handle(hmod), _name(name))
+    return (CUfunction(REMOTE.remember_function(reply)),)
+
+
+@_driver_function(2)
+def cuModuleGetGlobal(hmod: Any, name: Any) -> tuple[CUdeviceptr, int]:
+    ptr, size = REMOTE.request("cuModuleGetGlobal", _handle(hmod), _name(name))
+    return (CUdeviceptr(ptr), size)
+
+
+@_driver_function(1)
+def cuLibraryLoadData(
+    code: Any,
+    jitOptions: Any,
+    jitOptionsValues: Any,
+    numJitOptions: int,
+    libraryOptions: Any,
+    libraryOptionValues: Any,
+    numLibraryOptions: int,
+) -> tuple[CUlibrary]:
+    if numLibraryOptions:
+        raise DriverFailure(CUresult.CUDA_ERROR_NOT_SUPPORTED)
+    jit = _jit_options(numJitOptions, jitOptions, jitOptionsValues)
+    return (CUlibrary(REMOTE.request("cuLibraryLoadData", _image(code), jit)[0]),)
+
+
+@_driver_function(0)
+def cuLibraryUnload(library: Any) -> tuple[()]:
+    REMOTE.request("cuLibraryUnload", _handle(library))
+    return ()
+
+
+@_driver_function(1)
+def cuLibraryGetKernel(library: Any, name: Any) -> tuple[CUkernel]:
+    reply = REMOTE.request("cuLibraryGetKernel", _handle(library), _name(name))
+    return (CUkernel(REMOTE.remember_function(reply)),)
+
+
+@_driver_function(1)
+def cuKernelGetFunction(kernel: Any) -> tuple[CUfunction]:
+    reply = REMOTE.request("cuKernelGetFunction", REMOTE.current, _handle(kernel))
+    return (CUfunction(REMOTE.remember_function(reply)),)
+
+
+@_driver_function(1)
+def cuFuncGetAttribute(attrib: Any, hfunc: Any) -> tuple[int]:
+    return tuple(REMOTE.request("cuFuncGetAttribute", int(attrib), _handle(hfunc), REMOTE.current))
+
+
+@_driver_function(0)
+def cuFuncSetAttribute(hfunc: Any, attrib: Any, value: int) -> tuple[()]:
+    args = (_handle(hfunc), int(attrib), int(value), REMOTE.current)
+    REMOTE.request("cuFuncSetAttribute", *args)
+    return ()
+
+
+@_driver_function(2)
+def cuFuncGetParamInfo(func: Any, paramIndex: int) -> tuple[int, int]:
+    REMOTE.session()
+    layout = REMOTE.layouts.get(_handle(func))
+    if layout is None:
+        raise DriverFailure(CUresult.CUDA_ERROR_INVALID_HANDLE)
+    offsets, sizes = layout
+    if not 0 <= paramIndex < len(offsets):
+        raise DriverFailure(CUresult.CUDA_ERROR_INVALID_VALUE)
+    return (offsets[paramIndex], sizes[paramIndex])
+
+
+@_driver_function(1)
+def cuOccupancyMaxActiveBlocksPerMultiprocessor(
+    func: Any, blockSize: int, dynamicSMemSize: int
+) -> tuple[int]:
+    args = (_handle(func), int(blockSize), int(dynamicSMemSize), REMOTE.current)
+    return tuple(REMOTE.request("cuOccupancyMaxActiveBlocksPerMultiprocessor", *args))
+
+
+def _launch(
+    f: Any,
+    grid: tuple[int, int, int],
+    block: tuple[int, int, int],
+    shared_mem_bytes: int,
+    stream: Any,
+    kernel_params: Any,
+    extra: Any,
+) -> tuple[()]:
+    connection = REMOTE.session()
+    if extra:
+        raise DriverFailure(CUresult.CUDA_ERROR_NOT_SUPPORTED)
+    handle = _handle(f)
+    layout = REMOTE.layouts.get(handle)
+    if layout is None:
+        raise DriverFailure(CUresult.CUDA_ERROR_INVALID_HANDLE)
+    try:
+        params = pack_kernel_params(kernel_params, *layout)
+    except ParamCountMismatch as err:
+        log.debug("fikit: %s", err)
+        raise DriverFailure(CUresult.CUDA_ERROR_INVALID_VALUE) from None
+    connection.post(
+        "cuLaunchKernel",
+        REMOTE.current,
+        handle,
+        grid,
+        block,
+        int(shared_mem_bytes),
+        _handle(stream),
+        params,
+    )
+    return ()
+
+
+@_driver_function(0)
+def cuLaunchKernel(
+    f: Any,
+    gridDimX: int,
+    gridDimY: int,
+    gridDimZ: int,
+    blockDimX: int,
+    blockDimY: int,
+    blockDimZ: int,
+    sharedMemBytes: int,
+    hStream: Any,
+    kernelParams: Any,
+    extra: Any,
+) -> tuple[()]:
+    grid = (int(gridDimX), int(gridDimY), int(gridDimZ))
+    block = (int(blockDimX), int(blockDimY), int(blockDimZ))
+    return _launch(f, grid, block, sharedMemBytes, hStream, kernelParams, extra)
+
+
+@_driver_function(0)
+def cuLaunchKernelEx(config: Any, f: Any, kernelParams: Any, extra: Any) -> tuple[()]:
+    if config is None:
+        raise DriverFailure(CUresult.CUDA_ERROR_INVALID_VALUE)
+    if config.numAttrs:
+        raise DriverFailure(CUresult.CUDA_ERROR_NOT_SUPPORTED)
+    grid = (config.gridDimX, config.gridDimY, config.gridDimZ)
+    block = (config.blockDimX, config.blockDimY, config.blockDimZ)
+    return _launch(f, grid, block, config.sharedMemBytes, config.hStream, kernelParams, extra)
+
+
+# -- streams and events --------------------------------------------------------------------
+@_driver_function(1)
+def cuStreamCreate(Flags: int) -> tuple[CUstream]:
+    return (CUstream(REMOTE.request("cuStreamCreate", REMOTE.current, int(Flags), 0)[0]),)
+
+
+@_driver_function(1)
+def cuStreamCreateWithPriority(flags: int, priority: int) -> tuple[CUstream]:
+    args = (REMOTE.current, int(flags), int(priority))
+    return (CUstream(REMOTE.request("cuStreamCreate", *args)[0]),)
+
+
+@_driver_function(0)
+def cuStreamDestroy(hStream: Any) -> tuple[()]:
+    REMOTE.request("cuStreamDestroy", _handle(hStream))
+    return ()
+
+
+@_driver_function(0)
+def cuStreamSynchronize(hStream: Any) -> tuple[()]:
+    REMOTE.request("cuStreamSynchronize", REMOTE.current, _handle(hStream))
+    return ()
+
+
+@_driver_function(0)
+def cuStreamQuery(hStream: Any) -> tuple[()]:
+    REMOTE.request("cuStreamQuery", REMOTE.current, _handle(hStream))
+    return ()
+
+
+@_driver_function(0)
+def cuStreamWaitEvent(hStream: Any, hEvent: Any, Flags: int) -> tuple[()]:
+    REMOTE.post("cuStreamWaitEvent", REMOTE.current, _handle(hStream), _handle(hEvent), Flags)
+    return ()
+
+
+@_driver_function(1)
+def cuStreamGetPriority(hStream: Any) -> tuple[int]:
+    return tuple(REMOTE.request("cuStreamGetPriority", REMOTE.current, _handle(hStream)))
+
+
+@_driver_function(1)
+def cuEventCreate(Flags: int) -> tuple[CUevent]:
+    return (CUevent(REMOTE.request("cuEventCreate", REMOTE.current, int(Flags))[0]),)
+
+
+@_driver_function(0)
+def cuEventRecord(hEvent: Any, hStream: Any) -> tuple[()]:
+    REMOTE.post("cuEventRecord", REMOTE.current, _handle(hEvent), _handle(hStream))
+    return ()
+
+
+@_driver_function(0)
+def cuEventSynchronize(hEvent: Any) -> tuple[()]:
+    REMOTE.request("cuEventSynchronize", _handle(hEvent))
+    return ()
+
+
+@_driver_function(0)
+def cuEventQuery(hEvent: Any) -> tuple[()]:
+    REMOTE.request("cuEventQuery", _handle(hEvent))
+    return ()
+
+
+@_driver_function(1)
+def cuEventElapsedTime(hStart: Any, hEnd: Any) -> tuple[float]:
+    return tuple(REMOTE.request("cuEventElapsedTime", _handle(hStart), _handle(hEnd)))
+
+
+@_driver_function(0)
+def cuEventDestroy(hEvent: Any) -> tuple[()]:
+    REMOTE.request("cuEventDestroy", _handle(hEvent))
+    return ()
+
+
+# -- errors (answered locally, like the real driver they need no initialization) -----------
+def _known_result(error: Any) -> CUresult:
+    try:
+        return CUresult(int(error))
+    except ValueError:
+        raise DriverFailure(CUresult.CUDA_ERROR_INVALID_VALUE) from None
+
+
+@_driver_function(1)
+def cuGetErrorName(error: Any) -> tuple[bytes]:
+    return (_known_result(error).name.encode(),)
+
+
+@_driver_function(1)
+def cuGetErrorString(error: Any) -> tuple[bytes]:
+    doc = (_known_result(error).__doc__ or "").strip()
+    return (" ".join(doc.split()).encode(),)

@@ -1,0 +1,46 @@
+"""Encoding of driver calls and their replies inside session frames.
+
+A client frame carries a msgpack array of calls. Each call is an array
+``[name, wants_reply, arg0, arg1, ...]`` where ``name`` is the CUDA driver function
+(``"cuMemAlloc"``) and the arguments are plain msgpack values: ints, bytes, strings,
+lists. Handles travel as ints chosen by the server.
+
+The server answers every call with ``wants_reply`` true, in order, with an array
+``[status, value0, value1, ...]`` where ``status`` is a ``CUresult`` code. Calls sent
+without ``wants_reply`` get no answer: their errors are kept by the session and
+returned by the next synchronizing call, as CUDA reports asynchronous errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+
+#: Largest gRPC message either side accepts (module images travel whole).
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+#: Bulk copies are cut into calls carrying at most this many bytes.
+COPY_CHUNK_BYTES = 1024 * 1024
+#: A frame stops growing once its payload passes this size.
+FRAME_SOFT_LIMIT_BYTES = 4 * 1024 * 1024
+
+Call = list[Any]
+Reply = list[Any]
+
+
+def pack(items: list[Any]) -> bytes:
+    """Encode a batch of calls or replies."""
+    return msgpack.packb(items, use_bin_type=True)
+
+
+def unpack(data: bytes) -> list[Any]:
+    """Decode a batch of calls or replies; raises ValueError on malformed input."""
+    try:
+        items = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ValueError(f"malformed frame: {exc}") from exc
+    if not isinstance(items, list):
+        raise ValueError("malformed frame: not an array")
+    return items

@@ -1,0 +1,3 @@
+from gpu_server.cli import main
+
+main()

@@ -1,0 +1,126 @@
+"""The gRPC transport: one bidirectional stream per session."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from fikit_wire import calls as wire
+from fikit_wire import session_pb2, session_pb2_grpc
+from gpu_server.backends.base import Backend
+from gpu_server.executor import SessionRunner
+from gpu_server.session import Session, handle_counter
+from scheduler import LaunchScheduler
+
+log = logging.getLogger(__name__)
+
+SERVER_VERSION = "0.1.0"
+#: Batches a session may have queued before the server stops reading its stream.
+MAX_QUEUED_BATCHES = 64
+
+
+def reply_frames(replies: list[list[Any]]) -> list[session_pb2.ServerFrame]:
+    """Split replies into frames of about FRAME_SOFT_LIMIT_BYTES."""
+    frames, chunk, size = [], [], 0
+    for reply in replies:
+        chunk.append(reply)
+        size += sum(len(v) for v in reply if isinstance(v, (bytes, bytearray, memoryview)))
+        if size >= wire.FRAME_SOFT_LIMIT_BYTES:
+            frames.append(session_pb2.ServerFrame(replies=wire.pack(chunk)))
+            chunk, size = [], 0
+    if chunk:
+        frames.append(session_pb2.ServerFrame(replies=wire.pack(chunk)))
+    return frames
+
+
+class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
+    """Accepts client sessions and runs their calls on the backend."""
+
+    def __init__(self, backend: Backend, scheduler: LaunchScheduler) -> None:
+        self.backend = backend
+        self.scheduler = scheduler
+        self._session_ids = itertools.count(1)
+        self._handle_ids = handle_counter()
+        self.active_sessions: set[int] = set()
+
+    async def Open(
+        self,
+        request_iterator: AsyncIterator[session_pb2.ClientFrame],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[session_pb2.ServerFrame]:
+        """Run one session: a Hello, then call batches until the client goes away."""
+        hello = await self._read_hello(request_iterator, context)
+        session = Session(
+            next(self._session_ids), self.backend, self.scheduler, self._handle_ids, hello.priority
+        )
+        runner = SessionRunner(session)
+        self.active_sessions.add(session.id)
+        log.info("session %d opened by %s (%s)", session.id, context.peer(), hello.client_name)
+        pending: asyncio.Queue[asyncio.Future[list[list[Any]]] | None] = asyncio.Queue(
+            MAX_QUEUED_BATCHES
+        )
+        reader = asyncio.create_task(self._read_batches(request_iterator, runner, pending))
+        try:
+            yield session_pb2.ServerFrame(
+                welcome=session_pb2.Welcome(
+                    protocol_version=wire.PROTOCOL_VERSION,
+                    server_version=SERVER_VERSION,
+                    backend=self.backend.name,
+                    session_id=session.id,
+                )
+            )
+            while (batch := await pending.get()) is not None:
+                for frame in reply_frames(await batch):
+                    yield frame
+            try:
+                await reader
+            except ValueError as err:
+                log.warning("session %d: %s", session.id, err)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        finally:
+            reader.cancel()
+            await runner.close()
+            self.active_sessions.discard(session.id)
+            log.info("session %d closed", session.id)
+
+    @staticmethod
+    async def _read_hello(
+        request_iterator: AsyncIterator[session_pb2.ClientFrame],
+        context: grpc.aio.ServicerContext,
+    ) -> session_pb2.Hello:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("body") != "hello":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first frame must be a Hello")
+        hello = first.hello
+        if hello.protocol_version != wire.PROTOCOL_VERSION:
+            log.warning(
+                "refused client %s: protocol version %d, server speaks %d",
+                context.peer(),
+                hello.protocol_version,
+                wire.PROTOCOL_VERSION,
+            )
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"protocol version mismatch: client speaks {hello.protocol_version}, "
+                f"server speaks {wire.PROTOCOL_VERSION}",
+            )
+        return hello
+
+    @staticmethod
+    async def _read_batches(
+        request_iterator: AsyncIterator[session_pb2.ClientFrame],
+        runner: SessionRunner,
+        pending: asyncio.Queue[asyncio.Future[list[list[Any]]] | None],
+    ) -> None:
+        try:
+            async for frame in request_iterator:
+                if frame.WhichOneof("body") != "calls":
+                    raise ValueError("expected a frame of calls")
+                await pending.put(runner.submit(wire.unpack(frame.calls)))
+        finally:
+            await pending.put(None)

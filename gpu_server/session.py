@@ -1,0 +1,691 @@
+"""Session state: one client's contexts, modules, streams, events and allocations.
+
+A session turns the calls of one client stream into backend operations. Every handle a
+client sends is looked up in this session's own tables, so a handle that belongs to
+another session, was freed, or was made up is refused with the error the driver gives
+for an invalid handle. Device pointers given to copies and memsets must lie inside one of
+the session's own allocations or module globals. Closing a session frees everything it
+still holds.
+
+Calls are dispatched by name through ``HANDLERS``. Each handler takes the call's wire
+arguments and returns the reply values (see ``fikit_wire.calls``). Calls sent without
+asking for a reply keep their first error, which the next synchronizing call returns.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from cuda.bindings.driver import CUresult
+
+from gpu_server.backends.base import Backend, LaunchConfig, ParamLayout
+from gpu_server.errors import CudaError, invalid_handle, invalid_value
+from scheduler import Launch, LaunchScheduler
+
+log = logging.getLogger(__name__)
+
+#: Stream values with a meaning of their own: NULL, CU_STREAM_LEGACY, CU_STREAM_PER_THREAD.
+SPECIAL_STREAMS = (0, 1, 2)
+_UINT64_MAX = (1 << 64) - 1
+
+Handler = Callable[..., tuple[Any, ...]]
+#: name -> (handler, synchronizing); synchronizing calls report deferred errors.
+HANDLERS: dict[str, tuple[Handler, bool]] = {}
+
+
+def handler(name: str, *, synchronizing: bool = False) -> Callable[[Handler], Handler]:
+    """Register a session method as the handler of the driver call ``name``."""
+
+    def register(fn: Handler) -> Handler:
+        HANDLERS[name] = (fn, synchronizing)
+        return fn
+
+    return register
+
+
+@dataclass
+class ContextEntry:
+    """A context the session may use: its own, or its view of a primary context."""
+
+    backend_ctx: Any
+    device: int
+    primary: bool
+    retain_count: int = 1
+
+    @property
+    def alive(self) -> bool:
+        return self.retain_count > 0
+
+
+@dataclass
+class Owned:
+    """A backend object owned by the session, with the context it lives in (or None)."""
+
+    obj: Any
+    ctx: int | None
+
+
+@dataclass
+class FunctionEntry:
+    """A kernel handle: the backend function, its name and its parameter layout."""
+
+    obj: Any
+    ctx: int | None
+    name: str
+    layout: ParamLayout
+    #: The module or library handle the function came from.
+    parent: int
+    #: For library kernels: the function made for each context it was launched in.
+    per_context: dict[int, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DeviceRegion:
+    """Device memory the session may touch: an allocation or a module global."""
+
+    base: int
+    size: int
+    ctx: int
+    freeable: bool
+    module: int | None = None
+
+
+class Session:
+    """One client's view of the GPU, executing its calls in order."""
+
+    def __init__(
+        self,
+        session_id: int,
+        backend: Backend,
+        scheduler: LaunchScheduler,
+        handle_ids: Iterator[int],
+        priority: int,
+    ) -> None:
+        self.id = session_id
+        self.backend = backend
+        self.scheduler = scheduler
+        self._ids = handle_ids
+        self.deferred_error = 0
+        self.contexts: dict[int, ContextEntry] = {}
+        self.primary_handles: dict[int, int] = {}
+        self.modules: dict[int, Owned] = {}
+        self.libraries: dict[int, Owned] = {}
+        self.functions: dict[int, FunctionEntry] = {}
+        self.streams: dict[int, Owned] = {}
+        self.events: dict[int, Owned] = {}
+        self.regions: dict[int, DeviceRegion] = {}
+        self._region_bases: list[int] = []
+        scheduler.add_task(session_id, priority)
+
+    # -- execution -----------------------------------------------------------------------
+    def execute(self, call: Any) -> list[Any] | None:
+        """Run one wire call; return its reply, or None when it asked for none."""
+        wants_reply = False
+        synchronizing = False
+        try:
+            if not isinstance(call, list) or len(call) < 2 or not isinstance(call[0], str):
+                raise invalid_value("malformed call")
+            name, wants_reply, args = call[0], bool(call[1]), call[2:]
+            entry = HANDLERS.get(name)
+            if entry is None:
+                raise CudaError(CUresult.CUDA_ERROR_NOT_SUPPORTED, f"unknown call {name!r}")
+            fn, synchronizing = entry
+            values = fn(self, *args)
+            status = 0
+        except CudaError as err:
+            status, values = err.code, ()
+            log.debug("session %d: %s", self.id, err)
+        except (TypeError, ValueError, OverflowError, KeyError, IndexError) as err:
+            status, values = int(CUresult.CUDA_ERROR_INVALID_VALUE), ()
+            log.info("session %d: bad arguments in %.60r: %s", self.id, call, err)
+        if not wants_reply:
+            if status and not self.deferred_error:
+                self.deferred_error = status
+            return None
+        if synchronizing and self.deferred_error:
+            status, values, self.deferred_error = self.deferred_error, (), 0
+        return [status, *values]
+
+    def close(self) -> None:
+        """Free everything the session still holds; errors are logged, never raised."""
+        for handle in list(self.contexts):
+            self._release_context(handle, destroy=True)
+        for handle, lib in list(self.libraries.items()):
+            self._quietly(self.backend.library_unload, lib.obj)
+            del self.libraries[handle]
+        self.scheduler.remove_task(self.id)
+
+    # -- lookups -------------------------------------------------------------------------
+    def _new_handle(self) -> int:
+        return next(self._ids)
+
+    def context(self, handle: int) -> ContextEntry:
+        """The live context ``handle`` or CUDA_ERROR_INVALID_CONTEXT."""
+        entry = self.contexts.get(handle)
+        if entry is None or not entry.alive:
+            raise CudaError(CUresult.CUDA_ERROR_INVALID_CONTEXT, f"context {handle:#x}")
+        return entry
+
+    def _stream(self, handle: int, ctx: int) -> tuple[Any, ContextEntry]:
+        """(backend stream, its context) for a stream handle or a special stream value."""
+        if handle in SPECIAL_STREAMS:
+            return handle, self.context(ctx)
+        owned = self.streams.get(handle)
+        if owned is None:
+            raise invalid_handle(f"stream {handle:#x}")
+        return owned.obj, self.context(owned.ctx)
+
+    def _optional_stream(self, handle: int | None, ctx: int) -> tuple[Any, ContextEntry]:
+        if handle is None:
+            return None, self.context(ctx)
+        return self._stream(handle, ctx)
+
+    def _owned(self, table: dict[int, Owned], handle: int, what: str) -> Owned:
+        owned = table.get(handle)
+        if owned is None:
+            raise invalid_handle(f"{what} {handle:#x}")
+        return owned
+
+    def _function(self, handle: int, ctx: int | None) -> tuple[Any, FunctionEntry]:
+        """The backend function for a CUfunction, or a CUkernel in context ``ctx``."""
+        entry = self.functions.get(handle)
+        if entry is None:
+            raise invalid_handle(f"function {handle:#x}")
+        if entry.ctx is not None:
+            return entry.obj, entry
+        if ctx is None:
+            raise CudaError(CUresult.CUDA_ERROR_INVALID_CONTEXT, "kernel needs a context")
+        fn = entry.per_context.get(ctx)
+        if fn is None:
+            fn = self.backend.kernel_function(self.context(ctx).backend_ctx, entry.obj)
+            entry.per_context[ctx] = fn
+        return fn, entry
+
+    def _region(self, ptr: int, size: int) -> DeviceRegion:
+        """The region holding [ptr, ptr+size), or CUDA_ERROR_INVALID_VALUE."""
+        if size < 0 or not 0 <= ptr <= _UINT64_MAX:
+            raise invalid_value("bad pointer or size")
+        i = bisect.bisect_right(self._region_bases, ptr) - 1
+        if i >= 0:
+            region = self.regions[self._region_bases[i]]
+            if ptr + size <= region.base + region.size:
+                return region
+        raise invalid_value(f"[{ptr:#x}, +{size}) is not inside an allocation of this session")
+
+    def _add_region(self, region: DeviceRegion) -> None:
+        self.regions[region.base] = region
+        bisect.insort(self._region_bases, region.base)
+
+    def _drop_region(self, base: int) -> None:
+        del self.regions[base]
+        self._region_bases.remove(base)
+
+    @staticmethod
+    def _quietly(fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except CudaError as err:
+            log.debug("cleanup %s: %s", getattr(fn, "__name__", fn), err)
+
+    def _release_context(self, handle: int, *, destroy: bool) -> None:
+        """Free what the session made in a context; destroy the context if it owns it."""
+        entry = self.contexts[handle]
+        ctx = entry.backend_ctx
+        for owned in list(self.streams.values()):
+            if owned.ctx == handle:
+                self._quietly(self.backend.stream_synchronize, ctx, owned.obj)
+        for table, free in (
+            (self.events, self.backend.event_destroy),
+            (self.streams, self.backend.stream_destroy),
+        ):
+            for h, owned in list(table.items()):
+                if owned.ctx == handle:
+                    self._quietly(free, ctx, owned.obj)
+                    del table[h]
+        for base, region in list(self.regions.items()):
+            if region.ctx == handle:
+                if region.freeable:
+                    self._quietly(self.backend.mem_free, ctx, base)
+                self._drop_region(base)
+        for h, fn in list(self.functions.items()):
+            fn.per_context.pop(handle, None)
+            if fn.ctx == handle:
+                del self.functions[h]
+        for h, owned in list(self.modules.items()):
+            if owned.ctx == handle:
+                self._quietly(self.backend.module_unload, ctx, owned.obj)
+                del self.modules[h]
+        if entry.primary:
+            entry.retain_count = 0
+        elif destroy:
+            self._quietly(self.backend.context_destroy, ctx)
+            del self.contexts[handle]
+
+    # -- driver and devices --------------------------------------------------------------
+    @handler("cuInit")
+    def cu_init(self, flags: int) -> tuple[()]:
+        if flags != 0:
+            raise invalid_value("cuInit flags must be 0")
+        return ()
+
+    @handler("cuDriverGetVersion")
+    def cu_driver_get_version(self) -> tuple[int]:
+        return (self.backend.driver_version(),)
+
+    @handler("cuDeviceGetCount")
+    def cu_device_get_count(self) -> tuple[int]:
+        return (self.backend.device_count(),)
+
+    def _device(self, ordinal: int) -> int:
+        if not isinstance(ordinal, int) or not 0 <= ordinal < self.backend.device_count():
+            raise CudaError(CUresult.CUDA_ERROR_INVALID_DEVICE, f"device {ordinal!r}")
+        return ordinal
+
+    @handler("cuDeviceGet")
+    def cu_device_get(self, ordinal: int) -> tuple[int]:
+        return (self._device(ordinal),)
+
+    @handler("cuDeviceGetName")
+    def cu_device_get_name(self, device: int) -> tuple[str]:
+        return (self.backend.device_name(self._device(device)),)
+
+    @handler("cuDeviceGetAttribute")
+    def cu_device_get_attribute(self, attribute: int, device: int) -> tuple[int]:
+        return (self.backend.device_attribute(attribute, self._device(device)),)
+
+    @handler("cuDeviceTotalMem")
+    def cu_device_total_mem(self, device: int) -> tuple[int]:
+        return (self.backend.device_total_mem(self._device(device)),)
+
+    @handler("cuDeviceGetUuid")
+    def cu_device_get_uuid(self, device: int) -> tuple[bytes]:
+        return (self.backend.device_uuid(self._device(device)),)
+
+    # -- contexts ------------------------------------------------------------------------
+    @handler("cuDevicePrimaryCtxRetain")
+    def cu_device_primary_ctx_retain(self, device: int) -> tuple[int]:
+        device = self._device(device)
+        handle = self.primary_handles.get(device)
+        if handle is None:
+            handle = self._new_handle()
+            self.primary_handles[device] = handle
+            self.contexts[handle] = ContextEntry(
+                self.backend.primary_context(device),
+                device,
+                primary=True,
+                retain_count=0,
+            )
+        self.contexts[handle].retain_count += 1
+        return (handle,)
+
+    def _primary(self, device: int) -> tuple[int, ContextEntry]:
+        handle = self.primary_handles.get(self._device(device))
+        entry = self.contexts.get(handle) if handle is not None else None
+        if entry is None or not entry.alive:
+            raise CudaError(CUresult.CUDA_ERROR_INVALID_CONTEXT, "primary context not retained")
+        return handle, entry
+
+    @handler("cuDevicePrimaryCtxRelease")
+    def cu_device_primary_ctx_release(self, device: int) -> tuple[()]:
+        handle, entry = self._primary(device)
+        if entry.retain_count == 1:
+            self._release_context(handle, destroy=False)
+        else:
+            entry.retain_count -= 1
+        return ()
+
+    @handler("cuDevicePrimaryCtxGetState")
+    def cu_device_primary_ctx_get_state(self, device: int) -> tuple[int, int]:
+        handle = self.primary_handles.get(self._device(device))
+        active = handle is not None and self.contexts[handle].alive
+        return (0, int(active))
+
+    @handler("cuDevicePrimaryCtxReset")
+    def cu_device_primary_ctx_reset(self, device: int) -> tuple[()]:
+        handle = self.primary_handles.get(self._device(device))
+        if handle is not None and self.contexts[handle].alive:
+            count = self.contexts[handle].retain_count
+            self._release_context(handle, destroy=False)
+            self.contexts[handle].retain_count = count
+        return ()
+
+    @handler("cuCtxCreate")
+    def cu_ctx_create(self, flags: int, device: int) -> tuple[int]:
+        ctx = self.backend.context_create(flags, self._device(device))
+        handle = self._new_handle()
+        self.contexts[handle] = ContextEntry(ctx, device, primary=False)
+        return (handle,)
+
+    @handler("cuCtxDestroy")
+    def cu_ctx_destroy(self, handle: int) -> tuple[()]:
+        entry = self.context(handle)
+        if entry.primary:
+            raise CudaError(CUresult.CUDA_ERROR_INVALID_CONTEXT, "cannot destroy a primary context")
+        self._release_context(handle, destroy=True)
+        return ()
+
+    @handler("cuCtxSynchronize", synchronizing=True)
+    def cu_ctx_synchronize(self, ctx: int) -> tuple[()]:
+        self.scheduler.drain(self.id)
+        self.backend.context_synchronize(self.context(ctx).backend_ctx)
+        return ()
+
+    @handler("cuCtxGetStreamPriorityRange")
+    def cu_ctx_get_stream_priority_range(self, ctx: int) -> tuple[int, int]:
+        return self.backend.stream_priority_range(self.context(ctx).backend_ctx)
+
+    # -- memory --------------------------------------------------------------------------
+    @handler("cuMemGetInfo")
+    def cu_mem_get_info(self, ctx: int) -> tuple[int, int]:
+        return self.backend.mem_get_info(self.context(ctx).backend_ctx)
+
+    @handler("cuMemAlloc")
+    def cu_mem_alloc(self, ctx: int, size: int) -> tuple[int]:
+        if size <= 0:
+            raise invalid_value("cuMemAlloc of 0 bytes")
+        ptr = self.backend.mem_alloc(self.context(ctx).backend_ctx, size)
+        self._add_region(DeviceRegion(ptr, size, ctx, freeable=True))
+        return (ptr,)
+
+    @handler("cuMemFree")
+    def cu_mem_free(self, ptr: int) -> tuple[()]:
+        region = self.regions.get(ptr)
+        if region is None or not region.freeable:
+            raise invalid_value(f"{ptr:#x} is not an allocation of this session")
+        self.backend.mem_free(self.context(region.ctx).backend_ctx, ptr)
+        self._drop_region(ptr)
+        return ()
+
+    @handler("cuMemGetAddressRange")
+    def cu_mem_get_address_range(self, ptr: int) -> tuple[int, int]:
+        try:
+            region = self._region(ptr, 0)
+        except CudaError:
+            raise CudaError(CUresult.CUDA_ERROR_NOT_FOUND, f"{ptr:#x}") from None
+        return (region.base, region.size)
+
+    def _copy_range(self, base: int, offset: int, size: int, whole: int) -> int:
+        """Check a chunk of a copy of ``whole`` bytes at ``base``; return the chunk's address."""
+        if not 0 <= offset <= offset + size <= whole:
+            raise invalid_value("copy chunk outside its copy")
+        self._region(base, whole)
+        return base + offset
+
+    @handler("cuMemcpyHtoD", synchronizing=True)
+    def cu_memcpy_htod(
+        self,
+        ctx: int,
+        dst: int,
+        offset: int,
+        data: bytes,
+        whole: int,
+        stream: int | None,
+    ) -> tuple[()]:
+        target = self._copy_range(dst, offset, len(data), whole)
+        backend_stream, entry = self._optional_stream(stream, ctx)
+        self.backend.memcpy_htod(entry.backend_ctx, target, data, backend_stream)
+        return ()
+
+    @handler("cuMemcpyDtoH", synchronizing=True)
+    def cu_memcpy_dtoh(
+        self, ctx: int, src: int, offset: int, size: int, whole: int, stream: int | None
+    ) -> tuple[bytes]:
+        source = self._copy_range(src, offset, size, whole)
+        backend_stream, entry = self._optional_stream(stream, ctx)
+        self.scheduler.drain(self.id)
+        return (self.backend.memcpy_dtoh(entry.backend_ctx, source, size, backend_stream),)
+
+    @handler("cuMemcpyDtoD", synchronizing=True)
+    def cu_memcpy_dtod(
+        self, ctx: int, dst: int, src: int, size: int, stream: int | None
+    ) -> tuple[()]:
+        self._region(dst, size)
+        self._region(src, size)
+        backend_stream, entry = self._optional_stream(stream, ctx)
+        self.backend.memcpy_dtod(entry.backend_ctx, dst, src, size, backend_stream)
+        return ()
+
+    @handler("cuMemset")
+    def cu_memset(
+        self, ctx: int, dst: int, value: int, width: int, count: int, stream: int | None
+    ) -> tuple[()]:
+        if width not in (1, 2, 4) or not 0 <= value < (1 << (8 * width)):
+            raise invalid_value("memset value does not fit its width")
+        self._region(dst, width * count)
+        backend_stream, entry = self._optional_stream(stream, ctx)
+        self.backend.memset(entry.backend_ctx, dst, value, width, count, backend_stream)
+        return ()
+
+    # -- modules, libraries, functions ---------------------------------------------------
+    @handler("cuModuleLoadData")
+    def cu_module_load_data(
+        self, ctx: int, image: bytes, jit_options: dict[int, int]
+    ) -> tuple[int]:
+        module = self.backend.module_load(self.context(ctx).backend_ctx, image, jit_options)
+        handle = self._new_handle()
+        self.modules[handle] = Owned(module, ctx)
+        return (handle,)
+
+    @handler("cuModuleUnload")
+    def cu_module_unload(self, handle: int) -> tuple[()]:
+        owned = self._owned(self.modules, handle, "module")
+        for base, region in list(self.regions.items()):
+            if region.module == handle:
+                self._drop_region(base)
+        self._drop_functions(handle)
+        self.backend.module_unload(self.context(owned.ctx).backend_ctx, owned.obj)
+        del self.modules[handle]
+        return ()
+
+    def _add_function(
+        self, obj: Any, ctx: int | None, parent: int
+    ) -> tuple[int, list[int], list[int]]:
+        layout = self.backend.function_param_layout(obj)
+        handle = self._new_handle()
+        name = self.backend.function_name(obj)
+        self.functions[handle] = FunctionEntry(obj, ctx, name, layout, parent)
+        return (handle, list(layout.offsets), list(layout.sizes))
+
+    def _drop_functions(self, parent: int) -> None:
+        for handle in [h for h, fn in self.functions.items() if fn.parent == parent]:
+            del self.functions[handle]
+
+    @handler("cuModuleGetFunction")
+    def cu_module_get_function(self, handle: int, name: str) -> tuple[int, list[int], list[int]]:
+        owned = self._owned(self.modules, handle, "module")
+        entry = self.context(owned.ctx)
+        return self._add_function(
+            self.backend.module_function(entry.backend_ctx, owned.obj, name),
+            owned.ctx,
+            handle,
+        )
+
+    @handler("cuModuleGetGlobal")
+    def cu_module_get_global(self, handle: int, name: str) -> tuple[int, int]:
+        owned = self._owned(self.modules, handle, "module")
+        ptr, size = self.backend.module_global(self.context(owned.ctx).backend_ctx, owned.obj, name)
+        if ptr not in self.regions:
+            self._add_region(DeviceRegion(ptr, size, owned.ctx, freeable=False, module=handle))
+        return (ptr, size)
+
+    @handler("cuLibraryLoadData")
+    def cu_library_load_data(self, image: bytes, jit_options: dict[int, int]) -> tuple[int]:
+        library = self.backend.library_load(image, jit_options)
+        handle = self._new_handle()
+        self.libraries[handle] = Owned(library, None)
+        return (handle,)
+
+    @handler("cuLibraryUnload")
+    def cu_library_unload(self, handle: int) -> tuple[()]:
+        owned = self._owned(self.libraries, handle, "library")
+        self._drop_functions(handle)
+        self.backend.library_unload(owned.obj)
+        del self.libraries[handle]
+        return ()
+
+    @handler("cuLibraryGetKernel")
+    def cu_library_get_kernel(self, handle: int, name: str) -> tuple[int, list[int], list[int]]:
+        owned = self._owned(self.libraries, handle, "library")
+        return self._add_function(self.backend.library_kernel(owned.obj, name), None, handle)
+
+    @handler("cuKernelGetFunction")
+    def cu_kernel_get_function(self, ctx: int, kernel: int) -> tuple[int, list[int], list[int]]:
+        entry = self.functions.get(kernel)
+        if entry is None or entry.ctx is not None:
+            raise invalid_handle(f"kernel {kernel:#x}")
+        fn, _ = self._function(kernel, ctx)
+        return self._add_function(fn, ctx, entry.parent)
+
+    @handler("cuFuncGetAttribute")
+    def cu_func_get_attribute(self, attribute: int, handle: int, ctx: int) -> tuple[int]:
+        fn, entry = self._function(handle, ctx)
+        return (
+            self.backend.function_attribute(
+                self.context(entry.ctx if entry.ctx is not None else ctx).backend_ctx,
+                fn,
+                attribute,
+            ),
+        )
+
+    @handler("cuFuncSetAttribute")
+    def cu_func_set_attribute(self, handle: int, attribute: int, value: int, ctx: int) -> tuple[()]:
+        fn, entry = self._function(handle, ctx)
+        owner = entry.ctx if entry.ctx is not None else ctx
+        self.backend.function_set_attribute(self.context(owner).backend_ctx, fn, attribute, value)
+        return ()
+
+    @handler("cuOccupancyMaxActiveBlocksPerMultiprocessor")
+    def cu_occupancy(self, handle: int, block_size: int, dynamic_smem: int, ctx: int) -> tuple[int]:
+        fn, entry = self._function(handle, ctx)
+        owner = entry.ctx if entry.ctx is not None else ctx
+        return (
+            self.backend.occupancy_max_active_blocks(
+                self.context(owner).backend_ctx, fn, block_size, dynamic_smem
+            ),
+        )
+
+    @handler("cuLaunchKernel")
+    def cu_launch_kernel(
+        self,
+        ctx: int,
+        handle: int,
+        grid: list[int],
+        block: list[int],
+        shared_mem_bytes: int,
+        stream: int,
+        params: bytes,
+    ) -> tuple[()]:
+        fn, entry = self._function(handle, ctx)
+        backend_stream, context = self._stream(stream, ctx if entry.ctx is None else entry.ctx)
+        if len(params) < entry.layout.total_size:
+            raise invalid_value("kernel parameters shorter than the kernel's layout")
+        config = LaunchConfig(
+            (grid[0], grid[1], grid[2]),
+            (block[0], block[1], block[2]),
+            shared_mem_bytes,
+            backend_stream,
+        )
+        backend, layout, backend_ctx = self.backend, entry.layout, context.backend_ctx
+
+        def issue() -> None:
+            backend.launch(backend_ctx, fn, config, params, layout)
+
+        self.scheduler.submit(Launch(self.id, entry.name, issue))
+        return ()
+
+    # -- streams and events --------------------------------------------------------------
+    @handler("cuStreamCreate")
+    def cu_stream_create(self, ctx: int, flags: int, priority: int) -> tuple[int]:
+        stream = self.backend.stream_create(self.context(ctx).backend_ctx, flags, priority)
+        handle = self._new_handle()
+        self.streams[handle] = Owned(stream, ctx)
+        return (handle,)
+
+    @handler("cuStreamDestroy")
+    def cu_stream_destroy(self, handle: int) -> tuple[()]:
+        owned = self._owned(self.streams, handle, "stream")
+        self.backend.stream_destroy(self.context(owned.ctx).backend_ctx, owned.obj)
+        del self.streams[handle]
+        return ()
+
+    @handler("cuStreamSynchronize", synchronizing=True)
+    def cu_stream_synchronize(self, ctx: int, handle: int) -> tuple[()]:
+        stream, entry = self._stream(handle, ctx)
+        self.scheduler.drain(self.id)
+        self.backend.stream_synchronize(entry.backend_ctx, stream)
+        return ()
+
+    @handler("cuStreamQuery", synchronizing=True)
+    def cu_stream_query(self, ctx: int, handle: int) -> tuple[()]:
+        stream, entry = self._stream(handle, ctx)
+        self.scheduler.drain(self.id)
+        if not self.backend.stream_query(entry.backend_ctx, stream):
+            raise CudaError(CUresult.CUDA_ERROR_NOT_READY)
+        return ()
+
+    @handler("cuStreamWaitEvent")
+    def cu_stream_wait_event(self, ctx: int, handle: int, event: int, flags: int) -> tuple[()]:
+        stream, entry = self._stream(handle, ctx)
+        owned = self._owned(self.events, event, "event")
+        self.backend.stream_wait_event(entry.backend_ctx, stream, owned.obj, flags)
+        return ()
+
+    @handler("cuStreamGetPriority")
+    def cu_stream_get_priority(self, ctx: int, handle: int) -> tuple[int]:
+        stream, entry = self._stream(handle, ctx)
+        return (self.backend.stream_priority(entry.backend_ctx, stream),)
+
+    @handler("cuEventCreate")
+    def cu_event_create(self, ctx: int, flags: int) -> tuple[int]:
+        event = self.backend.event_create(self.context(ctx).backend_ctx, flags)
+        handle = self._new_handle()
+        self.events[handle] = Owned(event, ctx)
+        return (handle,)
+
+    @handler("cuEventRecord")
+    def cu_event_record(self, ctx: int, handle: int, stream: int) -> tuple[()]:
+        owned = self._owned(self.events, handle, "event")
+        backend_stream, entry = self._stream(
+            stream, owned.ctx if stream in SPECIAL_STREAMS else ctx
+        )
+        self.backend.event_record(entry.backend_ctx, owned.obj, backend_stream)
+        return ()
+
+    @handler("cuEventSynchronize", synchronizing=True)
+    def cu_event_synchronize(self, handle: int) -> tuple[()]:
+        owned = self._owned(self.events, handle, "event")
+        self.scheduler.drain(self.id)
+        self.backend.event_synchronize(self.context(owned.ctx).backend_ctx, owned.obj)
+        return ()
+
+    @handler("cuEventQuery", synchronizing=True)
+    def cu_event_query(self, handle: int) -> tuple[()]:
+        owned = self._owned(self.events, handle, "event")
+        self.scheduler.drain(self.id)
+        if not self.backend.event_query(self.context(owned.ctx).backend_ctx, owned.obj):
+            raise CudaError(CUresult.CUDA_ERROR_NOT_READY)
+        return ()
+
+    @handler("cuEventElapsedTime")
+    def cu_event_elapsed_time(self, start: int, end: int) -> tuple[float]:
+        first = self._owned(self.events, start, "event")
+        last = self._owned(self.events, end, "event")
+        ctx = self.context(first.ctx).backend_ctx
+        return (self.backend.event_elapsed_ms(ctx, first.obj, last.obj),)
+
+    @handler("cuEventDestroy")
+    def cu_event_destroy(self, handle: int) -> tuple[()]:
+        owned = self._owned(self.events, handle, "event")
+        self.backend.event_destroy(self.context(owned.ctx).backend_ctx, owned.obj)
+        del self.events[handle]
+        return ()
+
+
+def handle_counter() -> Iterator[int]:
+    """Server-wide handle values: never 0-2 (special streams), unique across sessions."""
+    return itertools.count(0x1000, 0x10)
