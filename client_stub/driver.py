@@ -45,7 +45,7 @@ from client_stub.host_memory import (
     read_host,
     write_host,
 )
-from client_stub.kernel_args import ParamCountMismatch, pack_kernel_params
+from client_stub.kernel_args import ParamCountMismatch, pack_extra, pack_kernel_params
 from fikit_wire.calls import COPY_CHUNK_BYTES
 
 log = logging.getLogger("fikit.client")
@@ -681,14 +681,15 @@ def _launch(
     extra: Any,
 ) -> tuple[()]:
     connection = REMOTE.session()
-    if extra:
-        raise DriverFailure(CUresult.CUDA_ERROR_NOT_SUPPORTED)
     handle = _handle(f)
     layout = REMOTE.layouts.get(handle)
     if layout is None:
         raise DriverFailure(CUresult.CUDA_ERROR_INVALID_HANDLE)
     try:
-        params = pack_kernel_params(kernel_params, *layout)
+        if extra and not kernel_params:
+            params = pack_extra(extra, *layout)
+        else:
+            params = pack_kernel_params(kernel_params, *layout)
     except ParamCountMismatch as err:
         log.debug("fikit: %s", err)
         raise DriverFailure(CUresult.CUDA_ERROR_INVALID_VALUE) from None

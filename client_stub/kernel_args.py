@@ -38,6 +38,10 @@ _SCALAR_TYPES = frozenset(
 )
 
 
+#: Keys of the ``extra`` launch array (CU_LAUNCH_PARAM_END, _BUFFER_POINTER, _BUFFER_SIZE).
+_EXTRA_END, _EXTRA_BUFFER_POINTER, _EXTRA_BUFFER_SIZE = 0, 1, 2
+
+
 class ParamCountMismatch(ValueError):
     """The arguments given do not match the kernel's parameter count."""
 
@@ -107,6 +111,27 @@ def pack_kernel_params(
     for offset, size, data in zip(offsets, sizes, arguments):
         buffer[offset : offset + min(size, len(data))] = data[:size]
     return bytes(buffer)
+
+
+def pack_extra(extra: Any, offsets: tuple[int, ...], sizes: tuple[int, ...]) -> bytes:
+    """The parameter buffer given through ``extra``: a ``void*[]`` of key/value pairs
+    (CU_LAUNCH_PARAM_BUFFER_POINTER, CU_LAUNCH_PARAM_BUFFER_SIZE) ending with
+    CU_LAUNCH_PARAM_END, as an int address or a buffer."""
+    address = extra if isinstance(extra, int) else np.frombuffer(extra, np.uint8).ctypes.data
+    buffer, size, i = None, None, 0
+    while (key := ctypes.c_uint64.from_address(address + 8 * i).value) != _EXTRA_END:
+        value = ctypes.c_uint64.from_address(address + 8 * (i + 1)).value
+        if key == _EXTRA_BUFFER_POINTER:
+            buffer = value
+        elif key == _EXTRA_BUFFER_SIZE:
+            size = ctypes.c_size_t.from_address(value).value
+        else:
+            raise ParamCountMismatch(f"unknown extra launch key {key:#x}")
+        i += 2
+    total = max((o + s for o, s in zip(offsets, sizes)), default=0)
+    if buffer is None or size is None or size < total:
+        raise ParamCountMismatch("extra holds no parameter buffer of the kernel's size")
+    return ctypes.string_at(buffer, total)
 
 
 def _is_buffer(obj: Any) -> bool:

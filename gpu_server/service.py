@@ -47,6 +47,7 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
         self._session_ids = itertools.count(1)
         self._handle_ids = handle_counter()
         self.active_sessions: set[int] = set()
+        self._closing: set[asyncio.Future[None]] = set()
 
     async def Open(
         self,
@@ -84,9 +85,16 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         finally:
             reader.cancel()
-            await runner.close()
-            self.active_sessions.discard(session.id)
-            log.info("session %d closed", session.id)
+            # gRPC may cancel this handler more than once; the cleanup must finish anyway.
+            closing = asyncio.ensure_future(self._close(runner))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+            await asyncio.shield(closing)
+
+    async def _close(self, runner: SessionRunner) -> None:
+        await runner.close()
+        self.active_sessions.discard(runner.session.id)
+        log.info("session %d closed", runner.session.id)
 
     @staticmethod
     async def _read_hello(

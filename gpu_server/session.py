@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from cuda.bindings.driver import CUresult
+from cuda.bindings.driver import CUdevice_attribute, CUresult
 
 from gpu_server.backends.base import Backend, LaunchConfig, ParamLayout
 from gpu_server.errors import CudaError, invalid_handle, invalid_value
@@ -32,6 +32,26 @@ log = logging.getLogger(__name__)
 #: Stream values with a meaning of their own: NULL, CU_STREAM_LEGACY, CU_STREAM_PER_THREAD.
 SPECIAL_STREAMS = (0, 1, 2)
 _UINT64_MAX = (1 << 64) - 1
+_A = CUdevice_attribute
+#: Device attributes that read 0 for every client: they describe what the GPU can do with
+#: memory of the process that runs the driver (managed, mapped or registered host memory,
+#: host page tables, host atomics, IPC handles), which a remote client never shares.
+REMOTE_UNSUPPORTED_ATTRIBUTES = frozenset(
+    int(attribute)
+    for attribute in (
+        _A.CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY,
+        _A.CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS,
+        _A.CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY,
+        _A.CU_DEVICE_ATTRIBUTE_PAGEABLE_MEMORY_ACCESS,
+        _A.CU_DEVICE_ATTRIBUTE_PAGEABLE_MEMORY_ACCESS_USES_HOST_PAGE_TABLES,
+        _A.CU_DEVICE_ATTRIBUTE_HOST_NATIVE_ATOMIC_SUPPORTED,
+        _A.CU_DEVICE_ATTRIBUTE_CAN_USE_HOST_POINTER_FOR_REGISTERED_MEM,
+        _A.CU_DEVICE_ATTRIBUTE_IPC_EVENT_SUPPORTED,
+        _A.CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED,
+        _A.CU_DEVICE_ATTRIBUTE_DIRECT_MANAGED_MEM_ACCESS_FROM_HOST,
+        _A.CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED,
+    )
+)
 
 Handler = Callable[..., tuple[Any, ...]]
 #: name -> (handler, synchronizing); synchronizing calls report deferred errors.
@@ -296,7 +316,8 @@ class Session:
 
     @handler("cuDeviceGetAttribute")
     def cu_device_get_attribute(self, attribute: int, device: int) -> tuple[int]:
-        return (self.backend.device_attribute(attribute, self._device(device)),)
+        value = self.backend.device_attribute(attribute, self._device(device))
+        return (0 if attribute in REMOTE_UNSUPPORTED_ATTRIBUTES else value,)
 
     @handler("cuDeviceTotalMem")
     def cu_device_total_mem(self, device: int) -> tuple[int]:

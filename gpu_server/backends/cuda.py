@@ -33,26 +33,6 @@ from gpu_server.errors import CudaError, invalid_handle, invalid_value
 
 _ATTR = driver.CUdevice_attribute
 
-#: Device attributes that read 0 for every client: they describe what the GPU can do with
-#: memory of the process that runs the driver (managed memory, mapped or registered host
-#: memory, host page tables, host atomics, IPC handles), which a remote client never shares.
-REMOTE_UNSUPPORTED_ATTRIBUTES: frozenset[int] = frozenset(
-    int(attribute)
-    for attribute in (
-        _ATTR.CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY,
-        _ATTR.CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS,
-        _ATTR.CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY,
-        _ATTR.CU_DEVICE_ATTRIBUTE_PAGEABLE_MEMORY_ACCESS,
-        _ATTR.CU_DEVICE_ATTRIBUTE_PAGEABLE_MEMORY_ACCESS_USES_HOST_PAGE_TABLES,
-        _ATTR.CU_DEVICE_ATTRIBUTE_HOST_NATIVE_ATOMIC_SUPPORTED,
-        _ATTR.CU_DEVICE_ATTRIBUTE_CAN_USE_HOST_POINTER_FOR_REGISTERED_MEM,
-        _ATTR.CU_DEVICE_ATTRIBUTE_IPC_EVENT_SUPPORTED,
-        _ATTR.CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED,
-        _ATTR.CU_DEVICE_ATTRIBUTE_DIRECT_MANAGED_MEM_ACCESS_FROM_HOST,
-        _ATTR.CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED,
-    )
-)
-
 _SUCCESS = driver.CUresult.CUDA_SUCCESS
 _NOT_READY = driver.CUresult.CUDA_ERROR_NOT_READY
 _INVALID_VALUE = driver.CUresult.CUDA_ERROR_INVALID_VALUE
@@ -273,12 +253,9 @@ class CudaBackend(Backend):
         return name.split(b"\0", 1)[0].decode()
 
     def device_attribute(self, attribute: int, device: int) -> int:
-        """A CU_DEVICE_ATTRIBUTE value; 0 for ``REMOTE_UNSUPPORTED_ATTRIBUTES``."""
+        """A CU_DEVICE_ATTRIBUTE value."""
         attrib = _enum(driver.CUdevice_attribute, attribute)
-        dev = _device(device)
-        if attribute in REMOTE_UNSUPPORTED_ATTRIBUTES:
-            return 0
-        return _check(driver.cuDeviceGetAttribute(attrib, dev))
+        return _check(driver.cuDeviceGetAttribute(attrib, _device(device)))
 
     def device_total_mem(self, device: int) -> int:
         """Device memory in bytes."""

@@ -1,0 +1,63 @@
+"""Shared fixtures: a gpu-server on the CPU test double, reached through real gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from types import ModuleType
+
+import pytest
+
+from gpu_server.backends.sim import SimBackend
+from gpu_server.server import RunningServer, start_server
+from scheduler import FifoScheduler
+
+
+class ServerThread:
+    """A gpu-server with the sim backend, on its own event loop in a thread."""
+
+    def __init__(self) -> None:
+        self.backend = SimBackend()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.running: RunningServer = self.run(
+            start_server(self.backend, FifoScheduler(), "127.0.0.1:0")
+        )
+
+    @property
+    def address(self) -> str:
+        return self.running.address
+
+    def run(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(30)
+
+    def active_sessions(self) -> set[int]:
+        return set(self.running.service.active_sessions)
+
+    def stop(self) -> None:
+        self.run(self.running.stop(0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def sim_server() -> Iterator[ServerThread]:
+    server = ServerThread()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def remote(sim_server: ServerThread) -> Iterator[ModuleType]:
+    """The driver stub module with a fresh session to the sim server."""
+    from cuda.bindings import driver as real
+
+    from client_stub import driver as impl
+    from client_stub.activation import make_driver_stub
+
+    impl.REMOTE.close()
+    impl.REMOTE.configure(sim_server.address, None)
+    yield make_driver_stub(real)
+    impl.REMOTE.close()

@@ -1,0 +1,206 @@
+"""Plain cuda-python programs run natively and through gpu-server + fikit-run must match."""
+
+import difflib
+import functools
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+def _gpu_available() -> bool:
+    """True when libcuda loads, cuInit succeeds and at least one device is visible."""
+    try:
+        from cuda.bindings import driver
+
+        (err,) = driver.cuInit(0)
+        if err != driver.CUresult.CUDA_SUCCESS:
+            return False
+        err, count = driver.cuDeviceGetCount()
+        return err == driver.CUresult.CUDA_SUCCESS and count > 0
+    except Exception:  # RuntimeError without libcuda, ImportError without cuda-python
+        return False
+
+
+if not _gpu_available():
+    pytest.skip("no usable CUDA GPU (cuInit failed or no device)", allow_module_level=True)
+
+REPO = Path(__file__).resolve().parents[2]
+PROGRAMS_DIR = Path(__file__).resolve().parent / "programs"
+PROGRAMS = sorted(p.name for p in PROGRAMS_DIR.glob("*.py") if p.name != "common.py")
+VECTOR_ADD = REPO / "examples" / "vector_add.py"
+CONCURRENT_PROGRAMS = ["copies.py", "saxpy_arg_forms.py"]
+TIMEOUT_S = 300
+SERVER_START_S = 30
+SERVER_STOP_S = 10
+
+
+def _env() -> dict[str, str]:
+    """The environment without FIKIT_SERVER, so native runs stay native."""
+    env = dict(os.environ)
+    env.pop("FIKIT_SERVER", None)
+    return env
+
+
+def _server_command(addr: str) -> list[str]:
+    """gpu-server console script if installed, else `python -m gpu_server`."""
+    script = shutil.which("gpu-server")
+    base = [script] if script else [sys.executable, "-m", "gpu_server"]
+    return [*base, "--listen", addr, "--backend", "cuda"]
+
+
+def _remote_prefix(addr: str) -> list[str]:
+    """fikit-run console script if installed, else `python -m client_stub.run`."""
+    script = shutil.which("fikit-run")
+    base = [script] if script else [sys.executable, "-m", "client_stub.run"]
+    return [*base, "--server", addr]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A running gpu-server subprocess."""
+
+    addr: str
+    port: int
+    proc: subprocess.Popen
+    log: Path
+
+    def assert_alive(self) -> None:
+        """Fail the current test if the server has exited."""
+        if self.proc.poll() is not None:
+            pytest.fail(
+                f"gpu-server exited early with status {self.proc.returncode}; its output:\n"
+                f"{self.log.read_text(errors='replace')}"
+            )
+
+    def wait_listening(self) -> None:
+        """Poll the TCP port until the server accepts connections."""
+        deadline = time.monotonic() + SERVER_START_S
+        while time.monotonic() < deadline:
+            self.assert_alive()
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        pytest.fail(f"gpu-server did not accept connections on {self.addr} in {SERVER_START_S} s")
+
+    def stop(self) -> None:
+        """SIGTERM, then kill after SERVER_STOP_S."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=SERVER_STOP_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A gpu-server with the CUDA backend on a free local port for this module's tests."""
+    port = _free_port()
+    addr = f"127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("gpu_server") / "server.log"
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen(
+            _server_command(addr), cwd=REPO, env=_env(), stdout=log_file, stderr=subprocess.STDOUT
+        )
+    handle = Server(addr, port, proc, log)
+    try:
+        handle.wait_listening()
+        yield handle
+    finally:
+        handle.stop()
+
+
+def _check_exit(label: str, returncode: int, stdout: str, stderr: str) -> None:
+    if returncode != 0:
+        pytest.fail(f"{label} exited with {returncode}\nstdout:\n{stdout}\nstderr:\n{stderr}")
+
+
+def _run(label: str, command: list[str]) -> str:
+    """Run a command to completion; fail unless it exits 0; return its stdout."""
+    result = subprocess.run(
+        command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    _check_exit(label, result.returncode, result.stdout, result.stderr)
+    return result.stdout
+
+
+@functools.cache
+def _native_stdout(program: Path) -> str:
+    """Stdout of a native run (run once per program)."""
+    return _run(f"native {program.name}", [sys.executable, str(program)])
+
+
+def _remote_command(server: Server, program: Path) -> list[str]:
+    return [*_remote_prefix(server.addr), sys.executable, str(program)]
+
+
+def _assert_same_output(label: str, native: str, remote: str) -> None:
+    native_lines, remote_lines = native.splitlines(), remote.splitlines()
+    if native_lines != remote_lines:
+        diff = difflib.unified_diff(native_lines, remote_lines, "native", "remote", lineterm="")
+        pytest.fail(f"{label}: remote output differs from native:\n" + "\n".join(diff))
+
+
+def _compare(server: Server, program: Path) -> str:
+    native = _native_stdout(program)
+    remote = _run(f"remote {program.name}", _remote_command(server, program))
+    server.assert_alive()
+    _assert_same_output(program.name, native, remote)
+    return remote
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_program_remote_matches_native(server, program):
+    _compare(server, PROGRAMS_DIR / program)
+
+
+@pytest.mark.gpu
+def test_vector_add_remote_matches_native(server):
+    assert "vector_add: OK" in _compare(server, VECTOR_ADD).splitlines()
+
+
+@pytest.mark.gpu
+def test_two_remote_clients_concurrently(server, tmp_path):
+    programs = [PROGRAMS_DIR / name for name in CONCURRENT_PROGRAMS]
+    natives = {program: _native_stdout(program) for program in programs}
+    running = []
+    for program in programs:
+        stdout, stderr = tmp_path / f"{program.stem}.out", tmp_path / f"{program.stem}.err"
+        with stdout.open("w") as out, stderr.open("w") as err:
+            command = _remote_command(server, program)
+            proc = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=out, stderr=err)
+        running.append((program, proc, stdout, stderr))
+
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        for _, proc, _, _ in running:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    finally:
+        for _, proc, _, _ in running:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    server.assert_alive()
+    for program, proc, stdout, stderr in running:
+        remote = stdout.read_text()
+        label = f"concurrent remote {program.name}"
+        _check_exit(label, proc.returncode, remote, stderr.read_text())
+        _assert_same_output(label, natives[program], remote)

@@ -1,0 +1,405 @@
+"""The driver stub end to end: real gRPC on loopback to a server on the CPU test double."""
+
+from __future__ import annotations
+
+import ctypes
+from types import ModuleType
+
+import numpy as np
+import pytest
+from cuda.bindings.driver import CUresult
+
+from client_stub import driver as impl
+from client_stub.connection import Connection
+from tests.ptx_samples import SAXPY_PTX
+
+OK = CUresult.CUDA_SUCCESS
+
+
+def ok(result: tuple) -> object:
+    """The single value of a successful call (or None for a status-only call)."""
+    assert result[0] == OK, result
+    values = result[1:]
+    return values[0] if len(values) == 1 else (values or None)
+
+
+@pytest.fixture
+def ctx(remote: ModuleType) -> object:
+    ok(remote.cuInit(0))
+    context = ok(remote.cuDevicePrimaryCtxRetain(0))
+    ok(remote.cuCtxSetCurrent(context))
+    return context
+
+
+@pytest.fixture
+def module(remote: ModuleType, ctx: object) -> object:
+    return ok(remote.cuModuleLoadData(SAXPY_PTX))
+
+
+def test_calls_before_cuinit_fail_with_not_initialized(remote: ModuleType) -> None:
+    assert remote.cuMemAlloc(16) == (CUresult.CUDA_ERROR_NOT_INITIALIZED, None)
+    assert remote.cuCtxSynchronize() == (CUresult.CUDA_ERROR_NOT_INITIALIZED,)
+
+
+def test_device_queries(remote: ModuleType) -> None:
+    assert remote.cuInit(0) == (OK,)
+    assert remote.cuInit(1)[0] == CUresult.CUDA_ERROR_INVALID_VALUE
+    assert ok(remote.cuDriverGetVersion()) >= 12000
+    assert ok(remote.cuDeviceGetCount()) == 1
+    dev = ok(remote.cuDeviceGet(0))
+    assert isinstance(dev, remote.CUdevice) and int(dev) == 0
+    assert remote.cuDeviceGet(3) == (CUresult.CUDA_ERROR_INVALID_DEVICE, None)
+    name = ok(remote.cuDeviceGetName(64, dev))
+    assert len(name) == 64 and b"test double" in name.split(b"\0")[0]
+    attr = remote.CUdevice_attribute
+    assert ok(remote.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_WARP_SIZE, dev)) == 32
+    for unusable in (
+        attr.CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY,
+        attr.CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY,
+        attr.CU_DEVICE_ATTRIBUTE_PAGEABLE_MEMORY_ACCESS,
+    ):
+        assert ok(remote.cuDeviceGetAttribute(unusable, dev)) == 0
+    assert ok(remote.cuDeviceTotalMem(dev)) > 0
+    assert len(ok(remote.cuDeviceGetUuid(dev)).bytes) == 16
+
+
+def test_context_stack_is_per_thread_and_checked(remote: ModuleType) -> None:
+    ok(remote.cuInit(0))
+    primary = ok(remote.cuDevicePrimaryCtxRetain(0))
+    assert ok(remote.cuDevicePrimaryCtxGetState(0)) == (0, 1)
+    assert int(ok(remote.cuCtxGetCurrent())) == 0
+    assert remote.cuCtxGetDevice() == (CUresult.CUDA_ERROR_INVALID_CONTEXT, None)
+    ok(remote.cuCtxSetCurrent(primary))
+    assert int(ok(remote.cuCtxGetCurrent())) == int(primary)
+    created = ok(remote.cuCtxCreate(None, 0, 0))
+    assert int(ok(remote.cuCtxGetCurrent())) == int(created)
+    assert int(ok(remote.cuCtxGetDevice())) == 0
+    assert int(ok(remote.cuCtxPopCurrent())) == int(created)
+    assert int(ok(remote.cuCtxGetCurrent())) == int(primary)
+    ok(remote.cuCtxPushCurrent(created))
+    ok(remote.cuCtxDestroy(created))
+    assert int(ok(remote.cuCtxGetCurrent())) == int(primary)
+    assert (
+        remote.cuCtxSetCurrent(remote.CUcontext(0xBAD0))[0] == CUresult.CUDA_ERROR_INVALID_CONTEXT
+    )
+    assert remote.cuCtxDestroy(primary)[0] == CUresult.CUDA_ERROR_INVALID_CONTEXT
+    assert remote.cuCtxDestroy(created)[0] == CUresult.CUDA_ERROR_INVALID_CONTEXT
+    least, greatest = ok(remote.cuCtxGetStreamPriorityRange())
+    assert greatest <= least
+    ok(remote.cuDevicePrimaryCtxRelease(0))
+    assert ok(remote.cuDevicePrimaryCtxGetState(0)) == (0, 0)
+    assert remote.cuMemAlloc(16) == (CUresult.CUDA_ERROR_INVALID_CONTEXT, None)
+
+
+def test_memory_round_trips_in_every_host_form(remote: ModuleType, ctx: object) -> None:
+    size = 3 * 1024 * 1024 + 5  # several chunks and a ragged end
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 256, size, dtype=np.uint8)
+    dptr = ok(remote.cuMemAlloc(size))
+    assert isinstance(dptr, remote.CUdeviceptr)
+    for source in (data, data.tobytes(), bytearray(data.tobytes()), memoryview(data)):
+        ok(remote.cuMemsetD8(dptr, 0, size))
+        ok(remote.cuMemcpyHtoD(dptr, source, size))
+        back = np.zeros(size, np.uint8)
+        ok(remote.cuMemcpyDtoH(back, dptr, size))
+        assert np.array_equal(back, data)
+    pinned = ok(remote.cuMemAllocHost(size))
+    ctypes.memmove(pinned, data.ctypes.data, size)
+    ok(remote.cuMemsetD8(dptr, 0, size))
+    ok(remote.cuMemcpyHtoD(dptr, pinned, size))
+    ctypes.memset(pinned, 0, size)
+    ok(remote.cuMemcpyDtoH(pinned, dptr, size))
+    assert ctypes.string_at(pinned, size) == data.tobytes()
+    ok(remote.cuMemFreeHost(pinned))
+    assert remote.cuMemFreeHost(pinned) == (CUresult.CUDA_ERROR_INVALID_VALUE,)
+    c_buffer = (ctypes.c_ubyte * 8)()
+    ok(remote.cuMemcpyDtoH(c_buffer, dptr, 8))
+    assert bytes(c_buffer) == data[:8].tobytes()
+    ok(remote.cuMemFree(dptr))
+
+
+def test_async_copies_memsets_and_device_copies(remote: ModuleType, ctx: object) -> None:
+    stream = ok(remote.cuStreamCreate(0))
+    a, b = ok(remote.cuMemAlloc(4096)), ok(remote.cuMemAlloc(4096))
+    values = np.arange(1024, dtype=np.uint32)
+    ok(remote.cuMemcpyHtoDAsync(a, values, 4096, stream))
+    ok(remote.cuMemcpyDtoDAsync(b, a, 4096, stream))
+    ok(remote.cuMemsetD32Async(a, 0xDEADBEEF, 512, stream))
+    ok(remote.cuMemsetD16Async(int(a) + 2048, 0x1234, 2, stream))
+    out_a, out_b = np.zeros(1024, np.uint32), np.zeros(1024, np.uint32)
+    ok(remote.cuMemcpyDtoHAsync(out_a, a, 4096, stream))
+    ok(remote.cuMemcpyDtoHAsync(out_b, b, 4096, stream))
+    ok(remote.cuStreamSynchronize(stream))
+    assert np.array_equal(out_b, values)
+    assert (out_a[:512] == 0xDEADBEEF).all()
+    assert out_a[512] == 0x12341234
+    assert np.array_equal(out_a[513:], values[513:])
+    ok(remote.cuMemcpyDtoD(b, a, 4096))
+    ok(remote.cuMemsetD8(b, 7, 3))
+    small = np.zeros(4, np.uint8)
+    ok(remote.cuMemcpyDtoH(small, b, 4))
+    assert small.tolist() == [7, 7, 7, 0xDE]
+    ok(remote.cuStreamDestroy(stream))
+
+
+def test_copies_outside_an_allocation_are_refused_whole(remote: ModuleType, ctx: object) -> None:
+    dptr = ok(remote.cuMemAlloc(1024))
+    ok(remote.cuMemsetD8(dptr, 1, 1024))
+    big = bytes(2 * 1024 * 1024)
+    assert remote.cuMemcpyHtoD(dptr, big, len(big)) == (CUresult.CUDA_ERROR_INVALID_VALUE,)
+    out = bytearray(2048)
+    assert remote.cuMemcpyDtoH(out, dptr, 2048) == (CUresult.CUDA_ERROR_INVALID_VALUE,)
+    head = bytearray(1024)
+    ok(remote.cuMemcpyDtoH(head, dptr, 1024))
+    assert head == b"\x01" * 1024, "a refused copy must not write anything"
+    assert remote.cuMemcpyDtoH(bytes(16), dptr, 16) == (CUresult.CUDA_ERROR_INVALID_VALUE,)
+    assert remote.cuMemcpyHtoD(dptr, b"abc", 16) == (CUresult.CUDA_ERROR_INVALID_VALUE,)
+    assert remote.cuMemFree(int(dptr) + 8) == (CUresult.CUDA_ERROR_INVALID_VALUE,)
+    base, size = ok(remote.cuMemGetAddressRange(int(dptr) + 100))
+    assert (int(base), size) == (int(dptr), 1024)
+    ok(remote.cuMemFree(dptr))
+    assert remote.cuMemFree(dptr) == (CUresult.CUDA_ERROR_INVALID_VALUE,)
+    assert remote.cuMemGetAddressRange(dptr)[0] == CUresult.CUDA_ERROR_NOT_FOUND
+    assert remote.cuMemAlloc(0) == (CUresult.CUDA_ERROR_INVALID_VALUE, None)
+
+
+def test_memory_accounting(remote: ModuleType, ctx: object) -> None:
+    free_before, total = ok(remote.cuMemGetInfo())
+    dptr = ok(remote.cuMemAlloc(1 << 20))
+    free_after, _ = ok(remote.cuMemGetInfo())
+    assert free_after <= free_before - (1 << 20) and total >= free_before
+    ok(remote.cuMemFree(dptr))
+
+
+def test_modules_functions_and_globals(remote: ModuleType, module: object) -> None:
+    saxpy = ok(remote.cuModuleGetFunction(module, b"saxpy"))
+    assert isinstance(saxpy, remote.CUfunction)
+    layout = [ok(remote.cuFuncGetParamInfo(saxpy, i)) for i in range(5)]
+    assert layout == [(0, 4), (8, 8), (16, 8), (24, 8), (32, 4)]
+    assert remote.cuFuncGetParamInfo(saxpy, 5) == (CUresult.CUDA_ERROR_INVALID_VALUE, None, None)
+    assert remote.cuModuleGetFunction(module, b"missing") == (CUresult.CUDA_ERROR_NOT_FOUND, None)
+    attr = remote.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK
+    assert ok(remote.cuFuncGetAttribute(attr, saxpy)) > 0
+    assert ok(remote.cuOccupancyMaxActiveBlocksPerMultiprocessor(saxpy, 256, 0)) > 0
+    table, size = ok(remote.cuModuleGetGlobal(module, b"table"))
+    assert size == 64
+    ok(remote.cuMemcpyHtoD(table, bytes(range(64)), 64))
+    back = bytearray(64)
+    ok(remote.cuMemcpyDtoH(back, table, 64))
+    assert back == bytes(range(64))
+    assert remote.cuModuleGetGlobal(module, b"nope")[0] == CUresult.CUDA_ERROR_NOT_FOUND
+    ok(remote.cuModuleUnload(module))
+    assert remote.cuMemcpyDtoH(back, table, 64) == (CUresult.CUDA_ERROR_INVALID_VALUE,)
+    assert remote.cuModuleUnload(module) == (CUresult.CUDA_ERROR_INVALID_HANDLE,)
+    assert remote.cuFuncGetAttribute(attr, saxpy)[0] == CUresult.CUDA_ERROR_INVALID_HANDLE
+
+
+def test_bad_module_images_are_refused(remote: ModuleType, ctx: object) -> None:
+    status, mod = remote.cuModuleLoadData(b"this is not ptx\0")
+    assert status in (CUresult.CUDA_ERROR_INVALID_PTX, CUresult.CUDA_ERROR_INVALID_IMAGE)
+    assert mod is None
+
+
+def test_library_kernels(remote: ModuleType, ctx: object) -> None:
+    library = ok(remote.cuLibraryLoadData(SAXPY_PTX, None, None, 0, None, None, 0))
+    kernel = ok(remote.cuLibraryGetKernel(library, b"saxpy"))
+    assert isinstance(kernel, remote.CUkernel)
+    function = ok(remote.cuKernelGetFunction(kernel))
+    assert ok(remote.cuFuncGetParamInfo(function, 4)) == (32, 4)
+    dptr = ok(remote.cuMemAlloc(64))
+    args = ((2.0, dptr, dptr, dptr, 16), (ctypes.c_float, None, None, None, ctypes.c_int))
+    ok(remote.cuLaunchKernel(kernel, 1, 1, 1, 16, 1, 1, 0, 0, args, 0))
+    ok(remote.cuLaunchKernel(function, 1, 1, 1, 16, 1, 1, 0, 0, args, 0))
+    ok(remote.cuCtxSynchronize())
+    ok(remote.cuLibraryUnload(library))
+    assert remote.cuLibraryGetKernel(library, b"saxpy")[0] == CUresult.CUDA_ERROR_INVALID_HANDLE
+
+
+def _recorded(sim_server, name: str, count: int) -> list:
+    launches = [launch for launch in sim_server.backend.launches if launch.kernel == name]
+    return launches[-count:]
+
+
+def test_every_kernel_argument_form_packs_the_same_bytes(
+    remote: ModuleType, module: object, sim_server
+) -> None:
+    saxpy = ok(remote.cuModuleGetFunction(module, b"saxpy"))
+    x, y, out = (ok(remote.cuMemAlloc(1024)) for _ in range(3))
+    a, n = ctypes.c_float(2.5), ctypes.c_int(256)
+    px, py, pout = (ctypes.c_void_p(int(p)) for p in (x, y, out))
+    pointers = [ctypes.addressof(v) for v in (a, px, py, pout, n)]
+    void_array = (ctypes.c_void_p * 5)(*pointers)
+    forms = [
+        ((2.5, x, y, out, 256), (ctypes.c_float, None, None, None, ctypes.c_int)),
+        (
+            (a, int(x), int(y), int(out), n),
+            (ctypes.c_float,) + (ctypes.c_void_p,) * 3 + (ctypes.c_int,),
+        ),
+        ctypes.addressof(void_array),
+        void_array,
+        np.array(pointers, dtype=np.uint64),
+    ]
+    for form in forms:
+        ok(remote.cuLaunchKernel(saxpy, 2, 1, 1, 128, 1, 1, 0, 0, form, 0))
+    packed = ctypes.create_string_buffer(36)
+    ctypes.memmove(packed, np.float32(2.5).tobytes(), 4)
+    for i, p in enumerate((x, y, out)):
+        ctypes.memmove(ctypes.addressof(packed) + 8 + 8 * i, int(p).to_bytes(8, "little"), 8)
+    ctypes.memmove(ctypes.addressof(packed) + 32, (256).to_bytes(4, "little"), 4)
+    size = ctypes.c_size_t(36)
+    extra = (ctypes.c_void_p * 5)(1, ctypes.addressof(packed), 2, ctypes.addressof(size), 0)
+    ok(remote.cuLaunchKernel(saxpy, 2, 1, 1, 128, 1, 1, 0, 0, None, ctypes.addressof(extra)))
+    config = remote.CUlaunchConfig()
+    config.gridDimX, config.gridDimY, config.gridDimZ = 2, 1, 1
+    config.blockDimX, config.blockDimY, config.blockDimZ = 128, 1, 1
+    ok(remote.cuLaunchKernelEx(config, saxpy, forms[0], 0))
+    ok(remote.cuCtxSynchronize())
+    launches = _recorded(sim_server, "saxpy", len(forms) + 2)
+    expected = (
+        np.float32(2.5).tobytes()
+        + bytes(4)
+        + b"".join(int(p).to_bytes(8, "little") for p in (x, y, out))
+        + (256).to_bytes(4, "little")
+    )
+    assert [launch.params[:36] for launch in launches] == [expected] * (len(forms) + 2)
+    assert all(launch.grid == (2, 1, 1) and launch.block == (128, 1, 1) for launch in launches)
+
+
+def test_scalars_of_every_width_and_structs_by_value(
+    remote: ModuleType, module: object, sim_server
+) -> None:
+    kernel = ok(remote.cuModuleGetFunction(module, b"all_types"))
+
+    class Triple(ctypes.Structure):
+        _fields_ = [("a", ctypes.c_int), ("b", ctypes.c_double), ("c", ctypes.c_char)]
+
+    triple = Triple(-7, 1e300, b"z")
+    out = ok(remote.cuMemAlloc(16))
+    values = (-128, -32768, -(2**31), -(2**63), 3.5, -2.25, triple, out)
+    types = (
+        ctypes.c_byte,
+        ctypes.c_short,
+        ctypes.c_int,
+        ctypes.c_longlong,
+        ctypes.c_float,
+        ctypes.c_double,
+        None,
+        None,
+    )
+    ok(remote.cuLaunchKernel(kernel, 1, 1, 1, 1, 1, 1, 0, 0, (values, types), 0))
+    ok(remote.cuCtxSynchronize())
+    (launch,) = _recorded(sim_server, "all_types", 1)
+    params = launch.params
+    assert params[0:1] == (-128).to_bytes(1, "little", signed=True)
+    assert params[2:4] == (-32768).to_bytes(2, "little", signed=True)
+    assert params[4:8] == (-(2**31)).to_bytes(4, "little", signed=True)
+    assert params[8:16] == (-(2**63)).to_bytes(8, "little", signed=True)
+    assert params[16:20] == np.float32(3.5).tobytes()
+    assert params[24:32] == np.float64(-2.25).tobytes()
+    assert params[32:56] == bytes(triple)
+    assert params[56:64] == int(out).to_bytes(8, "little")
+
+
+def test_launch_errors(remote: ModuleType, module: object) -> None:
+    saxpy = ok(remote.cuModuleGetFunction(module, b"saxpy"))
+    empty = ok(remote.cuModuleGetFunction(module, b"empty"))
+    ok(remote.cuLaunchKernel(empty, 1, 1, 1, 1, 1, 1, 0, 0, None, 0))
+    ok(remote.cuLaunchKernel(empty, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0))
+    short = ((1.0, 0), (ctypes.c_float, ctypes.c_void_p))
+    assert remote.cuLaunchKernel(saxpy, 1, 1, 1, 1, 1, 1, 0, 0, short, 0) == (
+        CUresult.CUDA_ERROR_INVALID_VALUE,
+    )
+    assert remote.cuLaunchKernel(remote.CUfunction(0x5555), 1, 1, 1, 1, 1, 1, 0, 0, None, 0) == (
+        CUresult.CUDA_ERROR_INVALID_HANDLE,
+    )
+    with pytest.raises(TypeError):
+        remote.cuLaunchKernel(saxpy, 1, 1, 1, 1, 1, 1, 0, 0, "not args", 0)
+    # A launch the device refuses reports at the next synchronizing call, then clears.
+    ok(remote.cuLaunchKernel(empty, 1, 1, 1, 4096, 1, 1, 0, 0, None, 0))
+    assert remote.cuCtxSynchronize() == (CUresult.CUDA_ERROR_INVALID_VALUE,)
+    assert remote.cuCtxSynchronize() == (OK,)
+
+
+def test_streams_events_and_elapsed_time(remote: ModuleType, module: object, sim_server) -> None:
+    empty = ok(remote.cuModuleGetFunction(module, b"empty"))
+    sim_server.backend.set_kernel_duration("empty", 250.0)
+    high = ok(remote.cuStreamCreateWithPriority(0, -5))
+    assert ok(remote.cuStreamGetPriority(high)) == -5
+    other = ok(remote.cuStreamCreate(0))
+    start, stop, marker = (ok(remote.cuEventCreate(0)) for _ in range(3))
+    ok(remote.cuEventRecord(start, high))
+    for _ in range(4):
+        ok(remote.cuLaunchKernel(empty, 1, 1, 1, 1, 1, 1, 0, high, None, 0))
+    ok(remote.cuEventRecord(stop, high))
+    ok(remote.cuStreamWaitEvent(other, stop, 0))
+    ok(remote.cuEventRecord(marker, other))
+    ok(remote.cuEventSynchronize(marker))
+    assert ok(remote.cuEventQuery(stop)) is None
+    assert ok(remote.cuStreamQuery(other)) is None
+    assert ok(remote.cuEventElapsedTime(start, stop)) == pytest.approx(1.0)
+    assert ok(remote.cuEventElapsedTime(start, marker)) >= 1.0
+    for event in (start, stop, marker):
+        ok(remote.cuEventDestroy(event))
+    assert remote.cuEventRecord(start, high) == (OK,)  # status-only: reported later
+    assert remote.cuStreamSynchronize(high) == (CUresult.CUDA_ERROR_INVALID_HANDLE,)
+    ok(remote.cuStreamDestroy(high))
+    assert remote.cuStreamDestroy(high) == (CUresult.CUDA_ERROR_INVALID_HANDLE,)
+    assert remote.cuStreamSynchronize(remote.CUstream(0x4242)) == (
+        CUresult.CUDA_ERROR_INVALID_HANDLE,
+    )
+
+
+def test_handles_of_another_session_are_invalid(
+    remote: ModuleType, module: object, sim_server
+) -> None:
+    ok(remote.cuMemAlloc(64))
+    other = Connection(sim_server.address, priority=0, client_name="other")
+    try:
+        ctx_handle = other.request("cuDevicePrimaryCtxRetain", 0)[1]
+        stream = other.request("cuStreamCreate", ctx_handle, 0, 0)[1]
+        foreign_ptr = other.request("cuMemAlloc", ctx_handle, 64)[1]
+    finally:
+        other.close()
+    assert (
+        remote.cuStreamSynchronize(remote.CUstream(stream))[0] == CUresult.CUDA_ERROR_INVALID_HANDLE
+    )
+    assert remote.cuMemFree(foreign_ptr) == (CUresult.CUDA_ERROR_INVALID_VALUE,)
+    assert remote.cuMemcpyHtoD(foreign_ptr, b"x" * 8, 8) == (CUresult.CUDA_ERROR_INVALID_VALUE,)
+    assert (
+        remote.cuCtxSetCurrent(remote.CUcontext(ctx_handle))[0]
+        == CUresult.CUDA_ERROR_INVALID_CONTEXT
+    )
+    assert remote.cuModuleUnload(remote.CUmodule(stream)) == (CUresult.CUDA_ERROR_INVALID_HANDLE,)
+
+
+def test_unknown_calls_and_malformed_arguments(sim_server, remote: ModuleType, ctx: object) -> None:
+    session = impl.REMOTE.session()
+    assert session.request("cuNoSuchCall", 1, 2)[0] == CUresult.CUDA_ERROR_NOT_SUPPORTED
+    assert session.request("cuMemAlloc")[0] == CUresult.CUDA_ERROR_INVALID_VALUE
+    assert session.request("cuMemAlloc", "ctx", "size")[0] != OK
+    assert (
+        session.request("cuMemAlloc", impl.REMOTE.current, -5)[0]
+        == CUresult.CUDA_ERROR_INVALID_VALUE
+    )
+    assert session.request("cuMemcpyDtoH", 1, 2, 3, 4, 5, 6)[0] == CUresult.CUDA_ERROR_INVALID_VALUE
+    assert session.request("cuCtxSynchronize", 12345)[0] == CUresult.CUDA_ERROR_INVALID_CONTEXT
+    assert ok(remote.cuDeviceGetCount()) == 1
+
+
+def test_unsupported_functions_keep_the_real_return_shape(remote: ModuleType, ctx: object) -> None:
+    assert remote.cuMemAllocManaged(64, 1) == (CUresult.CUDA_ERROR_NOT_SUPPORTED, None)
+    assert remote.cuIpcGetMemHandle(0) == (CUresult.CUDA_ERROR_NOT_SUPPORTED, None)
+    assert remote.cuMemHostAlloc(64, 0x02) == (CUresult.CUDA_ERROR_NOT_SUPPORTED, None)
+    assert (
+        remote.cuCtxCreate(remote.CUctxCreateParams(), 0, 0)[0] == CUresult.CUDA_ERROR_NOT_SUPPORTED
+    )
+
+
+def test_error_names_and_strings_need_no_session(remote: ModuleType) -> None:
+    assert remote.cuGetErrorName(CUresult.CUDA_ERROR_INVALID_VALUE) == (
+        OK,
+        b"CUDA_ERROR_INVALID_VALUE",
+    )
+    status, text = remote.cuGetErrorString(CUresult.CUDA_ERROR_OUT_OF_MEMORY)
+    assert status == OK and text
+    assert remote.cuGetErrorName(123456) == (CUresult.CUDA_ERROR_INVALID_VALUE, None)

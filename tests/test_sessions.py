@@ -1,0 +1,179 @@
+"""Sessions as users meet them: activation, the protocol, concurrency, and cleanup."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from cuda.bindings.driver import CUresult
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from client_stub import driver as impl
+from fikit_wire import calls as wire
+from fikit_wire import session_pb2, session_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[1]
+
+CLIENT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from cuda.bindings import driver
+    import cuda.bindings.driver as same
+
+    def ok(result):
+        assert result[0] == driver.CUresult.CUDA_SUCCESS, result
+        return result[1] if len(result) == 2 else result[1:]
+
+    assert getattr(driver, "__fikit_stub__", False) and same is driver
+    ok(driver.cuInit(0))
+    ctx = ok(driver.cuDevicePrimaryCtxRetain(0))
+    ok(driver.cuCtxSetCurrent(ctx))
+    seed = int(sys.argv[1])
+    data = np.random.default_rng(seed).integers(0, 2**32, 1 << 18, dtype=np.uint32)
+    ptrs = [ok(driver.cuMemAlloc(data.nbytes)) for _ in range(4)]
+    for p in ptrs:
+        ok(driver.cuMemcpyHtoD(p, data, data.nbytes))
+    back = np.zeros_like(data)
+    ok(driver.cuMemcpyDtoH(back, ptrs[-1], data.nbytes))
+    assert np.array_equal(back, data)
+    print("ready", flush=True)
+    if sys.argv[2] == "hang":
+        sys.stdin.read()
+    print("done", seed)
+    """
+)
+
+
+def run_client(address: str, *args: str, **popen: object) -> subprocess.Popen:
+    env = {**os.environ, "FIKIT_SERVER": address, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-c", CLIENT, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+
+
+def memory_in_use(server) -> int:
+    free, total = server.backend.mem_get_info(server.backend.primary_context(0))
+    return total - free
+
+
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def test_concurrent_clients_get_their_own_correct_results(sim_server) -> None:
+    clients = [run_client(sim_server.address, str(seed), "exit") for seed in range(6)]
+    for seed, client in enumerate(clients):
+        out, err = client.communicate(timeout=120)
+        assert client.returncode == 0, err
+        assert out.split() == ["ready", "done", str(seed)]
+
+
+def test_killed_client_has_everything_freed(sim_server) -> None:
+    assert wait_until(lambda: not sim_server.active_sessions())
+    in_use = memory_in_use(sim_server)
+    client = run_client(sim_server.address, "7", "hang", stdin=subprocess.PIPE)
+    assert client.stdout.readline().strip() == "ready"
+    assert memory_in_use(sim_server) >= in_use + 4 * (1 << 20)
+    client.send_signal(signal.SIGKILL)
+    client.wait(10)
+    assert wait_until(lambda: not sim_server.active_sessions(), timeout=5)
+    assert memory_in_use(sim_server) == in_use
+
+
+def test_fikit_run_activates_the_stub(sim_server, tmp_path: Path) -> None:
+    script = tmp_path / "app.py"
+    script.write_text(CLIENT)
+    fikit_run = shutil.which("fikit-run")
+    command = [fikit_run] if fikit_run else [sys.executable, "-m", "client_stub.run"]
+    env = {k: v for k, v in os.environ.items() if k != "FIKIT_SERVER"}
+    env["PYTHONPATH"] = str(REPO)
+    done = subprocess.run(
+        [*command, "--server", sim_server.address, sys.executable, str(script), "3", "exit"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ready", "done", "3"]
+
+
+def test_unreachable_server_fails_cuinit_quickly_and_names_it(
+    remote, caplog: pytest.LogCaptureFixture
+) -> None:
+    impl.REMOTE.configure("127.0.0.1:9", None)
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="fikit.client"):
+        assert remote.cuInit(0) == (CUresult.CUDA_ERROR_NO_DEVICE,)
+    assert time.monotonic() - started < 8
+    assert "127.0.0.1:9" in caplog.text
+    assert remote.cuDeviceGetCount() == (CUresult.CUDA_ERROR_NOT_INITIALIZED, None)
+
+
+def open_raw(address: str, *frames: session_pb2.ClientFrame) -> list[session_pb2.ServerFrame]:
+    with grpc.insecure_channel(address) as channel:
+        return list(session_pb2_grpc.GpuSessionStub(channel).Open(iter(frames), timeout=10))
+
+
+def hello(version: int = wire.PROTOCOL_VERSION) -> session_pb2.ClientFrame:
+    return session_pb2.ClientFrame(
+        hello=session_pb2.Hello(protocol_version=version, client_name="raw", priority=0)
+    )
+
+
+def test_protocol_version_mismatch_is_refused_clearly(sim_server) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        open_raw(sim_server.address, hello(wire.PROTOCOL_VERSION + 1))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "protocol version mismatch" in refused.value.details()
+
+
+def test_a_session_must_start_with_hello(sim_server) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        open_raw(sim_server.address, session_pb2.ClientFrame(calls=wire.pack([])))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_malformed_frame_ends_only_that_session(sim_server, remote) -> None:
+    assert remote.cuInit(0) == (CUresult.CUDA_SUCCESS,)
+    with pytest.raises(grpc.RpcError) as refused:
+        open_raw(sim_server.address, hello(), session_pb2.ClientFrame(calls=b"\xc1garbage"))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed frame" in refused.value.details()
+    assert remote.cuDeviceGetCount() == (CUresult.CUDA_SUCCESS, 1)
+
+
+def test_calls_are_answered_in_order_over_a_raw_stream(sim_server) -> None:
+    batch = [["cuDeviceGetCount", True], ["cuNoSuchCall", True], ["cuDeviceGet", True, 0]]
+    frames = open_raw(sim_server.address, hello(), session_pb2.ClientFrame(calls=wire.pack(batch)))
+    assert frames[0].welcome.backend == "sim"
+    replies = [r for f in frames[1:] for r in wire.unpack(f.replies)]
+    assert replies == [[0, 1], [int(CUresult.CUDA_ERROR_NOT_SUPPORTED)], [0, 0]]
+
+
+def test_health_service_reports_serving(sim_server) -> None:
+    with grpc.insecure_channel(sim_server.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "fikit.v1.GpuSession"):
+            answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
