@@ -156,7 +156,7 @@ def cudaDeviceGetAttribute(attr: Any, device: int) -> tuple[int]:
 
 
 def _attribute(name: str, device: int) -> int:
-    attribute = CUdevice_attribute[f"CU_DEVICE_ATTRIBUTE_{name}"]
+    attribute = getattr(CUdevice_attribute, f"CU_DEVICE_ATTRIBUTE_{name}")
     return _checked(driver.cuDeviceGetAttribute(attribute, device))[0]
 
 

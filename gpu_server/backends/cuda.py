@@ -434,19 +434,27 @@ class CudaBackend(Backend):
         return _check(driver.cuKernelGetFunction(kernel))
 
     def function_name(self, function: Function) -> str:
-        """The function's (possibly mangled) name."""
+        """The function's or library kernel's (possibly mangled) name."""
+        if isinstance(function, driver.CUkernel):
+            return _check(driver.cuKernelGetName(function)).decode()
         return _check(driver.cuFuncGetName(function)).decode()
 
     def function_param_layout(self, function: Function) -> ParamLayout:
-        """Offset and size of each kernel parameter, from cuFuncGetParamInfo (cached)."""
+        """Offset and size of each kernel parameter, from cuFuncGetParamInfo or, for a
+        library kernel, cuKernelGetParamInfo (cached)."""
         key = int(function)
+        param_info = (
+            driver.cuKernelGetParamInfo
+            if isinstance(function, driver.CUkernel)
+            else driver.cuFuncGetParamInfo
+        )
         layout = self._layouts.get(key)
         if layout is not None:
             return layout
         offsets: list[int] = []
         sizes: list[int] = []
         while True:
-            err, offset, size = driver.cuFuncGetParamInfo(function, len(offsets))
+            err, offset, size = param_info(function, len(offsets))
             if err == _INVALID_VALUE:
                 break
             if err:

@@ -4,6 +4,7 @@ import difflib
 import functools
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -36,15 +37,17 @@ PROGRAMS_DIR = Path(__file__).resolve().parent / "programs"
 PROGRAMS = sorted(p.name for p in PROGRAMS_DIR.glob("*.py") if p.name != "common.py")
 VECTOR_ADD = REPO / "examples" / "vector_add.py"
 CONCURRENT_PROGRAMS = ["copies.py", "saxpy_arg_forms.py"]
-TIMEOUT_S = 300
+TIMEOUT_S = 240
 SERVER_START_S = 30
 SERVER_STOP_S = 10
 
 
 def _env() -> dict[str, str]:
-    """The environment without FIKIT_SERVER, so native runs stay native."""
+    """The environment without FIKIT_SERVER, so native runs stay native; a program that
+    hangs prints its threads' stacks when it is stopped with SIGABRT."""
     env = dict(os.environ)
     env.pop("FIKIT_SERVER", None)
+    env["PYTHONFAULTHANDLER"] = "1"
     return env
 
 
@@ -96,6 +99,13 @@ class Server:
             except OSError:
                 time.sleep(0.1)
         pytest.fail(f"gpu-server did not accept connections on {self.addr} in {SERVER_START_S} s")
+
+    def stacks(self) -> str:
+        """The server's log after asking it to print every thread's stack (SIGUSR1)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(1)
+        return self.log.read_text(errors="replace")[-20000:]
 
     def stop(self) -> None:
         """SIGTERM, then kill after SERVER_STOP_S."""
@@ -189,14 +199,21 @@ def test_two_remote_clients_concurrently(server, tmp_path):
         running.append((program, proc, stdout, stderr))
 
     deadline = time.monotonic() + TIMEOUT_S
-    try:
-        for _, proc, _, _ in running:
+    hung = False
+    for _, proc, _, _ in running:
+        try:
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-    finally:
+        except subprocess.TimeoutExpired:
+            hung = True
+    if hung:
+        server_stacks = server.stacks()
         for _, proc, _, _ in running:
             if proc.poll() is None:
-                proc.kill()
+                proc.send_signal(signal.SIGABRT)
                 proc.wait()
+        report = [f"server:\n{server_stacks}"]
+        report += [f"{p.name}:\n{err.read_text()[-8000:]}" for p, _, _, err in running]
+        pytest.fail("concurrent clients hung\n" + "\n".join(report))
 
     server.assert_alive()
     for program, proc, stdout, stderr in running:
