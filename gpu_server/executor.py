@@ -1,6 +1,8 @@
 """Where a session's CUDA work runs: a dedicated thread per session, off the event loop.
 
-The service only talks to ``SessionRunner``: batches in, replies out, in order. Moving
+The service only talks to ``SessionRunner``: call batches go in, in order; reply frames
+come out on an asyncio queue as soon as each fills up, so a long batch (a large
+device-to-host copy) streams its replies while the rest of it still runs. Moving
 sessions into worker processes later replaces this class, not the service.
 """
 
@@ -10,7 +12,18 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from fikit_wire import calls as wire
+from fikit_wire import session_pb2
 from gpu_server.session import Session
+
+#: Batches a session may have queued before the server stops reading its stream.
+MAX_QUEUED_BATCHES = 64
+#: Put on ``SessionRunner.frames`` once every batch submitted before ``finish`` has run.
+FINISHED = None
+
+
+def _payload_bytes(reply: list[Any]) -> int:
+    return sum(len(v) for v in reply if isinstance(v, (bytes, bytearray, memoryview)))
 
 
 class SessionRunner:
@@ -18,19 +31,41 @@ class SessionRunner:
 
     def __init__(self, session: Session) -> None:
         self.session = session
+        self.frames: asyncio.Queue[session_pb2.ServerFrame | None] = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+        self._slots = asyncio.Semaphore(MAX_QUEUED_BATCHES)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"session-{session.id}")
 
-    def _run_batch(self, calls: list[Any]) -> list[list[Any]]:
-        replies = []
-        for call in calls:
-            reply = self.session.execute(call)
-            if reply is not None:
-                replies.append(reply)
-        return replies
+    def _emit(self, replies: list[list[Any]]) -> None:
+        frame = session_pb2.ServerFrame(replies=wire.pack(replies))
+        self._loop.call_soon_threadsafe(self.frames.put_nowait, frame)
 
-    def submit(self, calls: list[Any]) -> asyncio.Future[list[list[Any]]]:
-        """Queue a batch; the future resolves to the replies of the calls that want one."""
-        return asyncio.get_running_loop().run_in_executor(self._thread, self._run_batch, calls)
+    def _run_batch(self, calls: list[Any]) -> None:
+        replies: list[list[Any]] = []
+        size = 0
+        try:
+            for call in calls:
+                reply = self.session.execute(call)
+                if reply is None:
+                    continue
+                replies.append(reply)
+                size += _payload_bytes(reply)
+                if size >= wire.FRAME_SOFT_LIMIT_BYTES:
+                    self._emit(replies)
+                    replies, size = [], 0
+            if replies:
+                self._emit(replies)
+        finally:
+            self._loop.call_soon_threadsafe(self._slots.release)
+
+    async def submit(self, calls: list[Any]) -> None:
+        """Queue a batch, waiting while MAX_QUEUED_BATCHES are queued already."""
+        await self._slots.acquire()
+        self._thread.submit(self._run_batch, calls)
+
+    def finish(self) -> None:
+        """Put FINISHED on ``frames`` after every batch submitted so far."""
+        self._thread.submit(self._loop.call_soon_threadsafe, self.frames.put_nowait, FINISHED)
 
     async def close(self) -> None:
         """Run the session's cleanup after all queued batches, then stop the thread."""

@@ -6,36 +6,19 @@ import asyncio
 import itertools
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 
 from fikit_wire import calls as wire
 from fikit_wire import session_pb2, session_pb2_grpc
 from gpu_server.backends.base import Backend
-from gpu_server.executor import SessionRunner
+from gpu_server.executor import FINISHED, SessionRunner
 from gpu_server.session import Session, handle_counter
 from scheduler import LaunchScheduler
 
 log = logging.getLogger(__name__)
 
 SERVER_VERSION = "0.1.0"
-#: Batches a session may have queued before the server stops reading its stream.
-MAX_QUEUED_BATCHES = 64
-
-
-def reply_frames(replies: list[list[Any]]) -> list[session_pb2.ServerFrame]:
-    """Split replies into frames of about FRAME_SOFT_LIMIT_BYTES."""
-    frames, chunk, size = [], [], 0
-    for reply in replies:
-        chunk.append(reply)
-        size += sum(len(v) for v in reply if isinstance(v, (bytes, bytearray, memoryview)))
-        if size >= wire.FRAME_SOFT_LIMIT_BYTES:
-            frames.append(session_pb2.ServerFrame(replies=wire.pack(chunk)))
-            chunk, size = [], 0
-    if chunk:
-        frames.append(session_pb2.ServerFrame(replies=wire.pack(chunk)))
-    return frames
 
 
 class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
@@ -62,10 +45,7 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
         runner = SessionRunner(session)
         self.active_sessions.add(session.id)
         log.info("session %d opened by %s (%s)", session.id, context.peer(), hello.client_name)
-        pending: asyncio.Queue[asyncio.Future[list[list[Any]]] | None] = asyncio.Queue(
-            MAX_QUEUED_BATCHES
-        )
-        reader = asyncio.create_task(self._read_batches(request_iterator, runner, pending))
+        reader = asyncio.create_task(self._read_batches(request_iterator, runner))
         try:
             yield session_pb2.ServerFrame(
                 welcome=session_pb2.Welcome(
@@ -75,9 +55,8 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
                     session_id=session.id,
                 )
             )
-            while (batch := await pending.get()) is not None:
-                for frame in reply_frames(await batch):
-                    yield frame
+            while (frame := await runner.frames.get()) is not FINISHED:
+                yield frame
             try:
                 await reader
             except ValueError as err:
@@ -121,14 +100,13 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
 
     @staticmethod
     async def _read_batches(
-        request_iterator: AsyncIterator[session_pb2.ClientFrame],
-        runner: SessionRunner,
-        pending: asyncio.Queue[asyncio.Future[list[list[Any]]] | None],
+        request_iterator: AsyncIterator[session_pb2.ClientFrame], runner: SessionRunner
     ) -> None:
+        """Feed the runner until the client half-closes; a bad frame ends the session."""
         try:
             async for frame in request_iterator:
                 if frame.WhichOneof("body") != "calls":
                     raise ValueError("expected a frame of calls")
-                await pending.put(runner.submit(wire.unpack(frame.calls)))
+                await runner.submit(wire.unpack(frame.calls))
         finally:
-            await pending.put(None)
+            runner.finish()

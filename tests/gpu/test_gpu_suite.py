@@ -141,13 +141,24 @@ def _check_exit(label: str, returncode: int, stdout: str, stderr: str) -> None:
         pytest.fail(f"{label} exited with {returncode}\nstdout:\n{stdout}\nstderr:\n{stderr}")
 
 
-def _run(label: str, command: list[str]) -> str:
-    """Run a command to completion; fail unless it exits 0; return its stdout."""
-    result = subprocess.run(
-        command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S
+def _run(label: str, command: list[str], server: Server | None = None) -> str:
+    """Run a command to completion; fail unless it exits 0; return its stdout. A command
+    that outlives TIMEOUT_S fails with its own and the server's thread stacks."""
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    _check_exit(label, result.returncode, result.stdout, result.stderr)
-    return result.stdout
+    try:
+        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        server_stacks = server.stacks() if server is not None else ""
+        proc.send_signal(signal.SIGABRT)
+        stdout, stderr = proc.communicate()
+        pytest.fail(
+            f"{label} hung for {TIMEOUT_S} s\nstdout tail:\n{stdout[-3000:]}\n"
+            f"stderr:\n{stderr[-8000:]}\nserver:\n{server_stacks}"
+        )
+    _check_exit(label, proc.returncode, stdout, stderr)
+    return stdout
 
 
 @functools.cache
@@ -169,7 +180,7 @@ def _assert_same_output(label: str, native: str, remote: str) -> None:
 
 def _compare(server: Server, program: Path) -> str:
     native = _native_stdout(program)
-    remote = _run(f"remote {program.name}", _remote_command(server, program))
+    remote = _run(f"remote {program.name}", _remote_command(server, program), server)
     server.assert_alive()
     _assert_same_output(program.name, native, remote)
     return remote
