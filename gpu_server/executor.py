@@ -18,7 +18,8 @@ from gpu_server.session import Session
 
 #: Batches a session may have queued before the server stops reading its stream.
 MAX_QUEUED_BATCHES = 64
-#: Put on ``SessionRunner.frames`` once every batch submitted before ``finish`` has run.
+#: Put on ``SessionRunner.frames`` once every batch submitted before ``finish`` has run;
+#: an Exception put there instead means the session cannot go on.
 FINISHED = None
 
 
@@ -31,16 +32,17 @@ class SessionRunner:
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        self.frames: asyncio.Queue[session_pb2.ServerFrame | None] = asyncio.Queue()
+        self.frames: asyncio.Queue[session_pb2.ServerFrame | Exception | None] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
         self._slots = asyncio.Semaphore(MAX_QUEUED_BATCHES)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"session-{session.id}")
 
-    def _emit(self, replies: list[list[Any]]) -> None:
-        frame = session_pb2.ServerFrame(replies=wire.pack(replies))
-        self._loop.call_soon_threadsafe(self.frames.put_nowait, frame)
+    def _emit(self, item: session_pb2.ServerFrame | Exception) -> None:
+        self._loop.call_soon_threadsafe(self.frames.put_nowait, item)
 
     def _run_batch(self, calls: list[Any]) -> None:
+        """Execute a batch; its replies leave in frames of about FRAME_SOFT_LIMIT_BYTES. A
+        failure here is a server bug: it is put on ``frames`` to end the session loudly."""
         replies: list[list[Any]] = []
         size = 0
         try:
@@ -51,10 +53,12 @@ class SessionRunner:
                 replies.append(reply)
                 size += _payload_bytes(reply)
                 if size >= wire.FRAME_SOFT_LIMIT_BYTES:
-                    self._emit(replies)
+                    self._emit(session_pb2.ServerFrame(replies=wire.pack(replies)))
                     replies, size = [], 0
             if replies:
-                self._emit(replies)
+                self._emit(session_pb2.ServerFrame(replies=wire.pack(replies)))
+        except Exception as err:
+            self._emit(err)
         finally:
             self._loop.call_soon_threadsafe(self._slots.release)
 

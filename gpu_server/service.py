@@ -56,6 +56,9 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
                 )
             )
             while (frame := await runner.frames.get()) is not FINISHED:
+                if isinstance(frame, Exception):
+                    log.error("session %d failed", session.id, exc_info=frame)
+                    await context.abort(grpc.StatusCode.INTERNAL, f"server error: {frame!r}")
                 yield frame
             try:
                 await reader

@@ -163,6 +163,9 @@ class Session:
         except (TypeError, ValueError, OverflowError, KeyError, IndexError) as err:
             status, values = int(CUresult.CUDA_ERROR_INVALID_VALUE), ()
             log.info("session %d: bad arguments in %.60r: %s", self.id, call, err)
+        except Exception:  # a server bug must cost this call, not the session or the server
+            status, values = int(CUresult.CUDA_ERROR_UNKNOWN), ()
+            log.exception("session %d: internal error in %.60r", self.id, call)
         if not wants_reply:
             if status and not self.deferred_error:
                 self.deferred_error = status

@@ -37,7 +37,7 @@ PROGRAMS_DIR = Path(__file__).resolve().parent / "programs"
 PROGRAMS = sorted(p.name for p in PROGRAMS_DIR.glob("*.py") if p.name != "common.py")
 VECTOR_ADD = REPO / "examples" / "vector_add.py"
 CONCURRENT_PROGRAMS = ["copies.py", "saxpy_arg_forms.py"]
-TIMEOUT_S = 240
+TIMEOUT_S = int(os.environ.get("FIKIT_GPU_TEST_TIMEOUT", "240"))
 SERVER_START_S = 30
 SERVER_STOP_S = 10
 
