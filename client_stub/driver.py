@@ -435,8 +435,9 @@ def _copy_to_device(dst: Any, src: Any, size: int, stream: int | None) -> None:
     ctx, base = REMOTE.current, _handle(dst)
     chunks = [(o, data[o : o + COPY_CHUNK_BYTES]) for o in range(0, size, COPY_CHUNK_BYTES)]
     if stream is not None:
+        # The call returns before the data leaves: take it now, as CUDA stages pageable memory.
         for offset, chunk in chunks:
-            connection.post("cuMemcpyHtoD", ctx, base, offset, chunk, size, stream)
+            connection.post("cuMemcpyHtoD", ctx, base, offset, bytes(chunk), size, stream)
         return
     last = len(chunks) - 1
     calls = [
