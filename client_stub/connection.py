@@ -23,6 +23,8 @@ from fikit_wire import session_pb2, session_pb2_grpc
 log = logging.getLogger("fikit.client")
 
 _CLOSE = object()
+#: How long closing a session waits for the server to end the stream.
+CLOSE_TIMEOUT_S = 2.0
 
 
 class ConnectionLost(Exception):
@@ -54,6 +56,7 @@ class Connection:
         self._replies: deque[list[Any]] = deque()
         self._lock = threading.Lock()
         self._lost: str | None = None
+        self._closed = False
         hello = session_pb2.Hello(
             protocol_version=wire.PROTOCOL_VERSION, client_name=client_name, priority=priority
         )
@@ -131,11 +134,22 @@ class Connection:
             self._replies.extend(wire.unpack(frame.replies))
         return self._replies.popleft()
 
-    def close(self) -> None:
-        """End the session; the server frees everything it held."""
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """End the session; the server frees everything it held.
+
+        Half-closes the stream and waits (up to ``timeout``) for the server to finish it
+        before closing the channel: closing a channel under a live stream can leave gRPC's
+        threads behind at interpreter exit."""
+        if self._closed:
+            return
+        self._closed = True
         if self._lost is None:
             self._lost = "session closed"
+        finished = threading.Event()
+        self._stream.add_done_callback(lambda _: finished.set())
         self._outbox.put(_CLOSE)
+        if not finished.wait(timeout):
+            self._stream.cancel()
         self._channel.close()
 
 
