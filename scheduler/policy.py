@@ -1,0 +1,364 @@
+"""Launch scheduling policies as pure logic over a virtual clock: FIFO, strict priority, FIKIT.
+
+A policy sees every kernel launch of every task and decides when each may go to the GPU.
+Times are floats in microseconds given by the caller; a policy never reads a clock, starts a
+thread or touches CUDA. The caller drives it with events:
+
+- ``add_task`` / ``remove_task`` when a task (a client session) comes and goes;
+- ``arrive`` when a task wants to launch a kernel;
+- ``take_issuable`` after any event, to get the launches that may go to the GPU now, in the
+  order to issue them; a launch counts as in flight from the moment it is handed out;
+- ``issued`` once a launch is on the GPU, ``completed`` once the GPU finished it (also when
+  issuing it failed, so that it stops counting as in flight);
+- ``next_event`` to learn when to call ``take_issuable`` again if nothing else happens.
+
+Every policy keeps each task's launches in arrival order: a held launch blocks all later
+launches of its task. Priorities go from 0 (lowest) to 9 (highest).
+
+A task is *active* from its first launch until it has had nothing held and nothing in flight
+for ``quiet_after_us``; only active tasks hold back lower priorities. A task that is not active
+is *quiet*.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+LOWEST_PRIORITY = 0
+HIGHEST_PRIORITY = 9
+
+
+@dataclass(frozen=True)
+class PendingLaunch:
+    """A kernel launch that a task wants to make."""
+
+    #: Global arrival order, unique.
+    seq: int
+    task_id: int
+    #: Stable kernel identity (content digest + name + launch geometry).
+    kernel_id: str
+    #: Predicted duration from the profile; None when the kernel was never measured.
+    predicted_us: float | None
+
+
+class Policy(Protocol):
+    """Decides when each task's launches may go to the GPU."""
+
+    name: str
+
+    def add_task(self, task_id: int, priority: int, now: float) -> None:
+        """A task with ``priority`` (0 lowest .. 9 highest) starts."""
+
+    def remove_task(self, task_id: int, now: float) -> tuple[PendingLaunch, ...]:
+        """A task ends; its held launches are dropped and returned."""
+
+    def arrive(self, launch: PendingLaunch, now: float) -> None:
+        """A task wants to launch a kernel."""
+
+    def take_issuable(self, now: float) -> list[PendingLaunch]:
+        """The launches allowed to go to the GPU now, in issue order, no longer held."""
+
+    def issued(self, launch: PendingLaunch, now: float) -> None:
+        """A launch handed out by ``take_issuable`` went to the GPU."""
+
+    def completed(self, launch: PendingLaunch, now: float) -> None:
+        """The GPU finished a launch (or issuing it failed)."""
+
+    def next_event(self, now: float) -> float | None:
+        """The next time ``take_issuable`` may return more with no other event, or None."""
+
+
+@dataclass
+class _Task:
+    """What a policy knows about one task."""
+
+    priority: int
+    held: deque[PendingLaunch] = field(default_factory=deque)
+    in_flight: int = 0
+    #: When the task last ran out of held and in-flight launches; None while busy or before
+    #: its first launch.
+    idle_since: float | None = None
+    #: The kernel whose completion left the task idle (keys the gap that follows it).
+    idle_after_kernel: str = ""
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.held) or self.in_flight > 0
+
+    def active(self, now: float, quiet_after_us: float) -> bool:
+        if self.busy:
+            return True
+        return self.idle_since is not None and now - self.idle_since < quiet_after_us
+
+    def idle_for(self, now: float) -> float:
+        """How long the task has been idle; 0 while it is busy."""
+        return 0.0 if self.idle_since is None else now - self.idle_since
+
+    def quiet_at(self, quiet_after_us: float) -> float | None:
+        """When an idle task stops being active; None if it is busy or never launched."""
+        return None if self.idle_since is None else self.idle_since + quiet_after_us
+
+
+class _QueuedPolicy:
+    """Bookkeeping shared by all policies: per-task held queues, launches in flight, activity.
+
+    Launches of tasks at or above ``_free_floor`` are issued at once, in arrival order across
+    tasks; a subclass may then release launches from below the floor with ``_fill``.
+    """
+
+    name: str
+
+    def __init__(self, quiet_after_us: float = 2000.0) -> None:
+        if quiet_after_us < 0:
+            raise ValueError("quiet_after_us must be >= 0")
+        self.quiet_after_us = quiet_after_us
+        self._tasks: dict[int, _Task] = {}
+        #: seq -> (priority of its task, the launch), from hand-out to completion.
+        self._in_flight: dict[int, tuple[int, PendingLaunch]] = {}
+
+    def add_task(self, task_id: int, priority: int, now: float) -> None:
+        """Start tracking a task; it becomes active with its first launch."""
+        if not LOWEST_PRIORITY <= priority <= HIGHEST_PRIORITY:
+            raise ValueError(
+                f"priority {priority} is outside {LOWEST_PRIORITY}..{HIGHEST_PRIORITY}"
+            )
+        if task_id in self._tasks:
+            raise ValueError(f"task {task_id} was already added")
+        self._tasks[task_id] = _Task(priority)
+
+    def remove_task(self, task_id: int, now: float) -> tuple[PendingLaunch, ...]:
+        """Forget a task at once; its held launches are dropped and returned.
+
+        Its launches already in flight still count as in flight until they complete.
+        """
+        task = self._tasks.pop(task_id, None)
+        return () if task is None else tuple(task.held)
+
+    def arrive(self, launch: PendingLaunch, now: float) -> None:
+        """Queue a launch behind the task's earlier ones; the task must have been added."""
+        task = self._tasks[launch.task_id]
+        if task.idle_since is not None:
+            self._gap_ended(launch.task_id, task.idle_after_kernel, now - task.idle_since)
+            task.idle_since = None
+        task.held.append(launch)
+
+    def take_issuable(self, now: float) -> list[PendingLaunch]:
+        """Hand out every launch at or above the free floor, then what ``_fill`` releases."""
+        floor = self._free_floor(now)
+        free: list[PendingLaunch] = []
+        for task in self._tasks.values():
+            while task.priority >= floor and task.held:
+                free.append(self._hand_out(task))
+        free.sort(key=lambda launch: launch.seq)
+        return free + self._fill(floor, now)
+
+    def issued(self, launch: PendingLaunch, now: float) -> None:
+        """Nothing to do: a launch counts as in flight from the moment it is handed out."""
+
+    def completed(self, launch: PendingLaunch, now: float) -> None:
+        """Stop counting the launch; its task goes idle if that was its last one."""
+        if self._in_flight.pop(launch.seq, None) is None:
+            raise ValueError(f"launch {launch.seq} is not in flight")
+        task = self._tasks.get(launch.task_id)
+        if task is None:
+            return
+        task.in_flight -= 1
+        if not task.busy:
+            task.idle_since = now
+            task.idle_after_kernel = launch.kernel_id
+
+    def next_event(self, now: float) -> float | None:
+        """While launches are held, the earliest time an idle active task goes quiet."""
+        if not any(task.held for task in self._tasks.values()):
+            return None
+        times = [
+            at
+            for task in self._tasks.values()
+            if (at := task.quiet_at(self.quiet_after_us)) is not None and at > now
+        ]
+        return min(times, default=None)
+
+    def active_priority(self, now: float) -> int | None:
+        """The highest priority among active tasks, or None when every task is quiet."""
+        return max(
+            (t.priority for t in self._tasks.values() if t.active(now, self.quiet_after_us)),
+            default=None,
+        )
+
+    def _free_floor(self, now: float) -> int:
+        """Tasks at or above this priority have all their launches issued at once."""
+        return LOWEST_PRIORITY
+
+    def _fill(self, floor: int, now: float) -> list[PendingLaunch]:
+        """Head launches from below ``floor`` released now, handed out with ``_hand_out``."""
+        return []
+
+    def _gap_ended(self, task_id: int, after_kernel: str, gap_us: float) -> None:
+        """A task launched again ``gap_us`` after going idle when ``after_kernel`` completed."""
+
+    def _hand_out(self, task: _Task) -> PendingLaunch:
+        """Take the task's head launch out of its queue and count it in flight."""
+        launch = task.held.popleft()
+        task.in_flight += 1
+        self._in_flight[launch.seq] = (task.priority, launch)
+        return launch
+
+
+class FifoPolicy(_QueuedPolicy):
+    """First come, first served: every launch is issuable as soon as it arrives."""
+
+    name = "fifo"
+
+
+class PriorityPolicy(_QueuedPolicy):
+    """Strict priority at kernel boundaries: a launch waits while any higher task is active."""
+
+    name = "priority"
+
+    def _free_floor(self, now: float) -> int:
+        top = self.active_priority(now)
+        return LOWEST_PRIORITY if top is None else top
+
+
+class GapPredictor:
+    """Learns tasks' idle gaps online and predicts them conservatively.
+
+    A gap is keyed by its task and by the kernel whose completion opened it: an inference
+    step repeats the same kernels with the same host work after each, so the gap after a given
+    kernel is much more regular than the task's gaps overall (the FIKIT paper predicts gaps per
+    kernel too). Each key keeps its last ``window`` samples; the prediction is their
+    ``percentile`` (low, so that mistakes protect the high-priority task), and 0 (nothing
+    fits) for a key without samples.
+    """
+
+    def __init__(self, window: int = 64, percentile: float = 0.25) -> None:
+        if window < 1 or not 0.0 <= percentile <= 1.0:
+            raise ValueError("need window >= 1 and 0 <= percentile <= 1")
+        self.window = window
+        self.percentile = percentile
+        self._samples: dict[int, dict[str, deque[float]]] = {}
+
+    def record(self, task_id: int, after_kernel: str, gap_us: float) -> None:
+        """Add one observed gap."""
+        by_kernel = self._samples.setdefault(task_id, {})
+        by_kernel.setdefault(after_kernel, deque(maxlen=self.window)).append(gap_us)
+
+    def predict(self, task_id: int, after_kernel: str) -> float:
+        """The predicted length of the gap opened by ``after_kernel``'s completion."""
+        samples = self._samples.get(task_id, {}).get(after_kernel)
+        if not samples:
+            return 0.0
+        ordered = sorted(samples)
+        return ordered[int(self.percentile * (len(ordered) - 1))]
+
+    def samples(self, task_id: int) -> dict[str, tuple[float, ...]]:
+        """The task's kept samples, oldest first, by the kernel that opened the gap."""
+        return {k: tuple(v) for k, v in self._samples.get(task_id, {}).items()}
+
+    def forget(self, task_id: int) -> None:
+        """Drop a task's samples."""
+        self._samples.pop(task_id, None)
+
+
+class FikitPolicy(PriorityPolicy):
+    """FIKIT: strict priority, plus lower-priority kernels fitted into the top task's idle gaps.
+
+    Let H be the highest priority among active tasks. Launches at H are issued at once. While
+    every active task at H is in an idle gap (nothing held, nothing in flight), held launches
+    from below H are released by BestPrioFit: highest level first, and within a level the
+    task head launch with the largest predicted duration that fits, ties to the earliest. A
+    launch fits when the predicted duration of all lower-priority work in flight, itself
+    included, is at most both ``gap_margin`` times the remaining predicted gap and
+    ``max_lp_inflight_us``. On a GPU that runs kernels in issue order, that bound is the most
+    a correct duration prediction lets lower-priority work delay an H launch that arrives
+    early; a duration ``k`` times too short raises it to ``k * max_lp_inflight_us``. The bound
+    does not cover work issued while no task at H was active (before its first launch, or
+    after it went quiet), when lower levels run freely.
+
+    Launches never measured (``predicted_us`` None) count as ``default_unknown_us``, by
+    default ``max_lp_inflight_us``: they fit only a gap of at least
+    ``max_lp_inflight_us / gap_margin`` with no other lower-priority work in flight.
+
+    Gaps are learnt by a ``GapPredictor`` from the events the policy sees: a sample is the
+    time from the completion that left a task idle to that task's next arrival.
+    """
+
+    name = "fikit"
+
+    def __init__(
+        self,
+        max_lp_inflight_us: float = 200.0,
+        gap_margin: float = 0.9,
+        quiet_after_us: float = 2000.0,
+        default_unknown_us: float | None = None,
+        gap_window: int = 64,
+        gap_percentile: float = 0.25,
+    ) -> None:
+        super().__init__(quiet_after_us)
+        if max_lp_inflight_us < 0 or not 0.0 <= gap_margin <= 1.0:
+            raise ValueError("need max_lp_inflight_us >= 0 and 0 <= gap_margin <= 1")
+        self.max_lp_inflight_us = max_lp_inflight_us
+        self.gap_margin = gap_margin
+        self.default_unknown_us = (
+            max_lp_inflight_us if default_unknown_us is None else default_unknown_us
+        )
+        self.gaps = GapPredictor(gap_window, gap_percentile)
+
+    def gap_samples(self, task_id: int) -> dict[str, tuple[float, ...]]:
+        """The task's learnt gap samples, by the kernel that opened the gap."""
+        return self.gaps.samples(task_id)
+
+    def remove_task(self, task_id: int, now: float) -> tuple[PendingLaunch, ...]:
+        """Forget the task and its gap samples; its held launches are dropped and returned."""
+        self.gaps.forget(task_id)
+        return super().remove_task(task_id, now)
+
+    def cost_us(self, launch: PendingLaunch) -> float:
+        """The duration used for fitting: the prediction, or ``default_unknown_us``."""
+        return self.default_unknown_us if launch.predicted_us is None else launch.predicted_us
+
+    def _gap_ended(self, task_id: int, after_kernel: str, gap_us: float) -> None:
+        self.gaps.record(task_id, after_kernel, gap_us)
+
+    def _fill(self, floor: int, now: float) -> list[PendingLaunch]:
+        top = [
+            (task_id, task)
+            for task_id, task in self._tasks.items()
+            if task.priority == floor and task.active(now, self.quiet_after_us)
+        ]
+        if not top or any(task.busy for _, task in top):
+            return []
+        remaining = min(
+            self.gaps.predict(task_id, task.idle_after_kernel) - task.idle_for(now)
+            for task_id, task in top
+        )
+        lp_in_flight = sum(
+            self.cost_us(launch)
+            for priority, launch in self._in_flight.values()
+            if priority < floor
+        )
+        room = min(remaining * self.gap_margin, self.max_lp_inflight_us) - lp_in_flight
+        released: list[PendingLaunch] = []
+        for level in range(floor - 1, LOWEST_PRIORITY - 1, -1):
+            tasks = [task for task in self._tasks.values() if task.priority == level]
+            while (best := self._best_fit(tasks, room)) is not None:
+                launch = self._hand_out(best)
+                room -= self.cost_us(launch)
+                released.append(launch)
+        return released
+
+    def _best_fit(self, tasks: list[_Task], room: float) -> _Task | None:
+        """The task whose head launch is the largest to fit in ``room``; earliest on ties."""
+        fitting = [task for task in tasks if task.held and self.cost_us(task.held[0]) <= room]
+        return max(
+            fitting, key=lambda task: (self.cost_us(task.held[0]), -task.held[0].seq), default=None
+        )
+
+
+#: The policies by name, for configuration.
+POLICIES: dict[str, Callable[..., Policy]] = {
+    policy.name: policy for policy in (FifoPolicy, PriorityPolicy, FikitPolicy)
+}

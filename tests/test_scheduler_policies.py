@@ -1,0 +1,364 @@
+"""Scheduling policies on the deterministic GPU model: FIFO, strict priority and FIKIT.
+
+The main workload is an inference task at priority 9 (requests of 12 kernels of 40..500 us,
+host gaps of 30..1500 us between them, ±10 % jitter, 1.2 ms between requests: about 70 % of
+its time alone is GPU idle time) sharing the GPU with two training-like tasks at priority 0
+that keep 8 launches each outstanding, with kernels of 30..160 us.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from itertools import pairwise
+
+import pytest
+
+from scheduler.policy import (
+    FifoPolicy,
+    FikitPolicy,
+    GapPredictor,
+    PendingLaunch,
+    Policy,
+    PriorityPolicy,
+)
+from scheduler.simulator import Kernel, SimResult, TaskSpec, run_alone, simulate
+
+HP = 1
+HP_KERNELS = (180, 60, 420, 90, 250, 40, 300, 120, 75, 500, 150, 220)
+HP_GAPS = (40, 350, 900, 60, 1500, 250, 30, 700, 120, 400, 80)
+LP_KERNELS = {2: (120, 45, 160, 80), 3: (100, 30, 60)}
+MAX_LP_KERNEL = max(max(durations) for durations in LP_KERNELS.values())
+
+
+def kernels(prefix: str, durations: tuple[float, ...]) -> tuple[Kernel, ...]:
+    return tuple(Kernel(f"{prefix}{i}", d) for i, d in enumerate(durations))
+
+
+def inference(task_id: int = HP, priority: int = 9, requests: int = 20, **kw: float) -> TaskSpec:
+    """A closed loop: each kernel is waited for, then host work before the next."""
+    return TaskSpec(
+        task_id,
+        priority,
+        kernels(f"hp{task_id}.", HP_KERNELS),
+        HP_GAPS,
+        request_gap_us=1200.0,
+        requests=requests,
+        gap_jitter=0.1,
+        **kw,
+    )
+
+
+def training(task_id: int, priority: int = 0, requests: int | None = None, **kw: float) -> TaskSpec:
+    """A saturating stream: 8 launches outstanding, no host gaps."""
+    durations = LP_KERNELS.get(task_id, (100.0,))
+    return TaskSpec(
+        task_id, priority, kernels(f"lp{task_id}.", durations), requests=requests, depth=8, **kw
+    )
+
+
+WORKLOAD = (inference(), training(2), training(3))
+
+
+def slowdown(shared: SimResult) -> float:
+    """The HP task's makespan in ``shared`` over its makespan alone."""
+    return shared.makespan_us(HP) / run_alone(inference()).makespan_us(HP)
+
+
+def fitting_lp_work_us(alone: SimResult, task_id: int = HP) -> float:
+    """The lower-priority work that fits in the task's idle gaps when it runs alone.
+
+    Per gap, everything but the last ``MAX_LP_KERNEL``: what any scheduler that never
+    delays the task can be sure to place with kernels up to that size.
+    """
+    return sum(max(0.0, gap - MAX_LP_KERNEL) for gap in alone.idle_gaps_us(task_id))
+
+
+def assert_per_task_order(result: SimResult) -> None:
+    for task_id in result.priority:
+        runs = result.runs(task_id)
+        for earlier, later in pairwise(runs):
+            assert earlier.issue_us <= later.issue_us
+            assert earlier.end_us <= later.start_us
+
+
+def lp_issue_times(result: SimResult) -> list[float]:
+    return sorted(r.issue_us for r in result.timeline if result.priority[r.task_id] == 0)
+
+
+# 1-3: the main workload under each policy
+
+
+def test_fikit_fills_the_idle_gaps_without_slowing_the_hp_task() -> None:
+    alone = run_alone(WORKLOAD[0])
+    assert alone.idle_fraction(HP) > 0.6
+    shared = simulate(WORKLOAD, FikitPolicy())
+
+    assert slowdown(shared) <= 1.05
+    count, lp_work = shared.lower_priority_work_us(HP)
+    assert count > 0
+    assert lp_work >= 0.9 * fitting_lp_work_us(alone)
+    assert lp_work >= 0.75 * sum(alone.idle_gaps_us(HP))
+    # Exact duration predictions: no HP kernel waits longer than the in-flight LP bound.
+    assert max(r.wait_us for r in shared.runs(HP)) <= 200.0
+    assert len(shared.request_latencies_us[HP]) == 20
+
+
+def test_fifo_slows_the_hp_task_down() -> None:
+    shared = simulate(WORKLOAD, FifoPolicy())
+    assert slowdown(shared) > 1.5
+
+
+def test_priority_holds_every_lp_launch_while_the_hp_task_is_active() -> None:
+    policy = PriorityPolicy()
+    quiet_at = run_alone(WORKLOAD[0]).finish_us[HP] + policy.quiet_after_us
+    shared = simulate(WORKLOAD, policy, until_us=quiet_at + 5000.0)
+
+    assert shared.makespan_us(HP) == pytest.approx(run_alone(WORKLOAD[0]).makespan_us(HP))
+    issues = lp_issue_times(shared)
+    assert issues and issues[0] == pytest.approx(quiet_at)
+    _, lp_work = shared.work_us([2, 3], quiet_at, quiet_at + 5000.0)
+    assert lp_work == pytest.approx(5000.0)
+
+
+# 4: mispredicted durations
+
+
+def test_mispredicted_lp_durations_delay_each_hp_launch_by_at_most_the_scaled_bound() -> None:
+    """LP kernels run 3x longer than predicted: the in-flight bound of 200 us becomes 600 us.
+
+    The bound holds per HP launch (each gap filled can overrun once), so a request's delay is
+    at most its launches times 600 us; the LP tasks are finite and must all complete.
+    """
+    tasks = [inference(), training(2, requests=150), training(3, requests=150)]
+    profile = {k.kernel_id: k.duration_us for t in tasks for k in t.kernels}
+    for task in tasks[1:]:
+        for kernel in task.kernels:
+            profile[kernel.kernel_id] = kernel.duration_us / 3
+    shared = simulate(tasks, FikitPolicy(max_lp_inflight_us=200.0), profile)
+
+    hp_runs = shared.runs(HP)
+    assert 200.0 < max(r.wait_us for r in hp_runs) <= 3 * 200.0
+    alone = run_alone(tasks[0])
+    latencies = zip(shared.request_latencies_us[HP], alone.request_latencies_us[HP])
+    for request, (with_lp, without) in enumerate(latencies):
+        waits = sum(r.wait_us for r in hp_runs if r.request == request)
+        assert with_lp - without == pytest.approx(waits, abs=1e-6)
+        assert waits <= len(HP_KERNELS) * 3 * 200.0
+    for task in tasks:
+        assert len(shared.runs(task.task_id)) == task.launches
+    assert_per_task_order(shared)
+
+
+# 5: tasks arriving and leaving
+
+
+def test_an_lp_task_added_mid_run_fills_gaps_too() -> None:
+    late = training(3, start_us=50_000.0)
+    shared = simulate([inference(), training(2), late], FikitPolicy())
+    runs = shared.runs(3)
+    assert runs and runs[0].arrive_us == 50_000.0
+    count, _ = shared.work_us([3], 50_000.0, shared.finish_us[HP])
+    assert count > 100
+    assert slowdown(shared) <= 1.05
+
+
+@pytest.mark.parametrize("policy", [PriorityPolicy, FikitPolicy])
+def test_lp_runs_freely_as_soon_as_the_hp_task_leaves(policy: Callable[[], Policy]) -> None:
+    stop = 30_000.0
+    shared = simulate(
+        [inference(stop_us=stop), training(2), training(3)], policy(), until_us=stop + 10_000.0
+    )
+    assert shared.finish_us[HP] == stop
+    assert all(r.arrive_us < stop for r in shared.runs(HP))
+    # From the removal on, the GPU runs LP back to back: no waiting for the HP task to quiet.
+    first_after = min(r.start_us for r in shared.timeline if r.task_id != HP and r.issue_us >= stop)
+    _, lp_work = shared.work_us([2, 3], first_after, stop + 10_000.0)
+    assert first_after - stop <= 500.0
+    assert lp_work == pytest.approx(stop + 10_000.0 - first_after)
+
+
+def test_removing_a_task_drops_its_held_launches() -> None:
+    lp = training(2, stop_us=20_000.0)
+    shared = simulate([inference(requests=5), lp], FikitPolicy())
+    assert shared.dropped
+    assert {launch.task_id for launch in shared.dropped} == {2}
+    ran = {r.seq for r in shared.timeline}
+    assert not ran & {launch.seq for launch in shared.dropped}
+    assert shared.runs(2)
+    assert all(r.issue_us < 20_000.0 for r in shared.runs(2))
+
+
+def test_remove_task_returns_held_launches_and_forgets_the_task() -> None:
+    policy = FikitPolicy()
+    policy.add_task(1, 9, 0.0)
+    policy.add_task(2, 0, 0.0)
+    policy.arrive(PendingLaunch(0, 1, "a", 10.0), 0.0)
+    policy.arrive(PendingLaunch(1, 2, "b", 10.0), 0.0)
+    policy.arrive(PendingLaunch(2, 2, "c", 10.0), 0.0)
+    assert [launch.seq for launch in policy.take_issuable(0.0)] == [0]
+    assert [launch.seq for launch in policy.remove_task(2, 1.0)] == [1, 2]
+    policy.completed(PendingLaunch(0, 1, "a", 10.0), 10.0)
+    assert policy.take_issuable(10.0) == []
+
+
+# 6: several tasks at one level
+
+
+@pytest.mark.parametrize("policy", [FifoPolicy, PriorityPolicy, FikitPolicy])
+def test_tasks_at_one_level_share_the_gpu_fairly(policy: Callable[[], Policy]) -> None:
+    tasks = [training(task_id, priority=4, requests=200) for task_id in range(10, 14)]
+    shared = simulate(tasks, policy())
+    halfway = shared.end_us / 2
+    done = Counter(r.task_id for r in shared.timeline if r.end_us <= halfway)
+    assert max(done.values()) - min(done.values()) <= 1
+    finishes = [shared.finish_us[t.task_id] for t in tasks]
+    assert max(finishes) - min(finishes) < len(tasks) * 100.0
+
+
+def test_lp_tasks_at_one_level_share_the_gaps() -> None:
+    tasks = [inference(), training(20), training(21)]
+    shared = simulate(tasks, FikitPolicy())
+    _, lp_work = shared.lower_priority_work_us(HP)
+    counts = Counter(r.task_id for r in shared.timeline if r.task_id != HP)
+    assert lp_work > 0
+    assert abs(counts[20] - counts[21]) <= 2
+
+
+def test_two_hp_tasks_are_both_served_and_lp_only_fills_when_both_are_idle() -> None:
+    tasks = [inference(1), inference(4, requests=15, start_us=7_000.0), training(2), training(3)]
+    shared = simulate(tasks, FikitPolicy())
+    assert len(shared.request_latencies_us[1]) == 20
+    assert len(shared.request_latencies_us[4]) == 15
+    hp_busy = [(r.arrive_us, r.end_us) for r in shared.timeline if r.task_id in (1, 4)]
+    lp_issues = [
+        r.issue_us
+        for r in shared.timeline
+        if r.task_id in (2, 3) and r.issue_us < min(shared.finish_us[1], shared.finish_us[4])
+    ]
+    assert lp_issues
+    assert not [t for t in lp_issues for begin, end in hp_busy if begin <= t < end]
+
+
+# 7: per-task order, and no starvation once the high priority goes quiet
+
+
+@pytest.mark.parametrize("policy", [FifoPolicy, PriorityPolicy, FikitPolicy])
+def test_every_launch_runs_once_in_task_order(policy: Callable[[], Policy]) -> None:
+    tasks = [
+        inference(requests=8),
+        inference(5, priority=5, requests=6, start_us=3_000.0),
+        training(2, requests=60),
+        training(3, priority=2, requests=60),
+        training(6, requests=40, start_us=10_000.0),
+    ]
+    shared = simulate(tasks, policy())
+    assert_per_task_order(shared)
+    for task in tasks:
+        assert len(shared.runs(task.task_id)) == task.launches
+        assert len({r.seq for r in shared.runs(task.task_id)}) == task.launches
+
+
+# 8: unknown durations
+
+
+def learn_gap(policy: FikitPolicy, gap_us: float, samples: int = 3) -> float:
+    """Task 1 (priority 9) runs kernel "k" then idles ``gap_us``, ``samples`` times; returns
+    the time it went idle for the last time."""
+    now = 0.0
+    for seq in range(samples + 1):
+        if seq:
+            now += gap_us
+        launch = PendingLaunch(1000 + seq, 1, "k", 50.0)
+        policy.arrive(launch, now)
+        assert policy.take_issuable(now) == [launch]
+        now += 50.0
+        policy.completed(launch, now)
+    return now
+
+
+@pytest.mark.parametrize(
+    ("gap_us", "predicted_us", "released"),
+    [
+        (150.0, None, False),
+        (150.0, 100.0, True),
+        (150.0, 140.0, False),
+        (1000.0, None, True),
+    ],
+)
+def test_unknown_durations_fill_only_large_gaps(
+    gap_us: float, predicted_us: float | None, released: bool
+) -> None:
+    policy = FikitPolicy()
+    policy.add_task(1, 9, 0.0)
+    policy.add_task(2, 0, 0.0)
+    policy.arrive(PendingLaunch(0, 2, "lp", predicted_us), 0.0)
+    now = learn_gap(policy, gap_us)
+    assert policy.gap_samples(1) == {"k": (gap_us, gap_us, gap_us)}
+    assert bool(policy.take_issuable(now)) is released
+
+
+def test_unknown_lp_kernels_stay_out_of_small_gaps_in_simulation() -> None:
+    hp = TaskSpec(HP, 9, kernels("hp", (100.0, 80.0)), (150.0,), request_gap_us=150.0, requests=50)
+    lp = training(2, requests=20)
+    profile = {k.kernel_id: k.duration_us for k in hp.kernels}
+    shared = simulate([hp, lp], FikitPolicy(), profile)
+    assert shared.lower_priority_work_us(HP) == (0, 0.0)
+    assert shared.makespan_us(HP) == run_alone(hp).makespan_us(HP)
+    assert len(shared.runs(2)) == lp.launches
+
+
+# The policy's own bookkeeping
+
+
+def test_best_fit_picks_the_largest_fitting_head_from_the_highest_level_first() -> None:
+    policy = FikitPolicy(max_lp_inflight_us=1000.0, gap_margin=1.0)
+    policy.add_task(1, 9, 0.0)
+    for task_id, priority in [(2, 3), (3, 3), (4, 1)]:
+        policy.add_task(task_id, priority, 0.0)
+    for seq, task_id, predicted in [(0, 2, 300.0), (1, 2, 10.0), (2, 3, 500.0), (3, 4, 190.0)]:
+        policy.arrive(PendingLaunch(seq, task_id, f"k{seq}", predicted), 0.0)
+    now = learn_gap(policy, 1000.0)
+    # Room 1000: level 3 first, largest fitting head (500, then 300, then 10), then level 1.
+    assert [launch.seq for launch in policy.take_issuable(now)] == [2, 0, 1, 3]
+
+
+def test_a_task_goes_quiet_after_quiet_after_us_and_next_event_says_when() -> None:
+    policy = PriorityPolicy(quiet_after_us=2000.0)
+    policy.add_task(1, 9, 0.0)
+    policy.add_task(2, 0, 0.0)
+    hp = PendingLaunch(0, 1, "hp", 10.0)
+    lp = PendingLaunch(1, 2, "lp", 10.0)
+    policy.arrive(hp, 0.0)
+    policy.arrive(lp, 0.0)
+    assert policy.take_issuable(0.0) == [hp]
+    assert policy.next_event(0.0) is None
+    policy.completed(hp, 10.0)
+    assert policy.take_issuable(10.0) == []
+    assert policy.next_event(10.0) == 2010.0
+    assert policy.take_issuable(2009.0) == []
+    assert policy.take_issuable(2010.0) == [lp]
+    assert policy.next_event(2010.0) is None
+
+
+def test_gap_prediction_is_a_low_percentile_of_recent_gaps_after_the_same_kernel() -> None:
+    gaps = GapPredictor(window=4, percentile=0.25)
+    assert gaps.predict(1, "k") == 0.0
+    for gap in (900.0, 100.0, 400.0, 200.0, 300.0):
+        gaps.record(1, "k", gap)
+    gaps.record(1, "other", 5.0)
+    assert gaps.samples(1)["k"] == (100.0, 400.0, 200.0, 300.0)
+    assert gaps.predict(1, "k") == 100.0
+    assert gaps.predict(2, "k") == 0.0
+
+
+def test_no_gap_is_learnt_while_the_task_still_has_work_in_flight() -> None:
+    policy = FikitPolicy()
+    policy.add_task(1, 9, 0.0)
+    first, second, third = (PendingLaunch(seq, 1, "k", 10.0) for seq in range(3))
+    policy.arrive(first, 0.0)
+    policy.arrive(second, 0.0)
+    policy.take_issuable(0.0)
+    policy.completed(first, 10.0)
+    policy.arrive(third, 15.0)
+    assert policy.gap_samples(1) == {}
