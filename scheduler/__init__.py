@@ -1,8 +1,9 @@
 """Launch scheduling: the policy that decides when each task's kernel launches reach the GPU.
 
-The server hands every kernel launch to one ``LaunchScheduler``. A scheduler is pure logic
-over tasks and queued launches; it never touches CUDA or gRPC itself, it only calls the
-``issue`` callable of a launch when that launch may go to the GPU.
+The server hands every kernel launch to one ``LaunchScheduler`` (``base.py``); today that
+is ``FifoScheduler``. The FIKIT policies (``policy.py``: fifo, priority, fikit) are pure
+logic over a virtual clock and per-task queues, exercised on a model of a shared GPU
+(``simulator.py``); connecting them to the server's launch path is the next step.
 """
 
 from scheduler.base import Launch, LaunchScheduler
