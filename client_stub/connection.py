@@ -98,11 +98,6 @@ class Connection:
                 size += _payload_size(call)
             yield session_pb2.ClientFrame(calls=wire.pack(batch))
 
-    @property
-    def lost(self) -> str | None:
-        """Why the session ended, or None while it is alive."""
-        return self._lost
-
     def post(self, name: str, *args: Any) -> None:
         """Send a call that wants no reply."""
         if self._lost is None:

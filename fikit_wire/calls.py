@@ -26,9 +26,6 @@ COPY_CHUNK_BYTES = 1024 * 1024
 #: A frame stops growing once its payload passes this size.
 FRAME_SOFT_LIMIT_BYTES = 4 * 1024 * 1024
 
-Call = list[Any]
-Reply = list[Any]
-
 
 def pack(items: list[Any]) -> bytes:
     """Encode a batch of calls or replies."""
