@@ -6,60 +6,15 @@ benchmark under `fikit-run --server` (or `python -m client_stub.run`), then stop
 """
 
 import json
-import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from server_process import ENV, REPO, console_script, gpu_server
+
 BENCHMARK = Path(__file__).resolve().parent / "driver_calls.py"
 RUN_TIMEOUT_S = 600
-SERVER_START_S = 30
-SERVER_STOP_S = 10
-ENV = {key: value for key, value in os.environ.items() if key != "FIKIT_SERVER"}
-
-
-def console_script(name: str, module: str) -> list[str]:
-    """The installed console script, else `python -m module`."""
-    script = shutil.which(name)
-    return [script] if script else [sys.executable, "-m", module]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_listening(proc: subprocess.Popen, port: int, log: Path) -> None:
-    """Poll the port until the server accepts connections; exit if it dies or never listens."""
-    deadline = time.monotonic() + SERVER_START_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(
-                f"gpu-server exited with {proc.returncode}:\n{log.read_text(errors='replace')}"
-            )
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    sys.exit(f"gpu-server did not listen on port {port} within {SERVER_START_S} s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM, then kill after SERVER_STOP_S."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=SERVER_STOP_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def run_benchmark(label: str, prefix: list[str]) -> dict[str, float]:
@@ -84,31 +39,10 @@ def slowdown(metric: str, native: float, remote: float) -> float:
 
 
 def main() -> None:
-    port = free_port()
-    addr = f"127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory() as tmp:
-        log = Path(tmp) / "server.log"
-        with log.open("wb") as log_file:
-            server = subprocess.Popen(
-                [
-                    *console_script("gpu-server", "gpu_server"),
-                    "--backend",
-                    "cuda",
-                    "--listen",
-                    addr,
-                ],
-                cwd=REPO,
-                env=ENV,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            wait_listening(server, port, log)
-            native = run_benchmark("native", [])
-            remote_prefix = [*console_script("fikit-run", "client_stub.run"), "--server", addr]
-            remote = run_benchmark("remote", remote_prefix)
-        finally:
-            stop(server)
+    with tempfile.TemporaryDirectory() as tmp, gpu_server([], Path(tmp) / "server.log") as addr:
+        native = run_benchmark("native", [])
+        remote_prefix = [*console_script("fikit-run", "client_stub.run"), "--server", addr]
+        remote = run_benchmark("remote", remote_prefix)
 
     print("Slowdown = how many times worse remote is than native (>1: remote slower).")
     print("Latencies (_us): remote/native. Bandwidths (_GBps): native/remote.\n")

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import faulthandler
 import logging
 import signal
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
 
 import uvloop
 
 from gpu_server.backends import BackendUnavailable, open_backend
 from gpu_server.server import start_server
-from scheduler import FifoScheduler
+from scheduler.dispatcher import Dispatcher
+from scheduler.policy import POLICIES, FifoPolicy, FikitPolicy, Policy, PriorityPolicy
+from scheduler.profiles import ProfileStore, default_profile_path
 
 log = logging.getLogger("gpu_server")
 
@@ -33,24 +39,97 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="cuda: the real GPU; sim: the CPU test double (kernels do not compute); "
         "auto: cuda when a driver and GPU are present, otherwise refuse",
     )
+    parser.add_argument(
+        "--policy",
+        choices=sorted(POLICIES),
+        default=FikitPolicy.name,
+        help="fifo: launches issued as they arrive (plain GPU sharing); priority: a launch "
+        "waits while a higher-priority task is active; fikit (default): priority, plus "
+        "lower-priority kernels fitted into the idle gaps of the highest active task",
+    )
+    parser.add_argument(
+        "--profile-db",
+        type=Path,
+        default=None,
+        help=f"kernel profile database (default $FIKIT_PROFILE_DB or {default_profile_path()})",
+    )
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        default=None,
+        help="write one JSON line per completed kernel (task, kernel, GPU start and end in "
+        "us); every launch is then timed",
+    )
+    parser.add_argument(
+        "--max-lp-inflight-us",
+        type=float,
+        default=200.0,
+        help="fikit: most predicted lower-priority kernel time in flight during a gap (200)",
+    )
+    parser.add_argument(
+        "--quiet-after-us",
+        type=float,
+        default=2000.0,
+        help="priority, fikit: a task idle this long stops holding back lower ones (2000)",
+    )
     parser.add_argument("--grace", type=float, default=5.0, help="seconds to drain on SIGTERM")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     return parser.parse_args(argv)
 
 
+def make_policy(args: argparse.Namespace) -> Policy:
+    """The scheduling policy the arguments name."""
+    if args.policy == FikitPolicy.name:
+        return FikitPolicy(
+            max_lp_inflight_us=args.max_lp_inflight_us, quiet_after_us=args.quiet_after_us
+        )
+    if args.policy == PriorityPolicy.name:
+        return PriorityPolicy(quiet_after_us=args.quiet_after_us)
+    return FifoPolicy(quiet_after_us=args.quiet_after_us)
+
+
+@contextlib.contextmanager
+def open_dispatcher(args: argparse.Namespace) -> Iterator[Dispatcher]:
+    """The dispatcher with its profile store and trace file; all closed on exit."""
+    with contextlib.ExitStack() as stack:
+        try:
+            profiles = stack.enter_context(ProfileStore(args.profile_db))
+        except (sqlite3.Error, ValueError) as err:
+            raise OSError(f"cannot open the profile database: {err}") from None
+        trace = stack.enter_context(args.trace.open("w")) if args.trace else None
+        dispatcher = Dispatcher(make_policy(args), profiles, trace=trace)
+        stack.callback(dispatcher.close)
+        log.info("policy %s, kernel profiles in %s", args.policy, profiles.path)
+        yield dispatcher
+
+
+async def flush_profiles(dispatcher: Dispatcher, every_s: float = 30.0) -> None:
+    """Write changed kernel profiles to disk now and then, so a crash loses little."""
+    while True:
+        await asyncio.sleep(every_s)
+        if dispatcher.profiles is not None:
+            await asyncio.to_thread(dispatcher.profiles.flush)
+
+
 async def serve(args: argparse.Namespace) -> None:
     """Run the server until SIGINT or SIGTERM."""
     backend = open_backend(args.backend)
-    server = await start_server(backend, FifoScheduler(), args.listen)
-    device = backend.device_name(0) if backend.device_count() else "no device"
-    log.info("listening on %s (backend %s: %s)", server.address, backend.name, device)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down: draining sessions for up to %.1f s", args.grace)
-    await server.stop(args.grace)
+    with open_dispatcher(args) as dispatcher:
+        server = await start_server(backend, dispatcher, args.listen)
+        device = backend.device_name(0) if backend.device_count() else "no device"
+        log.info("listening on %s (backend %s: %s)", server.address, backend.name, device)
+        flusher = asyncio.create_task(flush_profiles(dispatcher))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down: draining sessions for up to %.1f s", args.grace)
+        flusher.cancel()
+        await server.stop(args.grace)
+        log.info(
+            "%d kernel launches, %d of them timed", dispatcher.launches, dispatcher.timed_launches
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,7 +11,7 @@ from fikit_wire import calls as wire
 from fikit_wire import session_pb2_grpc
 from gpu_server.backends.base import Backend
 from gpu_server.service import GpuSessionService
-from scheduler import LaunchScheduler
+from scheduler.dispatcher import Dispatcher
 
 SERVICE_NAME = "fikit.v1.GpuSession"
 
@@ -32,9 +32,10 @@ class RunningServer:
         await self.grpc_server.stop(grace)
 
 
-async def start_server(backend: Backend, scheduler: LaunchScheduler, listen: str) -> RunningServer:
-    """Start serving ``backend`` on ``listen`` (host:port; port 0 picks a free one)."""
-    service = GpuSessionService(backend, scheduler)
+async def start_server(backend: Backend, dispatcher: Dispatcher, listen: str) -> RunningServer:
+    """Start serving ``backend`` on ``listen`` (host:port; port 0 picks a free one), every
+    kernel launch going through ``dispatcher``."""
+    service = GpuSessionService(backend, dispatcher)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", wire.MAX_MESSAGE_BYTES),

@@ -14,7 +14,8 @@ from fikit_wire import session_pb2, session_pb2_grpc
 from gpu_server.backends.base import Backend
 from gpu_server.executor import FINISHED, SessionRunner
 from gpu_server.session import Session, handle_counter
-from scheduler import LaunchScheduler
+from scheduler.dispatcher import Dispatcher
+from scheduler.policy import HIGHEST_PRIORITY, LOWEST_PRIORITY
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +25,9 @@ SERVER_VERSION = "0.1.0"
 class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
     """Accepts client sessions and runs their calls on the backend."""
 
-    def __init__(self, backend: Backend, scheduler: LaunchScheduler) -> None:
+    def __init__(self, backend: Backend, dispatcher: Dispatcher) -> None:
         self.backend = backend
-        self.scheduler = scheduler
+        self.dispatcher = dispatcher
         self._session_ids = itertools.count(1)
         self._handle_ids = handle_counter()
         self.active_sessions: set[int] = set()
@@ -40,11 +41,22 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
         """Run one session: a Hello, then call batches until the client goes away."""
         hello = await self._read_hello(request_iterator, context)
         session = Session(
-            next(self._session_ids), self.backend, self.scheduler, self._handle_ids, hello.priority
+            next(self._session_ids),
+            self.backend,
+            self.dispatcher,
+            self._handle_ids,
+            hello.priority,
+            hello.client_name,
         )
         runner = SessionRunner(session)
         self.active_sessions.add(session.id)
-        log.info("session %d opened by %s (%s)", session.id, context.peer(), hello.client_name)
+        log.info(
+            "session %d opened by %s (%s), priority %d",
+            session.id,
+            context.peer(),
+            hello.client_name,
+            hello.priority,
+        )
         reader = asyncio.create_task(self._read_batches(request_iterator, runner))
         try:
             yield session_pb2.ServerFrame(
@@ -98,6 +110,11 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"protocol version mismatch: client speaks {hello.protocol_version}, "
                 f"server speaks {wire.PROTOCOL_VERSION}",
+            )
+        if not LOWEST_PRIORITY <= hello.priority <= HIGHEST_PRIORITY:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"priority {hello.priority} is outside {LOWEST_PRIORITY}..{HIGHEST_PRIORITY}",
             )
         return hello
 

@@ -10,6 +10,17 @@ still holds.
 Calls are dispatched by name through ``HANDLERS``. Each handler takes the call's wire
 arguments and returns the reply values (see ``fikit_wire.calls``). Calls sent without
 asking for a reply keep their first error, which the next synchronizing call returns.
+
+Streams. Sessions share the device's primary context, whose legacy NULL stream would order
+every tenant's work against every other's (and ``cuCtxSynchronize`` would wait for them
+all). So each session gets its own NULL stream per context, and every stream the server
+creates is non-blocking at the driver; the session itself keeps CUDA's legacy ordering
+between its NULL stream and its blocking streams (``_order``), with events, only when work
+actually alternates between them. Synchronizing a context waits for the session's streams
+in it, never for another tenant's work.
+
+Kernel launches go through the ``Dispatcher`` (the scheduler's single dispatch point) with
+their kernel ID: the module's content digest, the function name and the launch geometry.
 """
 
 from __future__ import annotations
@@ -21,16 +32,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from cuda.bindings.driver import CUdevice_attribute, CUresult
+from cuda.bindings.driver import CUdevice_attribute, CUevent_flags, CUresult, CUstream_flags
 
 from gpu_server.backends.base import Backend, LaunchConfig, ParamLayout
 from gpu_server.errors import CudaError, invalid_handle, invalid_value
-from scheduler import Launch, LaunchScheduler
+from scheduler.dispatcher import Dispatcher, LaunchProbe
+from scheduler.kernel_id import kernel_id, module_digest
 
 log = logging.getLogger(__name__)
 
 #: Stream values with a meaning of their own: NULL, CU_STREAM_LEGACY, CU_STREAM_PER_THREAD.
 SPECIAL_STREAMS = (0, 1, 2)
+_NON_BLOCKING = int(CUstream_flags.CU_STREAM_NON_BLOCKING)
+_MARKER_FLAGS = int(CUevent_flags.CU_EVENT_DISABLE_TIMING)
 _UINT64_MAX = (1 << 64) - 1
 _A = CUdevice_attribute
 #: Device attributes that read 0 for every client: they describe what the GPU can do with
@@ -88,6 +102,30 @@ class Owned:
 
     obj: Any
     ctx: int | None
+    #: For modules and libraries: the content digest of the image (see scheduler.kernel_id).
+    digest: str = ""
+
+
+@dataclass(eq=False)
+class StreamEntry:
+    """A stream of the session: one it created, or its own NULL stream in a context."""
+
+    obj: Any
+    ctx: int
+    #: Ordered against the session's NULL stream (created without CU_STREAM_NON_BLOCKING).
+    blocking: bool
+    #: What cuStreamGetPriority reports: the client's requested priority, clamped.
+    priority: int
+    #: The NULL stream's work count this stream last waited for.
+    seen_null_work: int = 0
+    #: Work was queued here since the NULL stream last waited for this stream.
+    unjoined: bool = False
+    #: The NULL stream only: how many times work was queued on it.
+    work: int = 0
+    #: An event marking this stream's latest work for another stream to wait on, and the
+    #: work count it was recorded at (NULL stream only).
+    marker: Any = None
+    marked_work: int = -1
 
 
 @dataclass
@@ -100,8 +138,27 @@ class FunctionEntry:
     layout: ParamLayout
     #: The module or library handle the function came from.
     parent: int
+    #: The content digest of that module or library's image.
+    module_digest: str
     #: For library kernels: the function made for each context it was launched in.
     per_context: dict[int, Any] = field(default_factory=dict)
+    #: Kernel IDs by (grid, block, dynamic shared memory), computed once each.
+    kernel_ids: dict[tuple[Any, ...], str] = field(default_factory=dict)
+
+    def kernel_id(self, grid: list[int], block: list[int], shared_mem_bytes: int) -> str:
+        """The kernel ID of a launch of this function with this geometry."""
+        key = (*grid, *block, shared_mem_bytes)
+        kid = self.kernel_ids.get(key)
+        if kid is None:
+            kid = kernel_id(
+                self.module_digest,
+                self.name,
+                (grid[0], grid[1], grid[2]),
+                (block[0], block[1], block[2]),
+                shared_mem_bytes,
+            )
+            self.kernel_ids[key] = kid
+        return kid
 
 
 @dataclass
@@ -122,13 +179,14 @@ class Session:
         self,
         session_id: int,
         backend: Backend,
-        scheduler: LaunchScheduler,
+        dispatcher: Dispatcher,
         handle_ids: Iterator[int],
         priority: int,
+        client_name: str = "",
     ) -> None:
         self.id = session_id
         self.backend = backend
-        self.scheduler = scheduler
+        self.dispatcher = dispatcher
         self._ids = handle_ids
         self.deferred_error = 0
         self.contexts: dict[int, ContextEntry] = {}
@@ -136,11 +194,15 @@ class Session:
         self.modules: dict[int, Owned] = {}
         self.libraries: dict[int, Owned] = {}
         self.functions: dict[int, FunctionEntry] = {}
-        self.streams: dict[int, Owned] = {}
+        self.streams: dict[int, StreamEntry] = {}
+        #: The session's own NULL stream of each context it used one in.
+        self.null_streams: dict[int, StreamEntry] = {}
+        #: Blocking streams with work the NULL stream has not waited for.
+        self._unjoined: list[StreamEntry] = []
         self.events: dict[int, Owned] = {}
         self.regions: dict[int, DeviceRegion] = {}
         self._region_bases: list[int] = []
-        scheduler.add_task(session_id, priority)
+        dispatcher.add_task(session_id, priority, client_name)
 
     # -- execution -----------------------------------------------------------------------
     def execute(self, call: Any) -> list[Any] | None:
@@ -181,7 +243,7 @@ class Session:
         for handle, lib in list(self.libraries.items()):
             self._quietly(self.backend.library_unload, lib.obj)
             del self.libraries[handle]
-        self.scheduler.remove_task(self.id)
+        self.dispatcher.remove_task(self.id)
 
     # -- lookups -------------------------------------------------------------------------
     def _new_handle(self) -> int:
@@ -194,19 +256,92 @@ class Session:
             raise CudaError(CUresult.CUDA_ERROR_INVALID_CONTEXT, f"context {handle:#x}")
         return entry
 
-    def _stream(self, handle: int, ctx: int) -> tuple[Any, ContextEntry]:
-        """(backend stream, its context) for a stream handle or a special stream value."""
-        if handle in SPECIAL_STREAMS:
-            return handle, self.context(ctx)
-        owned = self.streams.get(handle)
-        if owned is None:
+    def _stream(self, handle: int | None, ctx: int) -> tuple[StreamEntry, ContextEntry]:
+        """(stream, its context) for a stream handle; a special value or None (a synchronous
+        call) means the session's NULL stream in context ``ctx``."""
+        if handle is None or handle in SPECIAL_STREAMS:
+            entry = self.context(ctx)
+            stream = self.null_streams.get(ctx)
+            if stream is None:
+                least, greatest = self.backend.stream_priority_range(entry.backend_ctx)
+                priority = self.dispatcher.stream_priority(self.id, 0, least, greatest)
+                obj = self.backend.stream_create(entry.backend_ctx, _NON_BLOCKING, priority)
+                stream = self.null_streams[ctx] = StreamEntry(obj, ctx, True, 0)
+            return stream, entry
+        stream = self.streams.get(handle)
+        if stream is None:
             raise invalid_handle(f"stream {handle:#x}")
-        return owned.obj, self.context(owned.ctx)
+        return stream, self.context(stream.ctx)
 
-    def _optional_stream(self, handle: int | None, ctx: int) -> tuple[Any, ContextEntry]:
-        if handle is None:
-            return None, self.context(ctx)
-        return self._stream(handle, ctx)
+    def _order(self, stream: StreamEntry, entry: ContextEntry) -> Any:
+        """Keep legacy NULL-stream order before new work on ``stream``; its backend stream.
+
+        Work on the NULL stream waits for earlier work on the session's blocking streams of
+        the context; work on a blocking stream waits for earlier NULL-stream work.
+        """
+        if not stream.blocking:
+            return stream.obj
+        null = self.null_streams.get(stream.ctx)
+        if stream is null:
+            if self._unjoined:
+                for other in [s for s in self._unjoined if s.ctx == stream.ctx]:
+                    self._wait_for(stream, other, entry)
+                    other.unjoined = False
+                    self._unjoined.remove(other)
+            stream.work += 1
+        else:
+            if null is not None and stream.seen_null_work != null.work:
+                if null.marked_work != null.work:
+                    self._mark(null, entry)
+                    null.marked_work = null.work
+                self.backend.stream_wait_event(entry.backend_ctx, stream.obj, null.marker, 0)
+                stream.seen_null_work = null.work
+            if not stream.unjoined:
+                stream.unjoined = True
+                self._unjoined.append(stream)
+        return stream.obj
+
+    def _mark(self, stream: StreamEntry, entry: ContextEntry) -> None:
+        """Record the stream's marker event after its latest work."""
+        if stream.marker is None:
+            stream.marker = self.backend.event_create(entry.backend_ctx, _MARKER_FLAGS)
+        self.backend.event_record(entry.backend_ctx, stream.marker, stream.obj)
+
+    def _wait_for(self, waiter: StreamEntry, other: StreamEntry, entry: ContextEntry) -> None:
+        """Make later work on ``waiter`` wait for the work queued on ``other`` so far."""
+        self._mark(other, entry)
+        self.backend.stream_wait_event(entry.backend_ctx, waiter.obj, other.marker, 0)
+
+    def _work_stream(self, handle: int | None, ctx: int) -> tuple[ContextEntry, Any]:
+        """(context, backend stream) to queue new work on, in legacy order (``_order``)."""
+        stream, entry = self._stream(handle, ctx)
+        return entry, self._order(stream, entry)
+
+    def _covering_stream(self, handle: int | None, ctx: int) -> tuple[ContextEntry, Any]:
+        """(context, backend stream) whose completion covers all work a synchronization on
+        ``handle`` must see: the NULL stream first waits for the blocking streams' work."""
+        stream, entry = self._stream(handle, ctx)
+        if stream.blocking and stream is self.null_streams.get(stream.ctx):
+            return entry, self._order(stream, entry)
+        return entry, stream.obj
+
+    def _session_streams(self, ctx: int) -> list[StreamEntry]:
+        """The session's streams in context ``ctx``, its NULL stream included."""
+        streams = [s for s in self.streams.values() if s.ctx == ctx]
+        null = self.null_streams.get(ctx)
+        return streams if null is None else [null, *streams]
+
+    def _drop_stream(self, stream: StreamEntry, entry: ContextEntry) -> None:
+        """Destroy a stream and its marker; the NULL stream still orders after its work."""
+        ctx = entry.backend_ctx
+        if stream.unjoined:
+            null, _ = self._stream(None, stream.ctx)
+            self._wait_for(null, stream, entry)
+            stream.unjoined = False
+            self._unjoined.remove(stream)
+        if stream.marker is not None:
+            self._quietly(self.backend.event_destroy, ctx, stream.marker)
+        self._quietly(self.backend.stream_destroy, ctx, stream.obj)
 
     def _owned(self, table: dict[int, Owned], handle: int, what: str) -> Owned:
         owned = table.get(handle)
@@ -259,17 +394,21 @@ class Session:
         """Free what the session made in a context; destroy the context if it owns it."""
         entry = self.contexts[handle]
         ctx = entry.backend_ctx
-        for owned in list(self.streams.values()):
+        streams = self._session_streams(handle)
+        for stream in streams:
+            self._quietly(self.backend.stream_synchronize, ctx, stream.obj)
+        for h, owned in list(self.events.items()):
             if owned.ctx == handle:
-                self._quietly(self.backend.stream_synchronize, ctx, owned.obj)
-        for table, free in (
-            (self.events, self.backend.event_destroy),
-            (self.streams, self.backend.stream_destroy),
-        ):
-            for h, owned in list(table.items()):
-                if owned.ctx == handle:
-                    self._quietly(free, ctx, owned.obj)
-                    del table[h]
+                self._quietly(self.backend.event_destroy, ctx, owned.obj)
+                del self.events[h]
+        for stream in streams:
+            stream.unjoined = False
+            if stream.marker is not None:
+                self._quietly(self.backend.event_destroy, ctx, stream.marker)
+            self._quietly(self.backend.stream_destroy, ctx, stream.obj)
+        self._unjoined = [s for s in self._unjoined if s.ctx != handle]
+        self.streams = {h: s for h, s in self.streams.items() if s.ctx != handle}
+        self.null_streams.pop(handle, None)
         for base, region in list(self.regions.items()):
             if region.ctx == handle:
                 if region.freeable:
@@ -395,8 +534,9 @@ class Session:
 
     @handler("cuCtxSynchronize", synchronizing=True)
     def cu_ctx_synchronize(self, ctx: int) -> tuple[()]:
-        self.scheduler.drain(self.id)
-        self.backend.context_synchronize(self.context(ctx).backend_ctx)
+        entry = self.context(ctx)
+        for stream in self._session_streams(ctx):
+            self.backend.stream_synchronize(entry.backend_ctx, stream.obj)
         return ()
 
     @handler("cuCtxGetStreamPriorityRange")
@@ -451,8 +591,10 @@ class Session:
         stream: int | None,
     ) -> tuple[()]:
         target = self._copy_range(dst, offset, len(data), whole)
-        backend_stream, entry = self._optional_stream(stream, ctx)
+        entry, backend_stream = self._work_stream(stream, ctx)
         self.backend.memcpy_htod(entry.backend_ctx, target, data, backend_stream)
+        if stream is None:
+            self.backend.stream_synchronize(entry.backend_ctx, backend_stream)
         return ()
 
     @handler("cuMemcpyDtoH", synchronizing=True)
@@ -460,8 +602,7 @@ class Session:
         self, ctx: int, src: int, offset: int, size: int, whole: int, stream: int | None
     ) -> tuple[bytes]:
         source = self._copy_range(src, offset, size, whole)
-        backend_stream, entry = self._optional_stream(stream, ctx)
-        self.scheduler.drain(self.id)
+        entry, backend_stream = self._work_stream(stream, ctx)
         return (self.backend.memcpy_dtoh(entry.backend_ctx, source, size, backend_stream),)
 
     @handler("cuMemcpyDtoD", synchronizing=True)
@@ -470,8 +611,10 @@ class Session:
     ) -> tuple[()]:
         self._region(dst, size)
         self._region(src, size)
-        backend_stream, entry = self._optional_stream(stream, ctx)
+        entry, backend_stream = self._work_stream(stream, ctx)
         self.backend.memcpy_dtod(entry.backend_ctx, dst, src, size, backend_stream)
+        if stream is None:
+            self.backend.stream_synchronize(entry.backend_ctx, backend_stream)
         return ()
 
     @handler("cuMemset")
@@ -481,8 +624,10 @@ class Session:
         if width not in (1, 2, 4) or not 0 <= value < (1 << (8 * width)):
             raise invalid_value("memset value does not fit its width")
         self._region(dst, width * count)
-        backend_stream, entry = self._optional_stream(stream, ctx)
+        entry, backend_stream = self._work_stream(stream, ctx)
         self.backend.memset(entry.backend_ctx, dst, value, width, count, backend_stream)
+        if stream is None:
+            self.backend.stream_synchronize(entry.backend_ctx, backend_stream)
         return ()
 
     # -- modules, libraries, functions ---------------------------------------------------
@@ -492,7 +637,7 @@ class Session:
     ) -> tuple[int]:
         module = self.backend.module_load(self.context(ctx).backend_ctx, image, jit_options)
         handle = self._new_handle()
-        self.modules[handle] = Owned(module, ctx)
+        self.modules[handle] = Owned(module, ctx, module_digest(image))
         return (handle,)
 
     @handler("cuModuleUnload")
@@ -507,12 +652,12 @@ class Session:
         return ()
 
     def _add_function(
-        self, obj: Any, ctx: int | None, parent: int
+        self, obj: Any, ctx: int | None, parent: int, digest: str
     ) -> tuple[int, list[int], list[int]]:
         layout = self.backend.function_param_layout(obj)
         handle = self._new_handle()
         name = self.backend.function_name(obj)
-        self.functions[handle] = FunctionEntry(obj, ctx, name, layout, parent)
+        self.functions[handle] = FunctionEntry(obj, ctx, name, layout, parent, digest)
         return (handle, list(layout.offsets), list(layout.sizes))
 
     def _drop_functions(self, parent: int) -> None:
@@ -527,6 +672,7 @@ class Session:
             self.backend.module_function(entry.backend_ctx, owned.obj, name),
             owned.ctx,
             handle,
+            owned.digest,
         )
 
     @handler("cuModuleGetGlobal")
@@ -541,7 +687,7 @@ class Session:
     def cu_library_load_data(self, image: bytes, jit_options: dict[int, int]) -> tuple[int]:
         library = self.backend.library_load(image, jit_options)
         handle = self._new_handle()
-        self.libraries[handle] = Owned(library, None)
+        self.libraries[handle] = Owned(library, None, module_digest(image))
         return (handle,)
 
     @handler("cuLibraryUnload")
@@ -555,7 +701,9 @@ class Session:
     @handler("cuLibraryGetKernel")
     def cu_library_get_kernel(self, handle: int, name: str) -> tuple[int, list[int], list[int]]:
         owned = self._owned(self.libraries, handle, "library")
-        return self._add_function(self.backend.library_kernel(owned.obj, name), None, handle)
+        return self._add_function(
+            self.backend.library_kernel(owned.obj, name), None, handle, owned.digest
+        )
 
     @handler("cuKernelGetFunction")
     def cu_kernel_get_function(self, ctx: int, kernel: int) -> tuple[int, list[int], list[int]]:
@@ -563,7 +711,7 @@ class Session:
         if entry is None or entry.ctx is not None:
             raise invalid_handle(f"kernel {kernel:#x}")
         fn, _ = self._function(kernel, ctx)
-        return self._add_function(fn, ctx, entry.parent)
+        return self._add_function(fn, ctx, entry.parent, entry.module_digest)
 
     @handler("cuFuncGetAttribute")
     def cu_func_get_attribute(self, attribute: int, handle: int, ctx: int) -> tuple[int]:
@@ -605,64 +753,77 @@ class Session:
         params: bytes,
     ) -> tuple[()]:
         fn, entry = self._function(handle, ctx)
-        backend_stream, context = self._stream(stream, ctx if entry.ctx is None else entry.ctx)
         if len(params) < entry.layout.total_size:
             raise invalid_value("kernel parameters shorter than the kernel's layout")
+        kid = entry.kernel_id(grid, block, shared_mem_bytes)
+        context, backend_stream = self._work_stream(stream, ctx if entry.ctx is None else entry.ctx)
         config = LaunchConfig(
             (grid[0], grid[1], grid[2]),
             (block[0], block[1], block[2]),
             shared_mem_bytes,
             backend_stream,
         )
-        backend, layout, backend_ctx = self.backend, entry.layout, context.backend_ctx
+        launch, layout, backend_ctx = self.backend.launch, entry.layout, context.backend_ctx
 
-        def issue() -> None:
-            backend.launch(backend_ctx, fn, config, params, layout)
+        def issue(timed: bool) -> LaunchProbe:
+            return launch(backend_ctx, fn, config, params, layout, timed)
 
-        self.scheduler.submit(Launch(self.id, entry.name, issue))
+        self.dispatcher.launch(self.id, kid, entry.name, issue)
         return ()
 
     # -- streams and events --------------------------------------------------------------
     @handler("cuStreamCreate")
     def cu_stream_create(self, ctx: int, flags: int, priority: int) -> tuple[int]:
-        stream = self.backend.stream_create(self.context(ctx).backend_ctx, flags, priority)
+        entry = self.context(ctx)
+        if flags & ~_NON_BLOCKING:
+            raise invalid_value(f"stream flags {flags:#x}")
+        least, greatest = self.backend.stream_priority_range(entry.backend_ctx)
+        actual = self.dispatcher.stream_priority(self.id, priority, least, greatest)
+        stream = self.backend.stream_create(entry.backend_ctx, _NON_BLOCKING, actual)
         handle = self._new_handle()
-        self.streams[handle] = Owned(stream, ctx)
+        blocking = not flags & _NON_BLOCKING
+        self.streams[handle] = StreamEntry(
+            stream, ctx, blocking, min(max(priority, greatest), least)
+        )
         return (handle,)
 
     @handler("cuStreamDestroy")
     def cu_stream_destroy(self, handle: int) -> tuple[()]:
-        owned = self._owned(self.streams, handle, "stream")
-        self.backend.stream_destroy(self.context(owned.ctx).backend_ctx, owned.obj)
+        stream = self.streams.get(handle)
+        if stream is None:
+            raise invalid_handle(f"stream {handle:#x}")
+        self._drop_stream(stream, self.context(stream.ctx))
         del self.streams[handle]
         return ()
 
     @handler("cuStreamSynchronize", synchronizing=True)
     def cu_stream_synchronize(self, ctx: int, handle: int) -> tuple[()]:
-        stream, entry = self._stream(handle, ctx)
-        self.scheduler.drain(self.id)
+        entry, stream = self._covering_stream(handle, ctx)
         self.backend.stream_synchronize(entry.backend_ctx, stream)
         return ()
 
     @handler("cuStreamQuery", synchronizing=True)
     def cu_stream_query(self, ctx: int, handle: int) -> tuple[()]:
-        stream, entry = self._stream(handle, ctx)
-        self.scheduler.drain(self.id)
+        entry, stream = self._covering_stream(handle, ctx)
         if not self.backend.stream_query(entry.backend_ctx, stream):
             raise CudaError(CUresult.CUDA_ERROR_NOT_READY)
         return ()
 
     @handler("cuStreamWaitEvent")
     def cu_stream_wait_event(self, ctx: int, handle: int, event: int, flags: int) -> tuple[()]:
-        stream, entry = self._stream(handle, ctx)
         owned = self._owned(self.events, event, "event")
+        entry, stream = self._work_stream(handle, ctx)
         self.backend.stream_wait_event(entry.backend_ctx, stream, owned.obj, flags)
         return ()
 
     @handler("cuStreamGetPriority")
     def cu_stream_get_priority(self, ctx: int, handle: int) -> tuple[int]:
-        stream, entry = self._stream(handle, ctx)
-        return (self.backend.stream_priority(entry.backend_ctx, stream),)
+        if handle in SPECIAL_STREAMS:
+            return (self.backend.stream_priority(self.context(ctx).backend_ctx, handle),)
+        stream = self.streams.get(handle)
+        if stream is None:
+            raise invalid_handle(f"stream {handle:#x}")
+        return (stream.priority,)
 
     @handler("cuEventCreate")
     def cu_event_create(self, ctx: int, flags: int) -> tuple[int]:
@@ -674,7 +835,7 @@ class Session:
     @handler("cuEventRecord")
     def cu_event_record(self, ctx: int, handle: int, stream: int) -> tuple[()]:
         owned = self._owned(self.events, handle, "event")
-        backend_stream, entry = self._stream(
+        entry, backend_stream = self._work_stream(
             stream, owned.ctx if stream in SPECIAL_STREAMS else ctx
         )
         self.backend.event_record(entry.backend_ctx, owned.obj, backend_stream)
@@ -683,14 +844,12 @@ class Session:
     @handler("cuEventSynchronize", synchronizing=True)
     def cu_event_synchronize(self, handle: int) -> tuple[()]:
         owned = self._owned(self.events, handle, "event")
-        self.scheduler.drain(self.id)
         self.backend.event_synchronize(self.context(owned.ctx).backend_ctx, owned.obj)
         return ()
 
     @handler("cuEventQuery", synchronizing=True)
     def cu_event_query(self, handle: int) -> tuple[()]:
         owned = self._owned(self.events, handle, "event")
-        self.scheduler.drain(self.id)
         if not self.backend.event_query(self.context(owned.ctx).backend_ctx, owned.obj):
             raise CudaError(CUresult.CUDA_ERROR_NOT_READY)
         return ()

@@ -1,14 +1,10 @@
 """Launch scheduling: the policy that decides when each task's kernel launches reach the GPU.
 
-The server hands every kernel launch to one ``LaunchScheduler`` (``base.py``); today that
-is ``FifoScheduler``. The FIKIT policies (``policy.py``: fifo, priority, fikit) are pure
-logic over a virtual clock and per-task queues, exercised on a model of a shared GPU
-(``simulator.py``). ``kernel_id.py`` says what makes two launches the same kernel and
-``profiles.py`` keeps what was measured of each (``fikit-profiles`` lists it). Connecting
-these to the server's launch path is the next step.
+- ``policy.py``: the policies (fifo, priority, fikit) as pure logic over a clock and
+  per-task queues;
+- ``dispatcher.py``: the server's single dispatch point, which runs a policy over the real
+  launches of all sessions, tracks their completion, and measures them;
+- ``kernel_id.py``: what makes two launches the same kernel;
+- ``profiles.py``: what was measured of each kernel, persisted (``fikit-profiles`` lists it);
+- ``simulator.py``: a discrete-event model of a shared GPU to study the policies on.
 """
-
-from scheduler.base import Launch, LaunchScheduler
-from scheduler.fifo import FifoScheduler
-
-__all__ = ["FifoScheduler", "Launch", "LaunchScheduler"]

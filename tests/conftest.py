@@ -11,19 +11,27 @@ import pytest
 
 from gpu_server.backends.sim import SimBackend
 from gpu_server.server import RunningServer, start_server
-from scheduler import FifoScheduler
+from scheduler.dispatcher import Dispatcher
+from scheduler.policy import FifoPolicy, Policy
+from scheduler.profiles import ProfileStore
 
 
 class ServerThread:
     """A gpu-server with the sim backend, on its own event loop in a thread."""
 
-    def __init__(self) -> None:
-        self.backend = SimBackend()
+    def __init__(
+        self,
+        policy: Policy | None = None,
+        profiles: ProfileStore | None = None,
+        poll_step_ns: int = 1_000,
+    ) -> None:
+        self.backend = SimBackend(poll_step_ns=poll_step_ns)
+        self.dispatcher = Dispatcher(policy or FifoPolicy(), profiles)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
         self.running: RunningServer = self.run(
-            start_server(self.backend, FifoScheduler(), "127.0.0.1:0")
+            start_server(self.backend, self.dispatcher, "127.0.0.1:0")
         )
 
     @property
@@ -40,6 +48,7 @@ class ServerThread:
         self.run(self.running.stop(0))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+        self.dispatcher.close()
 
 
 @pytest.fixture(scope="session")

@@ -92,7 +92,7 @@ def launch(
     """Launch kernel ``name`` of ``module`` with zeroed parameters; its record."""
     function = sim.module_function(ctx, module, name)
     layout = sim.function_param_layout(function)
-    sim.launch(ctx, function, config(stream), bytes(layout.total_size), layout)
+    sim.launch(ctx, function, config(stream), bytes(layout.total_size), layout, False)
     return sim.launches[-1]
 
 
@@ -375,7 +375,7 @@ def test_library_path(sim: SimBackend, ctx: SimContext) -> None:
     assert sim.kernel_function(other, kernel) is not function
     assert sim.function_name(function) == "k10"
     assert sim.function_param_layout(function) == ParamLayout((0, 8), (8, 4))
-    sim.launch(ctx, function, config(), bytes(12), sim.function_param_layout(function))
+    sim.launch(ctx, function, config(), bytes(12), sim.function_param_layout(function), False)
     assert sim.launches[-1].kernel == "k10"
     sim.library_unload(library)
 
@@ -429,7 +429,7 @@ def test_launch_is_recorded(sim: SimBackend, ctx: SimContext) -> None:
     stream = sim.stream_create(ctx, 0, 0)
     params = struct.pack("<QI", 0x7F00_0000_0000, 7)
     layout = sim.function_param_layout(function)
-    sim.launch(ctx, function, config(stream, (4, 2, 1), (128, 2, 1), 1024), params, layout)
+    sim.launch(ctx, function, config(stream, (4, 2, 1), (128, 2, 1), 1024), params, layout, False)
     (record,) = sim.launches
     assert record.kernel == "k10"
     assert (record.grid, record.block, record.shared_mem_bytes) == ((4, 2, 1), (128, 2, 1), 1024)
@@ -446,7 +446,7 @@ def test_default_modelled_duration(sim: SimBackend, ctx: SimContext) -> None:
     module = sim.module_load(ctx, PTX.replace(b"k20", b"plain"), {})
     function = sim.module_function(ctx, module, "plain")
     layout = ParamLayout((), ())
-    sim.launch(ctx, function, config(0, (4000, 1, 1), (250, 1, 1)), b"", layout)
+    sim.launch(ctx, function, config(0, (4000, 1, 1), (250, 1, 1)), b"", layout, False)
     assert sim.launches[-1].end_ns - sim.launches[-1].start_ns == 12_000
 
 
@@ -471,17 +471,19 @@ def test_launch_validation(
 ) -> None:
     function = sim.module_function(ctx, sim.module_load(ctx, PTX, {}), "k20")
     with cuda_error(CUresult.CUDA_ERROR_INVALID_VALUE):
-        sim.launch(ctx, function, config(0, grid, block, smem), b"", ParamLayout((), ()))
+        sim.launch(ctx, function, config(0, grid, block, smem), b"", ParamLayout((), ()), False)
     assert sim.launches == []
 
 
 def test_launch_limits_that_pass(sim: SimBackend, ctx: SimContext) -> None:
     function = sim.module_function(ctx, sim.module_load(ctx, PTX, {}), "k20")
     layout = ParamLayout((), ())
-    sim.launch(ctx, function, config(0, (2**31 - 1, 65535, 65535), (1024, 1, 1)), b"", layout)
-    sim.launch(ctx, function, config(0, (1, 1, 1), (16, 1, 64), 48 * 1024), b"", layout)
+    sim.launch(
+        ctx, function, config(0, (2**31 - 1, 65535, 65535), (1024, 1, 1)), b"", layout, False
+    )
+    sim.launch(ctx, function, config(0, (1, 1, 1), (16, 1, 64), 48 * 1024), b"", layout, False)
     sim.function_set_attribute(ctx, function, int(MAX_DYNAMIC_SHARED), 200 * 1024)
-    sim.launch(ctx, function, config(0, (1, 1, 1), (1, 1, 1), 200 * 1024), b"", layout)
+    sim.launch(ctx, function, config(0, (1, 1, 1), (1, 1, 1), 200 * 1024), b"", layout, False)
     assert len(sim.launches) == 3
 
 
@@ -489,8 +491,8 @@ def test_launch_needs_all_parameter_bytes(sim: SimBackend, ctx: SimContext) -> N
     function = sim.module_function(ctx, sim.module_load(ctx, PTX, {}), "k10")
     layout = sim.function_param_layout(function)
     with cuda_error(CUresult.CUDA_ERROR_INVALID_VALUE):
-        sim.launch(ctx, function, config(), bytes(11), layout)
-    sim.launch(ctx, function, config(), bytes(12), layout)
+        sim.launch(ctx, function, config(), bytes(11), layout, False)
+    sim.launch(ctx, function, config(), bytes(12), layout, False)
     assert len(sim.launches) == 1
 
 

@@ -19,6 +19,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
+from scheduler.dispatcher import LaunchProbe
+
 Context = Any
 Module = Any
 Library = Any
@@ -177,8 +179,13 @@ class Backend(ABC):
         config: LaunchConfig,
         params: bytes,
         layout: ParamLayout,
-    ) -> None:
-        """Launch ``function``; ``params`` is its parameter buffer packed by ``layout``."""
+        timed: bool,
+    ) -> LaunchProbe:
+        """Launch ``function``; ``params`` is its parameter buffer packed by ``layout``.
+
+        Returns the launch's completion probe, which also gives its GPU start and end
+        times when ``timed``.
+        """
 
     # -- streams and events ------------------------------------------------------------
     @abstractmethod

@@ -206,6 +206,58 @@ class _ThreadState(threading.local):
         return entry
 
 
+class _EventPool:
+    """Reusable events of one context: timing ones for measured launches, plain ones else."""
+
+    def __init__(self) -> None:
+        self.free: dict[bool, list[Any]] = {True: [], False: []}
+        #: The event every timed probe of the context is measured from (its GPU clock's zero).
+        self.epoch: Any = None
+
+
+class _CudaProbe:
+    """Events around one launch: an end marker, and a start marker when timed."""
+
+    __slots__ = ("_backend", "_ctx", "_end", "_epoch", "_pool", "_start", "stream_key")
+
+    def __init__(
+        self, backend: CudaBackend, ctx: Context, stream_key: int, pool: _EventPool, timed: bool
+    ) -> None:
+        self.stream_key = stream_key
+        self._backend = backend
+        self._ctx = ctx
+        self._pool = pool
+        self._epoch = backend._epoch
+        self._start = backend._pooled_event(pool, True) if timed else None
+        self._end = backend._pooled_event(pool, timed)
+
+    def done(self) -> bool:
+        """True once the launch finished; a failed query (a fault, a destroyed context) too."""
+        self._backend._use(self._ctx)
+        err = driver.cuEventQuery(self._end)[0]
+        return err != _NOT_READY
+
+    def times_us(self) -> tuple[float, float] | None:
+        """(start, end) in microseconds after the context's epoch event; None on failure."""
+        if self._start is None or self._epoch != self._backend._epoch:
+            return None
+        epoch = self._pool.epoch
+        err, start = driver.cuEventElapsedTime(epoch, self._start)
+        err2, end = driver.cuEventElapsedTime(epoch, self._end)
+        if err or err2:
+            return None
+        return start * 1e3, end * 1e3
+
+    def release(self) -> None:
+        """Return the events to the pool, unless their context was destroyed meanwhile."""
+        if self._epoch != self._backend._epoch:
+            return
+        if self._start is not None:
+            self._pool.free[True].extend((self._start, self._end))
+        else:
+            self._pool.free[False].append(self._end)
+
+
 class CudaBackend(Backend):
     """Executes every operation on the machine's GPUs through the CUDA driver API."""
 
@@ -219,6 +271,7 @@ class CudaBackend(Backend):
         self._epoch = 0
         self._primary: dict[int, Any] = {}
         self._layouts: dict[int, ParamLayout] = {}
+        self._pools: dict[int, _EventPool] = {}
 
     # -- context currency --------------------------------------------------------------
     def _set_current(self, tls: _ThreadState, ctx: Context) -> None:
@@ -289,6 +342,7 @@ class CudaBackend(Backend):
         with self._lock:
             self._epoch += 1
             self._layouts.clear()
+            self._pools.pop(int(ctx), None)
 
     def context_synchronize(self, ctx: Context) -> None:
         """Wait for all work in ``ctx``."""
@@ -496,12 +550,14 @@ class CudaBackend(Backend):
         config: LaunchConfig,
         params: bytes,
         layout: ParamLayout,
-    ) -> None:
+        timed: bool,
+    ) -> _CudaProbe:
         """Launch ``function``; ``params`` is its parameter buffer packed by ``layout``.
 
         ``params`` is copied into the calling thread's parameter buffer, at which the
         layout's cached ``void*[]`` points; the driver has read the parameters by the time
-        cuLaunchKernel returns, so the buffer is free for the thread's next launch.
+        cuLaunchKernel returns, so the buffer is free for the thread's next launch. Events
+        recorded on the stream before (when ``timed``) and after the launch make its probe.
         """
         tls = self._tls
         if tls.ctx != int(ctx) or tls.epoch != self._epoch:
@@ -519,13 +575,38 @@ class CudaBackend(Backend):
             tls.params_view[: len(params)] = params
         else:
             kernel_params = None
+        pool = self._pools.get(int(ctx)) or self._pool(ctx)
+        probe = _CudaProbe(self, ctx, int(stream), pool, timed)
+        if timed:
+            _check(driver.cuEventRecord(probe._start, stream))
         gx, gy, gz = config.grid
         bx, by, bz = config.block
         (err,) = driver.cuLaunchKernel(
             function, gx, gy, gz, bx, by, bz, config.shared_mem_bytes, stream, kernel_params, 0
         )
         if err:
+            probe.release()
             raise CudaError(err)
+        _check(driver.cuEventRecord(probe._end, stream))
+        return probe
+
+    def _pool(self, ctx: Context) -> _EventPool:
+        """The context's event pool, made with its epoch event on first use."""
+        pool = _EventPool()
+        pool.epoch = _check(driver.cuEventCreate(0))
+        _check(driver.cuEventRecord(pool.epoch, _SPECIAL_STREAMS[0]))
+        _check(driver.cuEventSynchronize(pool.epoch))
+        with self._lock:
+            return self._pools.setdefault(int(ctx), pool)
+
+    def _pooled_event(self, pool: _EventPool, timing: bool) -> Any:
+        """A free event of the pool, or a new one (the caller's context is current)."""
+        free = pool.free[timing]
+        try:
+            return free.pop()
+        except IndexError:
+            flags = 0 if timing else driver.CUevent_flags.CU_EVENT_DISABLE_TIMING
+            return _check(driver.cuEventCreate(flags))
 
     # -- streams and events ------------------------------------------------------------
     def stream_create(self, ctx: Context, flags: int, priority: int) -> Stream:

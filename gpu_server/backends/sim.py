@@ -174,6 +174,27 @@ class SimLaunch:
     end_ns: int
 
 
+@dataclass(frozen=True)
+class SimProbe:
+    """The completion probe of one modelled launch; times are virtual microseconds."""
+
+    stream_key: int
+    backend: SimBackend
+    launch: SimLaunch
+
+    def done(self) -> bool:
+        """True once the virtual clock passed the launch's end; else the clock moves a step."""
+        with self.backend._lock:
+            return self.backend._poll(self.launch.end_ns)
+
+    def times_us(self) -> tuple[float, float]:
+        """The modelled (start, end) of the launch."""
+        return self.launch.start_ns / 1e3, self.launch.end_ns / 1e3
+
+    def release(self) -> None:
+        """Nothing is held."""
+
+
 @dataclass(eq=False)
 class SimStream:
     """A stream: the virtual time at which all work submitted to it so far is done."""
@@ -555,8 +576,12 @@ class SimBackend(Backend):
         config: LaunchConfig,
         params: bytes,
         layout: ParamLayout,
-    ) -> None:
-        """Validate and record the launch; it occupies its stream for the modelled time."""
+        timed: bool,
+    ) -> SimProbe:
+        """Validate and record the launch; it occupies its stream for the modelled time.
+
+        Its probe reports completion once the virtual clock has passed its end; polling an
+        unfinished probe moves the clock one poll step, as a failed query does."""
         with self._lock:
             _live(ctx)
             _check_launch(config, len(params), layout)
@@ -566,20 +591,21 @@ class SimBackend(Backend):
             duration = self._durations.get(function.name)
             if duration is None:
                 duration = modelled_duration_us(function.name, config.grid, config.block)
-            start, end = self._enqueue(_stream(ctx, config.stream), round(duration * 1000))
-            self.launches.append(
-                SimLaunch(
-                    function.name,
-                    config.grid,
-                    config.block,
-                    config.shared_mem_bytes,
-                    bytes(params),
-                    ctx,
-                    config.stream,
-                    start,
-                    end,
-                )
+            target = _stream(ctx, config.stream)
+            start, end = self._enqueue(target, round(duration * 1000))
+            record = SimLaunch(
+                function.name,
+                config.grid,
+                config.block,
+                config.shared_mem_bytes,
+                bytes(params),
+                ctx,
+                config.stream,
+                start,
+                end,
             )
+            self.launches.append(record)
+        return SimProbe(id(target), self, record)
 
     # -- streams and events ------------------------------------------------------------
     def stream_create(self, ctx: Context, flags: int, priority: int) -> Stream:

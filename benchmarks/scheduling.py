@@ -1,0 +1,381 @@
+"""Priority scheduling benchmark: a latency-bound HP inference task next to a batch LP task.
+
+Usage: python benchmarks/scheduling.py --out DIR [--model transformer] [--lp-job stencil]
+           [--requests 200] [--warmup 20] [--think-ms 2] [--host-us 200] [--modes ...]
+
+Runs each mode in turn, each server mode in a fresh `gpu-server` (all sharing the profile
+store DIR/profiles.sqlite3): HP alone (fifo and fikit policy), LP alone, LP+HP under the fifo,
+priority and fikit policies, then HP alone and LP+HP natively (no server, time-slicing).
+Programs' JSON, logs and server traces go to DIR/<mode>/; the comparison table is printed and
+written to DIR/results.md and DIR/results.json. Exits non-zero when a program failed.
+"""
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from server_process import ENV, REPO, console_script, gpu_server
+
+WORKLOADS = REPO / "examples" / "workloads"
+HP_PRIORITY = 9
+LP_PRIORITY = 0
+PROCESS_TIMEOUT_S = 300
+LP_MAX_S = 3 * PROCESS_TIMEOUT_S
+MIN_LP_ALONE_S = 3.0
+# mode -> (server policy, or None for native; runs HP; runs LP), in the order they run
+MODES: dict[str, tuple[str | None, bool, bool]] = {
+    "hp-alone-fifo": ("fifo", True, False),
+    "hp-alone": ("fikit", True, False),
+    "lp-alone": ("fikit", False, True),
+    "fifo": ("fifo", True, True),
+    "priority": ("priority", True, True),
+    "fikit": ("fikit", True, True),
+    "native-alone": (None, True, False),
+    "native-shared": (None, True, True),
+}
+# table column header, row key, format
+COLUMNS = [
+    ("HP mean ms", "hp_mean_ms", "{:.3f}"),
+    ("HP p99 ms", "hp_p99_ms", "{:.3f}"),
+    ("HP mean / hp-alone", "hp_mean_vs_alone", "{:.3f}x"),
+    ("HP p99 / hp-alone", "hp_p99_vs_alone", "{:.3f}x"),
+    ("HP mean / native-shared", "hp_mean_vs_native_shared", "{:.3f}x"),
+    ("LP kernels/s", "lp_kps", "{:.0f}"),
+    ("LP / lp-alone", "lp_vs_alone", "{:.3f}x"),
+    ("LP / fits", "lp_vs_fits", "{:.3f}x"),
+]
+
+Json = dict[str, Any]
+
+
+@dataclass
+class ModeRun:
+    """What one mode produced: the programs' JSON, LP-alone's measured window, the trace."""
+
+    hp: Json | None = None
+    lp: Json | None = None
+    lp_window: tuple[float, float] | None = None
+    trace: list[Json] | None = None
+
+
+# ---- metrics (pure functions of the loaded JSON) ----
+
+
+def hp_span(hp: Json | None) -> tuple[float, float] | None:
+    """Wall-clock span of HP's measured requests: first window start to last window end."""
+    if not hp or not hp["windows"]:
+        return None
+    return min(start for start, _ in hp["windows"]), max(end for _, end in hp["windows"])
+
+
+def lp_rate(lp: Json | None, window: tuple[float, float] | None) -> float | None:
+    """LP kernels per second within `window`, interpolating its progress entries."""
+    if not lp or window is None or len(lp["progress"]) < 2:
+        return None
+    times, kernels = np.asarray(lp["progress"], dtype=float).T
+    done = np.interp(window, times, kernels)
+    return float(done[1] - done[0]) / (window[1] - window[0])
+
+
+def idle_fraction(trace: list[Json], kernels: int) -> float | None:
+    """1 - busy/span over the last `kernels` kernels (by start) of a trace."""
+    spans = sorted((k["start_us"], k["end_us"]) for k in trace)[-kernels:]
+    if not spans:
+        return None
+    busy = 0.0
+    run_start, run_end = spans[0]
+    for start, end in spans[1:]:
+        if start > run_end:
+            busy += run_end - run_start
+            run_start = start
+        run_end = max(run_end, end)
+    busy += run_end - run_start
+    return 1.0 - busy / (run_end - spans[0][0])
+
+
+def ratio(value: float | None, reference: float | None) -> float | None:
+    """value / reference, or None when either is missing."""
+    return None if value is None or not reference else value / reference
+
+
+def base_row(run: ModeRun) -> dict[str, float | None]:
+    """HP mean and p99 latency (ms) and LP kernels/s of one mode."""
+    latencies = run.hp["latencies_ms"] if run.hp else []
+    window = hp_span(run.hp) if run.hp else run.lp_window
+    return {
+        "hp_mean_ms": float(np.mean(latencies)) if latencies else None,
+        "hp_p99_ms": float(np.percentile(latencies, 99)) if latencies else None,
+        "lp_kps": lp_rate(run.lp, window),
+    }
+
+
+def summarize(runs: dict[str, ModeRun]) -> Json:
+    """Per-mode rows with ratios, HP idle fraction, LP that fits, overhead and targets."""
+    rows = {mode: base_row(run) for mode, run in runs.items()}
+
+    def ref(mode: str, key: str) -> float | None:
+        return rows.get(mode, {}).get(key)
+
+    alone = runs.get("hp-alone")
+    idle = None
+    if alone and alone.hp and alone.trace:
+        idle = idle_fraction(alone.trace, alone.hp["requests"] * alone.hp["kernels_per_request"])
+    lp_alone = ref("lp-alone", "lp_kps")
+    fits = None if lp_alone is None or idle is None else lp_alone * idle
+    for row in rows.values():
+        row["hp_mean_vs_alone"] = ratio(row["hp_mean_ms"], ref("hp-alone", "hp_mean_ms"))
+        row["hp_p99_vs_alone"] = ratio(row["hp_p99_ms"], ref("hp-alone", "hp_p99_ms"))
+        row["hp_mean_vs_native_shared"] = ratio(
+            row["hp_mean_ms"], ref("native-shared", "hp_mean_ms")
+        )
+        row["lp_vs_alone"] = ratio(row["lp_kps"], lp_alone)
+        row["lp_vs_fits"] = ratio(row["lp_kps"], fits)
+    alone_vs_fifo = ratio(ref("hp-alone", "hp_mean_ms"), ref("hp-alone-fifo", "hp_mean_ms"))
+    overhead = None if alone_vs_fifo is None else alone_vs_fifo - 1.0
+    hp_mean, hp_p99 = ref("fikit", "hp_mean_vs_alone"), ref("fikit", "hp_p99_vs_alone")
+    lp_fits = ref("fikit", "lp_vs_fits")
+    targets = [
+        {
+            "target": "fikit HP mean and p99 <= 1.05x hp-alone",
+            "measured": "n/a"
+            if hp_mean is None or hp_p99 is None
+            else f"mean {hp_mean:.3f}x, p99 {hp_p99:.3f}x",
+            "pass": None if hp_mean is None or hp_p99 is None else max(hp_mean, hp_p99) <= 1.05,
+        },
+        {
+            "target": "fikit LP >= 0.9x LP that fits",
+            "measured": "n/a" if lp_fits is None else f"{lp_fits:.3f}x",
+            "pass": None if lp_fits is None else lp_fits >= 0.9,
+        },
+        {
+            "target": "|hp-alone mean / hp-alone-fifo mean - 1| <= 2%",
+            "measured": "n/a" if overhead is None else f"{overhead:+.2%}",
+            "pass": None if overhead is None else abs(overhead) <= 0.02,
+        },
+    ]
+    return {
+        "modes": rows,
+        "hp_idle_fraction": idle,
+        "lp_fits_kps": fits,
+        "scheduler_overhead": overhead,
+        "targets": targets,
+    }
+
+
+def render(summary: Json, command: str, failures: list[str]) -> str:
+    """The markdown report: table, idle fraction, overhead, targets, command, failures."""
+    lines = [
+        "| mode | " + " | ".join(header for header, _, _ in COLUMNS) + " |",
+        "|---|" + "---:|" * len(COLUMNS),
+    ]
+    for mode, row in summary["modes"].items():
+        cells = ["" if row[key] is None else fmt.format(row[key]) for _, key, fmt in COLUMNS]
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    idle, fits, overhead = (
+        summary["hp_idle_fraction"],
+        summary["lp_fits_kps"],
+        summary["scheduler_overhead"],
+    )
+    lines += [
+        "",
+        "HP idle fraction (hp-alone trace, measured requests): "
+        + ("n/a" if idle is None else f"{idle:.3f}"),
+        "LP that fits (lp-alone kernels/s x HP idle fraction): "
+        + ("n/a" if fits is None else f"{fits:.0f} kernels/s"),
+        "Scheduler overhead (hp-alone mean / hp-alone-fifo mean - 1): "
+        + ("n/a" if overhead is None else f"{overhead:+.2%}"),
+        "",
+        "Targets:",
+    ]
+    verdicts = {True: " PASS", False: " FAIL", None: ""}
+    for target in summary["targets"]:
+        lines.append(f"- {target['target']}: {target['measured']}{verdicts[target['pass']]}")
+    lines += ["", f"Command: `{command}`"]
+    if failures:
+        lines += ["", "Failed:", *(f"- {failure}" for failure in failures)]
+    return "\n".join(lines) + "\n"
+
+
+# ---- running the programs ----
+
+
+def hp_command(args: argparse.Namespace, mode_dir: Path) -> list[str]:
+    """The inference program's command line, its JSON to mode_dir/hp.json."""
+    return [
+        sys.executable,
+        str(WORKLOADS / "inference.py"),
+        *("--model", args.model, "--requests", str(args.requests)),
+        *("--warmup", str(args.warmup), "--think-ms", str(args.think_ms)),
+        *("--host-us", str(args.host_us), "--out", str(mode_dir / "hp.json")),
+    ]
+
+
+def lp_command(args: argparse.Namespace, mode_dir: Path) -> list[str]:
+    """The batch program's command line, its files in mode_dir (lp.json, lp.ready, lp.stop)."""
+    size = [] if args.lp_n is None else ["--n", str(args.lp_n)]
+    return [
+        sys.executable,
+        str(WORKLOADS / "batch.py"),
+        *("--job", args.lp_job, *size, "--seconds", str(LP_MAX_S)),
+        *("--stop-file", str(mode_dir / "lp.stop"), "--ready-file", str(mode_dir / "lp.ready")),
+        *("--out", str(mode_dir / "lp.json")),
+    ]
+
+
+def client_prefix(addr: str | None, priority: int) -> list[str]:
+    """`fikit-run --server addr --priority P`, or nothing to run natively (addr None)."""
+    if addr is None:
+        return []
+    fikit_run = console_script("fikit-run", "client_stub.run")
+    return [*fikit_run, "--server", addr, "--priority", str(priority)]
+
+
+def launch(command: list[str], log: Path) -> subprocess.Popen:
+    """Start a program with stdout and stderr to `log`."""
+    print(f"  $ {shlex.join(command)}", file=sys.stderr)
+    with log.open("wb") as log_file:
+        return subprocess.Popen(
+            command, cwd=REPO, env=ENV, stdout=log_file, stderr=subprocess.STDOUT
+        )
+
+
+def finish(mode_dir: Path, role: str, proc: subprocess.Popen, failures: list[str]) -> Json | None:
+    """Wait for program `role` (hp or lp), load its JSON; add what went wrong to failures."""
+    label = f"{mode_dir.name}/{role} (log {mode_dir / role}.log)"
+    try:
+        code = proc.wait(timeout=PROCESS_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        failures.append(f"{label}: killed after {PROCESS_TIMEOUT_S} s")
+        return None
+    if code != 0:
+        failures.append(f"{label}: exit status {code}")
+    out = mode_dir / f"{role}.json"
+    if not out.exists():
+        failures.append(f"{label}: wrote no {out.name}")
+        return None
+    result = json.loads(out.read_text())
+    if not result.get("checked"):
+        failures.append(f"{label}: result check failed")
+    return result
+
+
+def wait_ready(proc: subprocess.Popen, ready: Path) -> bool:
+    """Wait until `ready` exists; False if the process exits or PROCESS_TIMEOUT_S passes."""
+    deadline = time.monotonic() + PROCESS_TIMEOUT_S
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def run_programs(
+    mode: str,
+    args: argparse.Namespace,
+    addr: str | None,
+    lp_seconds: float,
+    failures: list[str],
+) -> ModeRun:
+    """Run the mode's programs: HP alone, LP alone for lp_seconds, or LP then HP while LP runs."""
+    _, with_hp, with_lp = MODES[mode]
+    mode_dir = args.out / mode
+    run = ModeRun()
+
+    def run_hp() -> Json | None:
+        command = [*client_prefix(addr, HP_PRIORITY), *hp_command(args, mode_dir)]
+        return finish(mode_dir, "hp", launch(command, mode_dir / "hp.log"), failures)
+
+    if not with_lp:
+        run.hp = run_hp()
+        return run
+    command = [*client_prefix(addr, LP_PRIORITY), *lp_command(args, mode_dir)]
+    lp = launch(command, mode_dir / "lp.log")
+    try:
+        if not wait_ready(lp, mode_dir / "lp.ready"):
+            failures.append(f"{mode}/lp: never became ready; HP not run")
+        elif with_hp:
+            run.hp = run_hp()
+        else:
+            start = time.time()
+            time.sleep(lp_seconds)
+            run.lp_window = (start, time.time())
+        (mode_dir / "lp.stop").touch()
+        run.lp = finish(mode_dir, "lp", lp, failures)
+    except BaseException:
+        lp.kill()
+        raise
+    return run
+
+
+def run_mode(
+    mode: str, args: argparse.Namespace, lp_seconds: float, failures: list[str]
+) -> ModeRun:
+    """Run one mode in DIR/<mode>/, behind a fresh gpu-server unless it is native."""
+    policy = MODES[mode][0]
+    mode_dir = args.out / mode
+    mode_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("hp.json", "lp.json", "lp.ready", "lp.stop", "trace.jsonl"):
+        (mode_dir / name).unlink(missing_ok=True)
+    print(f"[{mode}]", file=sys.stderr)
+    if policy is None:
+        return run_programs(mode, args, None, lp_seconds, failures)
+    trace = mode_dir / "trace.jsonl"
+    server_args = ["--policy", policy, "--profile-db", str(args.out / "profiles.sqlite3")]
+    with gpu_server([*server_args, "--trace", str(trace)], mode_dir / "server.log") as addr:
+        run = run_programs(mode, args, addr, lp_seconds, failures)
+    if trace.exists():
+        run.trace = [json.loads(line) for line in trace.read_text().splitlines() if line]
+    return run
+
+
+def lp_alone_seconds(hp_alone: ModeRun | None) -> float:
+    """How long lp-alone runs: hp-alone's measured span, at least MIN_LP_ALONE_S."""
+    span = hp_span(hp_alone.hp) if hp_alone else None
+    return MIN_LP_ALONE_S if span is None else max(MIN_LP_ALONE_S, span[1] - span[0])
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="directory for all results")
+    parser.add_argument("--model", choices=("mlp", "transformer"), default="transformer")
+    parser.add_argument("--lp-job", choices=("gemm", "stencil"), default="stencil")
+    parser.add_argument("--lp-n", type=int, help="LP problem size (default: batch.py's)")
+    parser.add_argument("--requests", type=int, default=200, help="measured HP requests")
+    parser.add_argument("--warmup", type=int, default=20, help="HP warm-up requests")
+    parser.add_argument("--think-ms", type=float, default=2.0, help="HP pause between requests")
+    parser.add_argument("--host-us", type=float, default=200.0, help="HP host work per step")
+    parser.add_argument(
+        "--modes", nargs="+", choices=MODES, default=list(MODES), help="modes to run"
+    )
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    args.out = args.out.resolve()
+    failures: list[str] = []
+    runs: dict[str, ModeRun] = {}
+    for mode in (mode for mode in MODES if mode in args.modes):
+        runs[mode] = run_mode(mode, args, lp_alone_seconds(runs.get("hp-alone")), failures)
+    summary = summarize(runs)
+    command = shlex.join(sys.orig_argv)
+    report = render(summary, command, failures)
+    (args.out / "results.md").write_text(report)
+    results = {"command": command, **summary, "failures": failures}
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(report, end="")
+    if failures:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

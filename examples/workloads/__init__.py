@@ -1,0 +1,1 @@
+"""GPU workload programs for the priority-scheduling benchmark (each also runs as a script)."""

@@ -1,0 +1,340 @@
+"""The server's single launch dispatch point: a scheduling policy driven by real events.
+
+``Dispatcher`` connects the pure policies of ``policy.py`` to the server. Every session
+thread hands each kernel launch to ``launch``; the policy decides whether it goes to the GPU
+at once or is held:
+
+- a launch the policy releases at arrival is issued by the calling session thread, with no
+  other thread involved (the hot path: one lock, a few dictionary updates);
+- a held launch blocks its session thread, so that every later call of that session (its
+  synchronizations included) waits behind it: per-stream order and synchronization semantics
+  stay those of CUDA, and a client that synchronizes on held work waits for it to be issued,
+  never deadlocks. The tracker thread issues it the moment the policy releases it.
+
+Every issued launch comes back as a ``LaunchProbe`` (a completion marker the backend put on
+the launch's stream). The tracker thread polls the oldest probe of each stream and tells the
+policy about completions, records measured durations and idle gaps in the ``ProfileStore``,
+and writes the optional trace. Kernels of new kernel IDs are timed on every launch
+(measurement stage), known ones on a sample (sharing stage); see ``profiles.py``.
+
+Nothing here touches CUDA or gRPC: the backend is reached only through the ``issue``
+callables and the probes they return, so the dispatcher runs the same over the CPU test
+double and the real GPU.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import IO, Protocol
+
+from scheduler.policy import (
+    HIGHEST_PRIORITY,
+    LOWEST_PRIORITY,
+    FifoPolicy,
+    PendingLaunch,
+    Policy,
+)
+from scheduler.profiles import ProfileStore
+
+log = logging.getLogger(__name__)
+
+
+class LaunchProbe(Protocol):
+    """Completion marker of one issued launch, given by the backend."""
+
+    #: Launches with the same key complete in issue order (one CUDA stream).
+    stream_key: Hashable
+
+    def done(self) -> bool:
+        """Whether the GPU finished the launch."""
+
+    def times_us(self) -> tuple[float, float] | None:
+        """(start, end) on the backend's GPU clock, for a timed probe once done; else None."""
+
+    def release(self) -> None:
+        """Give back what the probe holds (events); called once, after the last query."""
+
+
+#: Puts a launch on its stream and returns its probe, timed or not; raises on failure.
+IssueFn = Callable[[bool], LaunchProbe]
+
+
+class DispatcherClosed(RuntimeError):
+    """The server is shutting down: a held launch will never be issued."""
+
+
+@dataclass
+class _Held:
+    """A launch waiting for the policy, and the session thread waiting for it."""
+
+    launch: PendingLaunch
+    name: str
+    issue: IssueFn
+    timed: bool
+    issued: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
+@dataclass
+class _InFlight:
+    launch: PendingLaunch
+    name: str
+    probe: LaunchProbe
+    timed: bool
+
+
+@dataclass
+class _TaskState:
+    priority: int
+    client: str
+    in_flight: int = 0
+    #: (when, kernel ID) of the completion that left the task with nothing in flight.
+    idle_since: tuple[float, str] | None = None
+
+
+def clock_us() -> float:
+    """Host monotonic time in microseconds, the clock policies run on."""
+    return time.perf_counter() * 1e6
+
+
+class Dispatcher:
+    """Runs one policy over the launches of all sessions; thread-safe.
+
+    ``trace``: an open text file that receives one JSON line per completed launch (all
+    launches are then timed). ``poll_interval_s``: how long the tracker sleeps between
+    polls while launches are in flight.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        profiles: ProfileStore | None = None,
+        *,
+        trace: IO[str] | None = None,
+        poll_interval_s: float = 20e-6,
+        clock: Callable[[], float] = clock_us,
+    ) -> None:
+        self.policy = policy
+        self.profiles = profiles
+        self.trace = trace
+        self.poll_interval_s = poll_interval_s
+        self.clock = clock
+        #: Whether launches can be held; FIFO never holds, so it needs no tracker wake-ups.
+        self.holds = not isinstance(policy, FifoPolicy)
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._seq = itertools.count()
+        self._tasks: dict[int, _TaskState] = {}
+        self._held: dict[int, _Held] = {}
+        self._to_issue: deque[_Held] = deque()
+        self._streams: dict[Hashable, deque[_InFlight]] = {}
+        self._closed = False
+        self.launches = 0
+        self.timed_launches = 0
+        self._tracker = threading.Thread(target=self._track, name="fikit-tracker", daemon=True)
+        self._tracker.start()
+
+    # -- tasks ---------------------------------------------------------------------------
+    def add_task(self, task_id: int, priority: int, client: str = "") -> None:
+        """A session starts as task ``task_id`` with ``priority`` (0 lowest .. 9 highest)."""
+        with self._lock:
+            self.policy.add_task(task_id, priority, self.clock())
+            self._tasks[task_id] = _TaskState(priority, client)
+
+    def remove_task(self, task_id: int) -> None:
+        """A session ended; launches it still has in flight are tracked until done."""
+        with self._lock:
+            self.policy.remove_task(task_id, self.clock())
+            self._tasks.pop(task_id, None)
+            self._wake.notify()
+
+    def stream_priority(self, task_id: int, requested: int, least: int, greatest: int) -> int:
+        """The CUDA stream priority to give a stream of the task.
+
+        Under FIFO, what the client asked for. Under the priority policies, the task's
+        priority mapped onto the device's range (task 9 gets the greatest): a kernel already
+        running when a higher task launches then yields SMs to it block by block, and no
+        client can raise its own work above another task's.
+        """
+        if not self.holds:
+            return min(max(requested, greatest), least)
+        with self._lock:
+            priority = self._tasks[task_id].priority
+        span = HIGHEST_PRIORITY - LOWEST_PRIORITY
+        return least + round((greatest - least) * (priority - LOWEST_PRIORITY) / span)
+
+    # -- launches ------------------------------------------------------------------------
+    def launch(self, task_id: int, kernel_id: str, name: str, issue: IssueFn) -> None:
+        """Issue a launch of ``kernel_id`` now, or block until the policy releases it.
+
+        Errors of ``issue`` (a ``CudaError``) propagate to the caller either way.
+        """
+        profiles = self.profiles
+        timed = self.trace is not None or (
+            profiles is not None and profiles.should_measure(kernel_id)
+        )
+        predicted = None if profiles is None else profiles.predicted_duration_us(kernel_id)
+        with self._lock:
+            if self._closed:
+                raise DispatcherClosed("the server is shutting down")
+            now = self.clock()
+            task = self._tasks[task_id]
+            if task.idle_since is not None:
+                since, after = task.idle_since
+                task.idle_since = None
+                if profiles is not None:
+                    profiles.record_gap(after, now - since)
+            launch = PendingLaunch(next(self._seq), task_id, kernel_id, predicted)
+            self.policy.arrive(launch, now)
+            mine = False
+            for released in self.policy.take_issuable(now):
+                if released is launch:
+                    mine = True
+                else:
+                    self._to_issue.append(self._held.pop(released.seq))
+            if mine:
+                task.in_flight += 1
+            else:
+                held = self._held[launch.seq] = _Held(launch, name, issue, timed)
+            if self._to_issue or not mine:
+                self._wake.notify()  # issue what was released; time the held launch's release
+        if mine:
+            self._issue(launch, name, issue, timed)
+            return
+        held.issued.wait()
+        if held.error is not None:
+            raise held.error
+
+    def close(self) -> None:
+        """Stop the tracker; launches still held fail with ``DispatcherClosed``."""
+        with self._lock:
+            self._closed = True
+            self._wake.notify()
+        self._tracker.join()
+        with self._lock:
+            held, self._held = list(self._held.values()), {}
+        for waiting in held:
+            waiting.error = DispatcherClosed("the server is shutting down")
+            waiting.issued.set()
+
+    def _issue(self, launch: PendingLaunch, name: str, issue: IssueFn, timed: bool) -> None:
+        """Put a released launch on the GPU and start tracking it (the task already counts it)."""
+        try:
+            probe = issue(timed)
+        except BaseException:
+            with self._lock:
+                self._complete(launch, self.clock())
+            raise
+        record = _InFlight(launch, name, probe, timed)
+        with self._lock:
+            self.launches += 1
+            self.timed_launches += timed
+            queue = self._streams.get(probe.stream_key)
+            if queue is None:
+                queue = self._streams[probe.stream_key] = deque()
+            queue.append(record)
+            if len(queue) == 1:
+                self._wake.notify()
+
+    def _complete(self, launch: PendingLaunch, now: float) -> None:
+        """Tell the policy and the task that a launch finished; call with the lock held."""
+        self.policy.completed(launch, now)
+        task = self._tasks.get(launch.task_id)
+        if task is not None:
+            task.in_flight -= 1
+            if task.in_flight == 0:
+                task.idle_since = (now, launch.kernel_id)
+
+    # -- the tracker thread --------------------------------------------------------------
+    def _track(self) -> None:
+        """Poll probes, feed completions to the policy, issue what it releases."""
+        while True:
+            with self._lock:
+                while not (self._closed or self._streams or self._to_issue):
+                    self._wake.wait(self._timer())
+                    self._release(self.clock())
+                if self._held:
+                    self._release(self.clock())
+                if self._closed:
+                    heads = [record for queue in self._streams.values() for record in queue]
+                    self._streams.clear()
+                    break
+                heads = [queue[0] for queue in self._streams.values()]
+                to_issue, self._to_issue = self._to_issue, deque()
+            for waiting in to_issue:
+                self._issue_held(waiting)
+            finished = [record for record in heads if record.probe.done()]
+            if finished:
+                self._finish(finished)
+            elif not to_issue:
+                time.sleep(self.poll_interval_s)
+        for record in heads:
+            record.probe.release()
+
+    def _timer(self) -> float | None:
+        """Seconds until the policy's next timed event, with held launches waiting."""
+        if not self._held:
+            return None
+        at = self.policy.next_event(self.clock())
+        return None if at is None else max(0.0, (at - self.clock()) / 1e6)
+
+    def _release(self, now: float) -> None:
+        """Queue for issue what the policy releases now; call with the lock held."""
+        for released in self.policy.take_issuable(now):
+            self._to_issue.append(self._held.pop(released.seq))
+
+    def _issue_held(self, waiting: _Held) -> None:
+        with self._lock:
+            task = self._tasks.get(waiting.launch.task_id)
+            if task is not None:
+                task.in_flight += 1
+        try:
+            self._issue(waiting.launch, waiting.name, waiting.issue, waiting.timed)
+        except BaseException as err:
+            waiting.error = err
+        waiting.issued.set()
+
+    def _finish(self, finished: list[_InFlight]) -> None:
+        """Account for completed launches: policy, profiles, trace; then release more."""
+        lines = []
+        with self._lock:
+            now = self.clock()
+            for record in finished:
+                queue = self._streams[record.probe.stream_key]
+                queue.popleft()
+                if not queue:
+                    del self._streams[record.probe.stream_key]
+                self._complete(record.launch, now)
+            self._release(now)
+        for record in finished:
+            times = record.probe.times_us() if record.timed else None
+            record.probe.release()
+            if times is None:
+                continue
+            start, end = times
+            if self.profiles is not None:
+                self.profiles.record_duration(record.launch.kernel_id, record.name, end - start)
+            if self.trace is not None:
+                task = self._tasks.get(record.launch.task_id)
+                lines.append(
+                    json.dumps(
+                        {
+                            "task": record.launch.task_id,
+                            "priority": None if task is None else task.priority,
+                            "client": "" if task is None else task.client,
+                            "kernel": record.name,
+                            "kernel_id": record.launch.kernel_id,
+                            "start_us": round(start, 3),
+                            "end_us": round(end, 3),
+                        }
+                    )
+                )
+        if lines:
+            self.trace.write("\n".join(lines) + "\n")

@@ -1,0 +1,147 @@
+"""The dispatch point on its own: fake probes stand in for a backend."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+
+import pytest
+
+from gpu_server.errors import CudaError
+from scheduler.dispatcher import Dispatcher, DispatcherClosed
+from scheduler.policy import FifoPolicy, FikitPolicy, PriorityPolicy
+from tests.test_sessions import wait_until
+
+
+class FakeProbe:
+    """Finishes when the test says so; timed probes report the given times."""
+
+    def __init__(self, stream: str, times: tuple[float, float] | None) -> None:
+        self.stream_key = stream
+        self.finished = threading.Event()
+        self.times = times
+        self.released = False
+
+    def done(self) -> bool:
+        return self.finished.is_set()
+
+    def times_us(self) -> tuple[float, float] | None:
+        return self.times
+
+    def release(self) -> None:
+        self.released = True
+
+
+class FakeGpu:
+    """Records issued launches in order and hands out their probes."""
+
+    def __init__(self) -> None:
+        self.issued: list[tuple[str, bool]] = []
+        self.probes: list[FakeProbe] = []
+        #: Launches issued from now on finish at once.
+        self.instant = False
+
+    def issuer(self, name: str, stream: str = "s", fail: bool = False):
+        def issue(timed: bool) -> FakeProbe:
+            if fail:
+                raise CudaError(1, "refused")
+            self.issued.append((name, timed))
+            probe = FakeProbe(stream, (10.0, 35.0) if timed else None)
+            if self.instant:
+                probe.finished.set()
+            self.probes.append(probe)
+            return probe
+
+        return issue
+
+
+def in_thread(fn, *args) -> threading.Thread:
+    thread = threading.Thread(target=fn, args=args, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_an_issue_error_reaches_the_caller_and_frees_the_slot() -> None:
+    dispatcher, gpu = Dispatcher(PriorityPolicy(quiet_after_us=0)), FakeGpu()
+    dispatcher.add_task(1, 9)
+    dispatcher.add_task(2, 0)
+    with pytest.raises(CudaError):
+        dispatcher.launch(1, "k", "bad", gpu.issuer("bad", fail=True))
+    dispatcher.launch(2, "k", "lp", gpu.issuer("lp"))  # the failed launch holds nothing back
+    assert gpu.issued == [("lp", False)]
+    dispatcher.close()
+
+
+def test_held_launches_are_issued_in_order_when_the_high_task_finishes() -> None:
+    dispatcher, gpu = Dispatcher(PriorityPolicy(quiet_after_us=0)), FakeGpu()
+    dispatcher.add_task(1, 9)
+    dispatcher.add_task(2, 0)
+    dispatcher.launch(1, "k", "hp", gpu.issuer("hp"))
+    waiter = in_thread(
+        lambda: [dispatcher.launch(2, "k", f"lp{i}", gpu.issuer(f"lp{i}")) for i in range(3)]
+    )
+    waiter.join(0.2)
+    assert waiter.is_alive() and [name for name, _ in gpu.issued] == ["hp"]
+    gpu.instant = True
+    gpu.probes[0].finished.set()
+    waiter.join(5)
+    assert not waiter.is_alive()
+    assert [name for name, _ in gpu.issued] == ["hp", "lp0", "lp1", "lp2"]
+    assert wait_until(lambda: all(probe.released for probe in gpu.probes))
+    dispatcher.close()
+
+
+def test_closing_fails_launches_still_held() -> None:
+    dispatcher, gpu = Dispatcher(PriorityPolicy()), FakeGpu()
+    dispatcher.add_task(1, 9)
+    dispatcher.add_task(2, 0)
+    dispatcher.launch(1, "k", "hp", gpu.issuer("hp"))
+    errors: list[BaseException] = []
+
+    def low() -> None:
+        try:
+            dispatcher.launch(2, "k", "lp", gpu.issuer("lp"))
+        except DispatcherClosed as err:
+            errors.append(err)
+
+    waiter = in_thread(low)
+    waiter.join(0.1)
+    dispatcher.close()
+    waiter.join(5)
+    assert len(errors) == 1 and [name for name, _ in gpu.issued] == ["hp"]
+    with pytest.raises(DispatcherClosed):
+        dispatcher.launch(1, "k", "late", gpu.issuer("late"))
+
+
+def test_a_trace_line_per_completed_launch() -> None:
+    trace = io.StringIO()
+    dispatcher, gpu = Dispatcher(FifoPolicy(), trace=trace), FakeGpu()
+    dispatcher.add_task(7, 3, "client-a")
+    dispatcher.launch(7, "abc", "gemm", gpu.issuer("gemm"))
+    gpu.probes[0].finished.set()
+    assert wait_until(lambda: trace.getvalue().endswith("\n"))
+    dispatcher.close()
+    assert json.loads(trace.getvalue()) == {
+        "task": 7,
+        "priority": 3,
+        "client": "client-a",
+        "kernel": "gemm",
+        "kernel_id": "abc",
+        "start_us": 10.0,
+        "end_us": 35.0,
+    }
+    assert gpu.issued == [("gemm", True)]  # a trace times every launch
+
+
+def test_stream_priorities_follow_task_priorities_under_priority_policies() -> None:
+    fikit, fifo = Dispatcher(FikitPolicy()), Dispatcher(FifoPolicy())
+    for dispatcher in (fikit, fifo):
+        for task, priority in ((1, 9), (2, 0), (3, 5)):
+            dispatcher.add_task(task, priority)
+    least, greatest = 0, -5
+    assert [fikit.stream_priority(t, 0, least, greatest) for t in (1, 2, 3)] == [-5, 0, -3]
+    assert fifo.stream_priority(2, -4, least, greatest) == -4
+    assert fifo.stream_priority(2, -9, least, greatest) == -5
+    fikit.close()
+    fifo.close()
