@@ -37,7 +37,7 @@ from cuda.bindings.driver import (
     CUuuid,
 )
 
-from client_stub.connection import Connection, ConnectionLost
+from client_stub.connection import STAGED, Connection, ConnectionLost
 from client_stub.host_memory import (
     HostBufferError,
     PinnedHostMemory,
@@ -425,7 +425,11 @@ def cuMemGetAddressRange(dptr: Any) -> tuple[CUdeviceptr, int]:
 
 
 def _copy_to_device(dst: Any, src: Any, size: int, stream: int | None) -> None:
-    """Host-to-device copy in chunks; a synchronous copy waits for the last chunk."""
+    """Host-to-device copy in chunks; a synchronous copy waits for the last chunk.
+
+    The bytes are taken at call time, as CUDA stages pageable memory before an
+    asynchronous copy returns: through the staging area when there is one, else in
+    the calls themselves."""
     connection = REMOTE.session()
     try:
         data = read_host(src, size)
@@ -433,20 +437,21 @@ def _copy_to_device(dst: Any, src: Any, size: int, stream: int | None) -> None:
         log.debug("fikit: %s", err)
         raise DriverFailure(CUresult.CUDA_ERROR_INVALID_VALUE) from None
     ctx, base = REMOTE.current, _handle(dst)
-    chunks = [(o, data[o : o + COPY_CHUNK_BYTES]) for o in range(0, size, COPY_CHUNK_BYTES)]
-    if stream is not None:
-        # The call returns before the data leaves: take it now, as CUDA stages pageable memory.
-        for offset, chunk in chunks:
-            connection.post("cuMemcpyHtoD", ctx, base, offset, bytes(chunk), size, stream)
-        return
-    last = len(chunks) - 1
-    calls = [
-        ["cuMemcpyHtoD", i == last, ctx, base, offset, chunk, size, None]
-        for i, (offset, chunk) in enumerate(chunks)
-    ]
-    for status, *_ in connection.request_many(calls):
-        if status:
-            raise DriverFailure(status)
+    staging = connection.staging
+    step = COPY_CHUNK_BYTES if staging is None else staging.size // 4
+    offsets = range(0, size, step)
+    for offset in offsets:
+        chunk = data[offset : offset + step]
+        wants_reply = stream is None and offset == offsets[-1]
+        if staging is None:
+            call = ["cuMemcpyHtoD", wants_reply, ctx, base, offset, bytes(chunk), size, stream]
+            replies = connection.request_many([call])
+        else:
+            call = ["cuMemcpyHtoDStaged", wants_reply, ctx, base, offset, STAGED, len(chunk)]
+            replies = connection.send_staged([*call, size, stream], chunk)
+        for status, *_ in replies:
+            if status:
+                raise DriverFailure(status)
 
 
 def _copy_to_host(dst: Any, src: Any, size: int, stream: int | None) -> None:
@@ -460,16 +465,30 @@ def _copy_to_host(dst: Any, src: Any, size: int, stream: int | None) -> None:
     if size == 0:
         return
     ctx, base = REMOTE.current, _handle(src)
-    offsets = range(0, size, COPY_CHUNK_BYTES)
-    calls = [
-        ["cuMemcpyDtoH", True, ctx, base, o, min(COPY_CHUNK_BYTES, size - o), size, stream]
-        for o in offsets
-    ]
-    replies = connection.request_many(calls)
-    for offset, (status, *values) in zip(offsets, replies):
-        if status:
-            raise DriverFailure(status)
-        write_host(dst, offset, values[0])
+    staging = connection.staging
+    if staging is None:
+        offsets = range(0, size, COPY_CHUNK_BYTES)
+        calls = [
+            ["cuMemcpyDtoH", True, ctx, base, o, min(COPY_CHUNK_BYTES, size - o), size, stream]
+            for o in offsets
+        ]
+        replies = [(status, values) for status, *values in connection.request_many(calls)]
+        for offset, (status, values) in zip(offsets, replies):
+            if status:
+                raise DriverFailure(status)
+            write_host(dst, offset, values[0])
+        return
+    step = staging.size // 4
+    for offset in range(0, size, 2 * step):
+        group = [
+            (["cuMemcpyDtoHStaged", True, ctx, base, o, n, size, stream, STAGED], n)
+            for o in range(offset, min(size, offset + 2 * step), step)
+            if (n := min(step, size - o))
+        ]
+        for (call, _), ((status, *_), view) in zip(group, connection.request_staged(group)):
+            if status:
+                raise DriverFailure(status)
+            write_host(dst, call[4], view)
 
 
 @_driver_function(0)

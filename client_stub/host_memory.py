@@ -19,23 +19,23 @@ class HostBufferError(ValueError):
 
 
 def read_host(src: Any, nbytes: int) -> memoryview | bytes:
-    """The first ``nbytes`` of host memory ``src`` (copied when ``src`` is an address)."""
+    """The first ``nbytes`` of host memory ``src``, uncopied."""
     if isinstance(src, int):
         if src == 0:
             raise HostBufferError("NULL host pointer")
-        return ctypes.string_at(src, nbytes)
+        return _address_view(src, nbytes)
     view = _byte_view(src)
     if view.nbytes < nbytes:
         raise HostBufferError(f"host buffer holds {view.nbytes} bytes, copy needs {nbytes}")
     return view[:nbytes]
 
 
-def write_host(dst: Any, offset: int, data: bytes) -> None:
+def write_host(dst: Any, offset: int, data: bytes | memoryview) -> None:
     """Store ``data`` at byte ``offset`` of host memory ``dst``."""
     if isinstance(dst, int):
         if dst == 0:
             raise HostBufferError("NULL host pointer")
-        ctypes.memmove(dst + offset, data, len(data))
+        _address_view(dst + offset, len(data))[:] = data
         return
     view = _byte_view(dst)
     if view.readonly:
@@ -54,6 +54,11 @@ def check_host(dst: Any, nbytes: int) -> None:
     view = _byte_view(dst)
     if view.readonly or view.nbytes < nbytes:
         raise HostBufferError("host buffer is read-only or too small")
+
+
+def _address_view(address: int, nbytes: int) -> memoryview:
+    """The ``nbytes`` of memory at ``address``, uncopied."""
+    return memoryview((ctypes.c_char * nbytes).from_address(address)).cast("B")
 
 
 def _byte_view(obj: Any) -> memoryview:

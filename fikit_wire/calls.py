@@ -9,10 +9,18 @@ The server answers every call with ``wants_reply`` true, in order, with an array
 ``[status, value0, value1, ...]`` where ``status`` is a ``CUresult`` code. Calls sent
 without ``wants_reply`` get no answer: their errors are kept by the session and
 returned by the next synchronizing call, as CUDA reports asynchronous errors.
+
+Staging. A client on the server's host moves bulk copy data through a shared-memory file
+instead of the stream: it creates the file in ``STAGING_DIR`` (named ``fikit-`` and 32 hex
+digits), names it in its Hello, and the server maps it when it can (the Welcome says so).
+``cuMemcpyHtoDStaged`` then carries an offset into the file where the client put the bytes,
+and ``cuMemcpyDtoHStaged`` an offset where the server writes them before it replies.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
 import msgpack
@@ -25,6 +33,12 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 COPY_CHUNK_BYTES = 1024 * 1024
 #: A frame stops growing once its payload passes this size.
 FRAME_SOFT_LIMIT_BYTES = 4 * 1024 * 1024
+#: Where staging files live: a directory both ends see (mounted into client containers).
+STAGING_DIR = os.environ.get("FIKIT_STAGING_DIR", "/dev/shm")
+#: The only names a server accepts for a staging file.
+STAGING_NAME = re.compile(r"fikit-[0-9a-f]{32}")
+#: The largest staging file a server maps.
+MAX_STAGING_BYTES = 1024 * 1024 * 1024
 
 
 def pack(items: list[Any]) -> bytes:

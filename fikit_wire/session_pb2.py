@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66ikit_wire/session.proto\x12\x08\x66ikit.v1\"H\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x13\n\x0b\x63lient_name\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\x05\"`\n\x07Welcome\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\x04\"H\n\x0b\x43lientFrame\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.fikit.v1.HelloH\x00\x12\x0f\n\x05\x63\x61lls\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x62ody\"N\n\x0bServerFrame\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.fikit.v1.WelcomeH\x00\x12\x11\n\x07replies\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x62ody2F\n\nGpuSession\x12\x38\n\x04Open\x12\x15.fikit.v1.ClientFrame\x1a\x15.fikit.v1.ServerFrame(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66ikit_wire/session.proto\x12\x08\x66ikit.v1\"^\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x13\n\x0b\x63lient_name\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\x14\n\x0cstaging_path\x18\x04 \x01(\t\"q\n\x07Welcome\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\x04\x12\x0f\n\x07staging\x18\x05 \x01(\x08\"H\n\x0b\x43lientFrame\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.fikit.v1.HelloH\x00\x12\x0f\n\x05\x63\x61lls\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x62ody\"N\n\x0bServerFrame\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.fikit.v1.WelcomeH\x00\x12\x11\n\x07replies\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x62ody2F\n\nGpuSession\x12\x38\n\x04Open\x12\x15.fikit.v1.ClientFrame\x1a\x15.fikit.v1.ServerFrame(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,13 +32,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fikit_wire.session_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_HELLO']._serialized_start=38
-  _globals['_HELLO']._serialized_end=110
-  _globals['_WELCOME']._serialized_start=112
-  _globals['_WELCOME']._serialized_end=208
-  _globals['_CLIENTFRAME']._serialized_start=210
-  _globals['_CLIENTFRAME']._serialized_end=282
-  _globals['_SERVERFRAME']._serialized_start=284
-  _globals['_SERVERFRAME']._serialized_end=362
-  _globals['_GPUSESSION']._serialized_start=364
-  _globals['_GPUSESSION']._serialized_end=434
+  _globals['_HELLO']._serialized_end=132
+  _globals['_WELCOME']._serialized_start=134
+  _globals['_WELCOME']._serialized_end=247
+  _globals['_CLIENTFRAME']._serialized_start=249
+  _globals['_CLIENTFRAME']._serialized_end=321
+  _globals['_SERVERFRAME']._serialized_start=323
+  _globals['_SERVERFRAME']._serialized_end=401
+  _globals['_GPUSESSION']._serialized_start=403
+  _globals['_GPUSESSION']._serialized_end=473
 # @@protoc_insertion_point(module_scope)

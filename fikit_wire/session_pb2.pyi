@@ -6,26 +6,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Hello(_message.Message):
-    __slots__ = ("protocol_version", "client_name", "priority")
+    __slots__ = ("protocol_version", "client_name", "priority", "staging_path")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    STAGING_PATH_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     client_name: str
     priority: int
-    def __init__(self, protocol_version: _Optional[int] = ..., client_name: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
+    staging_path: str
+    def __init__(self, protocol_version: _Optional[int] = ..., client_name: _Optional[str] = ..., priority: _Optional[int] = ..., staging_path: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("protocol_version", "server_version", "backend", "session_id")
+    __slots__ = ("protocol_version", "server_version", "backend", "session_id", "staging")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    STAGING_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     server_version: str
     backend: str
     session_id: int
-    def __init__(self, protocol_version: _Optional[int] = ..., server_version: _Optional[str] = ..., backend: _Optional[str] = ..., session_id: _Optional[int] = ...) -> None: ...
+    staging: bool
+    def __init__(self, protocol_version: _Optional[int] = ..., server_version: _Optional[str] = ..., backend: _Optional[str] = ..., session_id: _Optional[int] = ..., staging: _Optional[bool] = ...) -> None: ...
 
 class ClientFrame(_message.Message):
     __slots__ = ("hello", "calls")

@@ -9,6 +9,7 @@ import faulthandler
 import logging
 import signal
 import sqlite3
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,11 @@ from scheduler.policy import POLICIES, FifoPolicy, FikitPolicy, Policy, Priority
 from scheduler.profiles import ProfileStore, default_profile_path
 
 log = logging.getLogger("gpu_server")
+
+#: Longest one server thread keeps the GIL while another waits for it, in seconds: the
+#: event loop, the session threads and the completion tracker take turns at this grain
+#: (Python's default, 5 ms, would let one tenant's busy thread stall another's calls).
+GIL_SWITCH_INTERVAL_S = 0.0002
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -135,6 +141,7 @@ async def serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point of ``gpu-server``; SIGUSR1 prints every thread's stack."""
     args = parse_args(argv)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"

@@ -14,6 +14,7 @@ from fikit_wire import session_pb2, session_pb2_grpc
 from gpu_server.backends.base import Backend
 from gpu_server.executor import FINISHED, SessionRunner
 from gpu_server.session import Session, handle_counter
+from gpu_server.staging import map_staging
 from scheduler.dispatcher import Dispatcher
 from scheduler.policy import HIGHEST_PRIORITY, LOWEST_PRIORITY
 
@@ -40,6 +41,7 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
     ) -> AsyncIterator[session_pb2.ServerFrame]:
         """Run one session: a Hello, then call batches until the client goes away."""
         hello = await self._read_hello(request_iterator, context)
+        staging = map_staging(hello.staging_path) if hello.staging_path else None
         session = Session(
             next(self._session_ids),
             self.backend,
@@ -47,6 +49,7 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
             self._handle_ids,
             hello.priority,
             hello.client_name,
+            None if staging is None else memoryview(staging),
         )
         runner = SessionRunner(session)
         self.active_sessions.add(session.id)
@@ -65,6 +68,7 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
                     server_version=SERVER_VERSION,
                     backend=self.backend.name,
                     session_id=session.id,
+                    staging=staging is not None,
                 )
             )
             while (frame := await runner.frames.get()) is not FINISHED:
@@ -87,6 +91,11 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
 
     async def _close(self, runner: SessionRunner) -> None:
         await runner.close()
+        staging = runner.session.staging
+        if staging is not None:
+            mapping = staging.obj
+            staging.release()
+            mapping.close()
         self.active_sessions.discard(runner.session.id)
         log.info("session %d closed", runner.session.id)
 

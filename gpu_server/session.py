@@ -183,8 +183,11 @@ class Session:
         handle_ids: Iterator[int],
         priority: int,
         client_name: str = "",
+        staging: memoryview | None = None,
     ) -> None:
         self.id = session_id
+        #: The client's staging area for bulk copies, when it is on this host.
+        self.staging = staging
         self.backend = backend
         self.dispatcher = dispatcher
         self._ids = handle_ids
@@ -586,7 +589,7 @@ class Session:
         ctx: int,
         dst: int,
         offset: int,
-        data: bytes,
+        data: bytes | memoryview,
         whole: int,
         stream: int | None,
     ) -> tuple[()]:
@@ -601,9 +604,52 @@ class Session:
     def cu_memcpy_dtoh(
         self, ctx: int, src: int, offset: int, size: int, whole: int, stream: int | None
     ) -> tuple[bytes]:
-        source = self._copy_range(src, offset, size, whole)
+        self._copy_range(src, offset, size, whole)
+        out = bytearray(size)
+        self._copy_out(ctx, src, offset, memoryview(out), whole, stream)
+        return (out,)
+
+    @handler("cuMemcpyHtoDStaged", synchronizing=True)
+    def cu_memcpy_htod_staged(
+        self,
+        ctx: int,
+        dst: int,
+        offset: int,
+        staged_at: int,
+        size: int,
+        whole: int,
+        stream: int | None,
+    ) -> tuple[()]:
+        return self.cu_memcpy_htod(ctx, dst, offset, self._staged(staged_at, size), whole, stream)
+
+    @handler("cuMemcpyDtoHStaged", synchronizing=True)
+    def cu_memcpy_dtoh_staged(
+        self,
+        ctx: int,
+        src: int,
+        offset: int,
+        size: int,
+        whole: int,
+        stream: int | None,
+        staged_at: int,
+    ) -> tuple[()]:
+        self._copy_out(ctx, src, offset, self._staged(staged_at, size), whole, stream)
+        return ()
+
+    def _staged(self, at: int, size: int) -> memoryview:
+        """``size`` bytes of the session's staging area at offset ``at``."""
+        if self.staging is None:
+            raise CudaError(CUresult.CUDA_ERROR_NOT_SUPPORTED, "this session has no staging")
+        if not 0 <= at <= at + size <= len(self.staging):
+            raise invalid_value(f"staging range [{at}, +{size}) outside the staging area")
+        return self.staging[at : at + size]
+
+    def _copy_out(
+        self, ctx: int, src: int, offset: int, out: memoryview, whole: int, stream: int | None
+    ) -> None:
+        source = self._copy_range(src, offset, len(out), whole)
         entry, backend_stream = self._work_stream(stream, ctx)
-        return (self.backend.memcpy_dtoh(entry.backend_ctx, source, size, backend_stream),)
+        self.backend.memcpy_dtoh(entry.backend_ctx, source, out, backend_stream)
 
     @handler("cuMemcpyDtoD", synchronizing=True)
     def cu_memcpy_dtod(

@@ -80,6 +80,13 @@ def ctx(sim: SimBackend) -> SimContext:
 Dim3 = tuple[int, int, int]
 
 
+def dtoh(sim: SimBackend, ctx: SimContext, src: int, size: int, stream: object) -> bytes:
+    """Device bytes read back through ``memcpy_dtoh``."""
+    out = bytearray(size)
+    sim.memcpy_dtoh(ctx, src, memoryview(out), stream)
+    return bytes(out)
+
+
 def config(
     stream: object = 0, grid: Dim3 = (1, 1, 1), block: Dim3 = (1, 1, 1), smem: int = 0
 ) -> LaunchConfig:
@@ -207,14 +214,14 @@ def test_alloc_accounting_and_errors() -> None:
 def test_copies_move_bytes(sim: SimBackend, ctx: SimContext) -> None:
     a = sim.mem_alloc(ctx, 4096)
     b = sim.mem_alloc(ctx, 4096)
-    assert sim.memcpy_dtoh(ctx, a, 16, None) == bytes(16)
+    assert dtoh(sim, ctx, a, 16, None) == bytes(16)
     sim.memcpy_htod(ctx, a + 100, b"hello, device", None)
-    assert sim.memcpy_dtoh(ctx, a + 100, 13, None) == b"hello, device"
+    assert dtoh(sim, ctx, a + 100, 13, None) == b"hello, device"
     sim.memcpy_dtod(ctx, b + 4000, a + 100, 13, 0)
-    assert sim.memcpy_dtoh(ctx, b + 3999, 15, 0) == b"\0hello, device\0"
+    assert dtoh(sim, ctx, b + 3999, 15, 0) == b"\0hello, device\0"
     # Overlapping device-to-device copies behave like memmove.
     sim.memcpy_dtod(ctx, a + 102, a + 100, 13, None)
-    assert sim.memcpy_dtoh(ctx, a + 100, 15, None) == b"hehello, device"
+    assert dtoh(sim, ctx, a + 100, 15, None) == b"hehello, device"
 
 
 def test_copy_bounds(sim: SimBackend, ctx: SimContext) -> None:
@@ -224,24 +231,23 @@ def test_copy_bounds(sim: SimBackend, ctx: SimContext) -> None:
         lambda: sim.memcpy_htod(ctx, a + 999, b"ab", None),
         lambda: sim.memcpy_htod(ctx, a + 1000, b"a", None),
         lambda: sim.memcpy_htod(ctx, a - 1, b"a", None),
-        lambda: sim.memcpy_dtoh(ctx, a, 1001, None),
-        lambda: sim.memcpy_dtoh(ctx, b + 1000, 1, None),
-        lambda: sim.memcpy_dtoh(ctx, a, -1, None),
+        lambda: dtoh(sim, ctx, a, 1001, None),
+        lambda: dtoh(sim, ctx, b + 1000, 1, None),
         lambda: sim.memcpy_dtod(ctx, b, a, 1001, None),
         lambda: sim.memcpy_dtod(ctx, b + 1, a, 1000, None),
         lambda: sim.memset(ctx, a, 0, 1, 1001, None),
-        lambda: sim.memcpy_dtoh(ctx, 0x1000, 1, None),
+        lambda: dtoh(sim, ctx, 0x1000, 1, None),
     ):
         with cuda_error(CUresult.CUDA_ERROR_INVALID_VALUE):
             call()
     with cuda_error(CUresult.CUDA_ERROR_INVALID_HANDLE):
         sim.memcpy_htod(ctx, a, b"x", 7)
-    assert sim.memcpy_dtoh(ctx, a, 1, None) == b"\0", "a refused copy moves nothing"
+    assert dtoh(sim, ctx, a, 1, None) == b"\0", "a refused copy moves nothing"
     # A copy may span from the start to the very end of one allocation.
     sim.memcpy_htod(ctx, a, bytes(range(200)) * 5, None)
     sim.mem_free(ctx, a)
     with cuda_error(CUresult.CUDA_ERROR_INVALID_VALUE):
-        sim.memcpy_dtoh(ctx, a, 1, None)
+        dtoh(sim, ctx, a, 1, None)
 
 
 def test_memset_widths(sim: SimBackend, ctx: SimContext) -> None:
@@ -249,7 +255,7 @@ def test_memset_widths(sim: SimBackend, ctx: SimContext) -> None:
     sim.memset(ctx, a, 0xAB, 1, 3, None)
     sim.memset(ctx, a + 4, 0x1234, 2, 2, 0)
     sim.memset(ctx, a + 8, 0xDEADBEEF, 4, 2, None)
-    assert sim.memcpy_dtoh(ctx, a, 17, None) == (
+    assert dtoh(sim, ctx, a, 17, None) == (
         b"\xab\xab\xab\0" + b"\x34\x12" * 2 + struct.pack("<2I", 0xDEADBEEF, 0xDEADBEEF) + b"\0"
     )
     for width, value, dst in ((3, 0, a), (2, 0x10000, a), (1, -1, a), (2, 0, a + 1), (4, 0, a + 2)):
@@ -262,7 +268,7 @@ def test_large_memset_crosses_pages(sim: SimBackend, ctx: SimContext) -> None:
     count = (size - 8) // 4
     a = sim.mem_alloc(ctx, size)
     sim.memset(ctx, a + 4, 0x01020304, 4, count, None)
-    data = sim.memcpy_dtoh(ctx, a, size, None)
+    data = dtoh(sim, ctx, a, size, None)
     assert data == bytes(4) + b"\x04\x03\x02\x01" * count + bytes(4)
 
 
@@ -271,7 +277,7 @@ def test_huge_allocations_are_lazy() -> None:
     ctx = sim.primary_context(0)
     big = sim.mem_alloc(ctx, 70 << 30)
     sim.memcpy_htod(ctx, big + (70 << 30) - 4, b"last", None)
-    assert sim.memcpy_dtoh(ctx, big + (70 << 30) - 8, 8, None) == b"\0\0\0\0last"
+    assert dtoh(sim, ctx, big + (70 << 30) - 8, 8, None) == b"\0\0\0\0last"
     with cuda_error(CUresult.CUDA_ERROR_OUT_OF_MEMORY):
         sim.mem_alloc(ctx, 11 << 30)
 
@@ -313,12 +319,12 @@ def test_module_functions_and_globals(sim: SimBackend, ctx: SimContext) -> None:
     seed, seed_size = sim.module_global(ctx, module, "seed")
     assert (table_size, counter_size, seed_size) == (64, 8, 4)
     # Initializers are not applied: variables start zero-filled.
-    assert sim.memcpy_dtoh(ctx, seed, 4, None) == bytes(4)
+    assert dtoh(sim, ctx, seed, 4, None) == bytes(4)
     sim.memcpy_htod(ctx, counter, struct.pack("<Q", 41), None)
     sim.memcpy_dtod(ctx, table + 8, counter, 8, None)
-    assert sim.memcpy_dtoh(ctx, table, 16, None) == bytes(8) + struct.pack("<Q", 41)
+    assert dtoh(sim, ctx, table, 16, None) == bytes(8) + struct.pack("<Q", 41)
     with cuda_error(CUresult.CUDA_ERROR_INVALID_VALUE):
-        sim.memcpy_dtoh(ctx, table, 65, None)
+        dtoh(sim, ctx, table, 65, None)
     with cuda_error(CUresult.CUDA_ERROR_INVALID_VALUE):
         sim.mem_free(ctx, table)
     assert sim.mem_get_info(ctx)[0] < free_before
@@ -326,7 +332,7 @@ def test_module_functions_and_globals(sim: SimBackend, ctx: SimContext) -> None:
     sim.module_unload(ctx, module)
     assert sim.mem_get_info(ctx)[0] == free_before
     with cuda_error(CUresult.CUDA_ERROR_INVALID_VALUE):
-        sim.memcpy_dtoh(ctx, counter, 8, None)
+        dtoh(sim, ctx, counter, 8, None)
 
 
 def test_module_without_room_for_its_globals_frees_what_it_took() -> None:
@@ -600,7 +606,7 @@ def test_copies_take_modelled_time(sim: SimBackend, ctx: SimContext) -> None:
     kernel = launch(sim, ctx, module, "k10", stream)
     assert kernel.start_ns == 2_000  # 1 us + 50 kB at 50 GB/s
     sim.memset(ctx, ptr, 0, 4, 25_000, stream)
-    assert sim.memcpy_dtoh(ctx, ptr, 100_000, stream) == bytes(100_000)
+    assert dtoh(sim, ctx, ptr, 100_000, stream) == bytes(100_000)
     assert sim.now == 12_000 + 3_000 + 3_000
     sim.memcpy_htod(ctx, ptr, bytes(100), None)
     assert sim.now == 18_000 + 1_002

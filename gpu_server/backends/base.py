@@ -108,12 +108,14 @@ class Backend(ABC):
     def mem_free(self, ctx: Context, ptr: int) -> None: ...
 
     @abstractmethod
-    def memcpy_htod(self, ctx: Context, dst: int, data: bytes, stream: Stream | None) -> None:
+    def memcpy_htod(
+        self, ctx: Context, dst: int, data: bytes | memoryview, stream: Stream | None
+    ) -> None:
         """Copy host bytes to the device; ``stream`` None means a synchronous copy."""
 
     @abstractmethod
-    def memcpy_dtoh(self, ctx: Context, src: int, size: int, stream: Stream | None) -> bytes:
-        """Copy device bytes to the host; returns after the copy has completed."""
+    def memcpy_dtoh(self, ctx: Context, src: int, out: memoryview, stream: Stream | None) -> None:
+        """Copy ``len(out)`` device bytes into ``out``; returns once the copy has completed."""
 
     @abstractmethod
     def memcpy_dtod(

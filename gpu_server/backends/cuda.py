@@ -372,7 +372,9 @@ class CudaBackend(Backend):
         self._use(ctx)
         _check(driver.cuMemFree(driver.CUdeviceptr(ptr)))
 
-    def memcpy_htod(self, ctx: Context, dst: int, data: bytes, stream: Stream | None) -> None:
+    def memcpy_htod(
+        self, ctx: Context, dst: int, data: bytes | memoryview, stream: Stream | None
+    ) -> None:
         """Copy host bytes to the device; ``stream`` None means a synchronous copy.
 
         ``data`` is pageable memory, so even the asynchronous copy has staged it by the
@@ -386,21 +388,16 @@ class CudaBackend(Backend):
                 driver.cuMemcpyHtoDAsync(driver.CUdeviceptr(dst), data, len(data), _stream(stream))
             )
 
-    def memcpy_dtoh(self, ctx: Context, src: int, size: int, stream: Stream | None) -> bytes:
-        """Copy device bytes to the host; returns after the copy has completed.
-
-        Returns a ``bytearray`` (bytes-like, compares equal to bytes, msgpack packs it as
-        bin), saving the copy into an immutable ``bytes``.
-        """
+    def memcpy_dtoh(self, ctx: Context, src: int, out: memoryview, stream: Stream | None) -> None:
+        """Copy ``len(out)`` device bytes into ``out``; returns once the copy has completed."""
         self._use(ctx)
-        out = bytearray(size)
+        size = len(out)
         if stream is None:
             _check(driver.cuMemcpyDtoH(out, driver.CUdeviceptr(src), size))
         else:
             handle = _stream(stream)
             _check(driver.cuMemcpyDtoHAsync(out, driver.CUdeviceptr(src), size, handle))
             _check(driver.cuStreamSynchronize(handle))
-        return out
 
     def memcpy_dtod(
         self, ctx: Context, dst: int, src: int, size: int, stream: Stream | None

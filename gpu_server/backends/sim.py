@@ -416,7 +416,9 @@ class SimBackend(Backend):
                 raise invalid_value(f"{ptr:#x} is not the start of a live allocation")
             self._release(allocation)
 
-    def memcpy_htod(self, ctx: Context, dst: int, data: bytes, stream: Stream | None) -> None:
+    def memcpy_htod(
+        self, ctx: Context, dst: int, data: bytes | memoryview, stream: Stream | None
+    ) -> None:
         """Copy host bytes to the device; ``stream`` None waits for the copy to finish."""
         with self._lock:
             _live(ctx)
@@ -427,14 +429,15 @@ class SimBackend(Backend):
             if stream is None:
                 self._wait_until(end)
 
-    def memcpy_dtoh(self, ctx: Context, src: int, size: int, stream: Stream | None) -> bytes:
-        """Copy device bytes to the host; the clock moves to the copy's end."""
+    def memcpy_dtoh(self, ctx: Context, src: int, out: memoryview, stream: Stream | None) -> None:
+        """Copy device bytes into ``out``; the clock moves to the copy's end."""
+        size = len(out)
         with self._lock:
             _live(ctx)
             allocation, offset = self._locate(src, size)
             _, end = self._enqueue(_stream(ctx, stream), _copy_ns(size))
             self._wait_until(end)
-            return allocation.read(offset, size)
+            out[:] = allocation.read(offset, size)
 
     def memcpy_dtod(
         self, ctx: Context, dst: int, src: int, size: int, stream: Stream | None

@@ -1,0 +1,83 @@
+"""Same-host bulk copies through the staging area, and the server's checks of it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from client_stub import driver as impl
+from client_stub import staging
+from client_stub.staging import StagingArea
+from fikit_wire import calls as wire
+from gpu_server.staging import map_staging
+from tests.test_remote_driver import ok
+
+
+def test_ring_space_comes_back_once_the_calls_using_it_ran() -> None:
+    area = StagingArea.create(1000)
+    assert area is not None
+    try:
+        assert area.reserve([400, 400], first_call=1) == [0, 400]
+        assert area.reserve([400], first_call=3) is None  # nothing has run yet
+        area.release_through(1)
+        assert area.reserve([300], first_call=3) == [0]  # wraps to the freed start
+        assert area.reserve([100, 50], first_call=4) is None  # up to the oldest: all or nothing
+        assert area.reserve([100], first_call=4) == [300]
+        area.release_through(4)
+        assert area.reserve([1000], first_call=6) == [0]
+        assert area.reserve([1001], first_call=7) is None
+    finally:
+        area.close()
+    assert not os.path.exists(area.path)
+
+
+def test_the_server_maps_only_plain_staging_files(tmp_path: Path) -> None:
+    area = StagingArea.create(4096)
+    assert area is not None
+    try:
+        mapping = map_staging(area.path)
+        assert mapping is not None and len(mapping) == 4096
+        mapping.close()
+        directory = Path(wire.STAGING_DIR)
+        link = directory / f"fikit-{'ab' * 16}"
+        link.symlink_to(area.path)
+        try:
+            assert map_staging(str(link)) is None
+        finally:
+            link.unlink()
+        assert map_staging("/etc/passwd") is None
+        assert map_staging(str(directory / "fikit-../../etc/passwd")) is None
+        assert map_staging(str(directory / f"fikit-{'0' * 32}")) is None  # no such file
+    finally:
+        area.close()
+
+
+@pytest.mark.parametrize("mode", ["staging", "tiny staging ring", "no staging"])
+def test_copies_arrive_whole_through_every_path(
+    mode: str, remote: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if mode == "no staging":
+        monkeypatch.setenv("FIKIT_STAGING", "off")
+    if mode == "tiny staging ring":
+        monkeypatch.setattr(staging, "DEFAULT_STAGING_BYTES", 64 * 1024)
+    ok(remote.cuInit(0))
+    ok(remote.cuCtxSetCurrent(ok(remote.cuDevicePrimaryCtxRetain(0))))
+    assert (impl.REMOTE.session().staging is None) == (mode == "no staging")
+    size = 3 * 1024 * 1024 + 5
+    data = np.random.default_rng(7).integers(0, 256, size, dtype=np.uint8)
+    dptr, stream = ok(remote.cuMemAlloc(size)), ok(remote.cuStreamCreate(0))
+    ok(remote.cuMemcpyHtoDAsync(dptr, data.ctypes.data, size, stream))
+    sent = data.copy()
+    data[:] = 0  # an asynchronous copy took the bytes when it returned
+    back = np.zeros(size, np.uint8)
+    ok(remote.cuMemcpyDtoHAsync(back, dptr, size, stream))
+    ok(remote.cuStreamSynchronize(stream))
+    assert np.array_equal(back, sent)
+    ok(remote.cuMemcpyHtoD(dptr, data, size))
+    ok(remote.cuMemcpyDtoH(back.ctypes.data, dptr, size))
+    assert not back.any()
+    ok(remote.cuMemFree(dptr))
