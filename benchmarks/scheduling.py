@@ -7,6 +7,9 @@ Runs each mode in turn, each server mode in a fresh `gpu-server` (all sharing th
 store DIR/profiles.sqlite3): HP alone (fifo and fikit policy, alternating, --alone-rounds
 times, latencies pooled), LP alone, LP+HP under the fifo, priority and fikit policies, then
 HP alone and LP+HP natively (no server, time-slicing).
+The table's runs are untraced (launches timed only as the profile store samples them); a
+second, shorter pass of the server modes with traced servers (every launch timed) goes to
+DIR/timeline/<mode>/ for plot_timeline.py and HP's GPU idle fraction.
 Programs' JSON, logs and server traces go to DIR/<mode>/; the comparison table is printed and
 written to DIR/results.md and DIR/results.json. Exits non-zero when a program failed.
 """
@@ -30,6 +33,8 @@ LP_PRIORITY = 0
 PROCESS_TIMEOUT_S = 300
 LP_MAX_S = 3 * PROCESS_TIMEOUT_S
 MIN_LP_ALONE_S = 3.0
+#: Modes run again with a traced server (every launch timed) for the timeline picture.
+TIMELINE_MODES = ("hp-alone", "fifo", "priority", "fikit")
 # mode -> (server policy, or None for native; runs HP; runs LP), in the order they run
 MODES: dict[str, tuple[str | None, bool, bool]] = {
     "hp-alone-fifo": ("fifo", True, False),
@@ -117,17 +122,20 @@ def base_row(run: ModeRun) -> dict[str, float | None]:
     }
 
 
-def summarize(runs: dict[str, ModeRun]) -> Json:
-    """Per-mode rows with ratios, HP idle fraction, LP that fits, overhead and targets."""
+def traced_idle_fraction(alone: ModeRun | None) -> float | None:
+    """HP's GPU idle fraction over its measured requests in a traced hp-alone run."""
+    if not alone or not alone.hp or not alone.trace:
+        return None
+    return idle_fraction(alone.trace, alone.hp["requests"] * alone.hp["kernels_per_request"])
+
+
+def summarize(runs: dict[str, ModeRun], idle: float | None) -> Json:
+    """Per-mode rows with ratios, LP that fits (from HP's idle fraction), overhead, targets."""
     rows = {mode: base_row(run) for mode, run in runs.items()}
 
     def ref(mode: str, key: str) -> float | None:
         return rows.get(mode, {}).get(key)
 
-    alone = runs.get("hp-alone")
-    idle = None
-    if alone and alone.hp and alone.trace:
-        idle = idle_fraction(alone.trace, alone.hp["requests"] * alone.hp["kernels_per_request"])
     lp_alone = ref("lp-alone", "lp_kps")
     fits = None if lp_alone is None or idle is None else lp_alone * idle
     for row in rows.values():
@@ -186,7 +194,7 @@ def render(summary: Json, command: str, failures: list[str]) -> str:
     )
     lines += [
         "",
-        "HP idle fraction (hp-alone trace, measured requests): "
+        "HP idle fraction (traced hp-alone run of the timeline pass): "
         + ("n/a" if idle is None else f"{idle:.3f}"),
         "LP that fits (lp-alone kernels/s x HP idle fraction): "
         + ("n/a" if fits is None else f"{fits:.0f} kernels/s"),
@@ -281,6 +289,7 @@ def wait_ready(proc: subprocess.Popen, ready: Path) -> bool:
 
 def run_programs(
     mode: str,
+    mode_dir: Path,
     args: argparse.Namespace,
     addr: str | None,
     lp_seconds: float,
@@ -288,7 +297,6 @@ def run_programs(
 ) -> ModeRun:
     """Run the mode's programs: HP alone, LP alone for lp_seconds, or LP then HP while LP runs."""
     _, with_hp, with_lp = MODES[mode]
-    mode_dir = args.out / mode
     run = ModeRun()
 
     def run_hp() -> Json | None:
@@ -318,21 +326,28 @@ def run_programs(
 
 
 def run_mode(
-    mode: str, args: argparse.Namespace, lp_seconds: float, failures: list[str]
+    mode: str,
+    mode_dir: Path,
+    args: argparse.Namespace,
+    lp_seconds: float,
+    failures: list[str],
+    traced: bool = False,
 ) -> ModeRun:
-    """Run one mode in DIR/<mode>/, behind a fresh gpu-server unless it is native."""
+    """Run one mode in mode_dir, behind a fresh gpu-server unless it is native; a traced
+    server times every launch and writes mode_dir/trace.jsonl."""
     policy = MODES[mode][0]
-    mode_dir = args.out / mode
     mode_dir.mkdir(parents=True, exist_ok=True)
     for name in ("hp.json", "lp.json", "lp.ready", "lp.stop", "trace.jsonl"):
         (mode_dir / name).unlink(missing_ok=True)
     print(f"[{mode}]", file=sys.stderr)
     if policy is None:
-        return run_programs(mode, args, None, lp_seconds, failures)
+        return run_programs(mode, mode_dir, args, None, lp_seconds, failures)
     trace = mode_dir / "trace.jsonl"
     server_args = ["--policy", policy, "--profile-db", str(args.out / "profiles.sqlite3")]
-    with gpu_server([*server_args, "--trace", str(trace)], mode_dir / "server.log") as addr:
-        run = run_programs(mode, args, addr, lp_seconds, failures)
+    if traced:
+        server_args += ["--trace", str(trace)]
+    with gpu_server(server_args, mode_dir / "server.log") as addr:
+        run = run_programs(mode, mode_dir, args, addr, lp_seconds, failures)
     if trace.exists():
         run.trace = [json.loads(line) for line in trace.read_text().splitlines() if line]
     return run
@@ -358,10 +373,16 @@ def parse_args() -> argparse.Namespace:
         "--modes", nargs="+", choices=MODES, default=list(MODES), help="modes to run"
     )
     parser.add_argument(
+        "--timeline-requests",
+        type=int,
+        default=60,
+        help="HP requests in each traced run of the timeline pass (DIR/timeline/<mode>/)",
+    )
+    parser.add_argument(
         "--alone-rounds",
         type=int,
-        default=3,
-        help="run hp-alone-fifo and hp-alone this many times, alternating, and pool their "
+        default=4,
+        help="run hp-alone-fifo and hp-alone this many times, in alternating order, and pool their "
         "latencies: the two differ by a few percent at most, less than one run's noise",
     )
     return parser.parse_args()
@@ -381,11 +402,21 @@ def main() -> None:
     failures: list[str] = []
     runs: dict[str, ModeRun] = {}
     alone = [mode for mode in ("hp-alone-fifo", "hp-alone") if mode in args.modes]
-    schedule = alone * args.alone_rounds + [m for m in MODES if m in args.modes and m not in alone]
+    rounds = [alone[:: 1 if i % 2 == 0 else -1] for i in range(args.alone_rounds)]
+    schedule = [mode for pair in rounds for mode in pair]
+    schedule += [mode for mode in MODES if mode in args.modes and mode not in alone]
     for mode in schedule:
-        run = run_mode(mode, args, lp_alone_seconds(runs.get("hp-alone")), failures)
+        run = run_mode(
+            mode, args.out / mode, args, lp_alone_seconds(runs.get("hp-alone")), failures
+        )
         runs[mode] = pooled(runs.get(mode), run)
-    summary = summarize(runs)
+    timeline_args = argparse.Namespace(**{**vars(args), "requests": args.timeline_requests})
+    timeline = {
+        mode: run_mode(mode, args.out / "timeline" / mode, timeline_args, 0, failures, True)
+        for mode in TIMELINE_MODES
+        if mode in args.modes
+    }
+    summary = summarize(runs, traced_idle_fraction(timeline.get("hp-alone")))
     command = shlex.join(sys.orig_argv)
     report = render(summary, command, failures)
     (args.out / "results.md").write_text(report)

@@ -69,8 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-lp-inflight-us",
         type=float,
-        default=200.0,
-        help="fikit: most predicted lower-priority kernel time in flight during a gap (200)",
+        default=500.0,
+        help="fikit: most predicted lower-priority kernel time in flight during a gap (500; "
+        "the server gives higher tasks higher CUDA stream priorities, so work in flight "
+        "delays them only until running blocks finish, not by its whole length)",
     )
     parser.add_argument(
         "--quiet-after-us",

@@ -220,7 +220,15 @@ class Session:
             if entry is None:
                 raise CudaError(CUresult.CUDA_ERROR_NOT_SUPPORTED, f"unknown call {name!r}")
             fn, synchronizing = entry
-            values = fn(self, *args)
+            if synchronizing:
+                # The task is busy until its result exists: no idle gap to fill meanwhile.
+                self.dispatcher.call_started(self.id)
+                try:
+                    values = fn(self, *args)
+                finally:
+                    self.dispatcher.call_finished(self.id)
+            else:
+                values = fn(self, *args)
             status = 0
         except CudaError as err:
             status, values = err.code, ()

@@ -99,6 +99,18 @@ class _TaskState:
     idle_since: tuple[float, str] | None = None
 
 
+#: How many of a stream's oldest launches the tracker checks per poll.
+POLL_DEPTH = 64
+
+
+def _done_prefix(records: list[_InFlight]) -> list[_InFlight]:
+    """The leading records whose launches finished (a stream completes in order)."""
+    for i, record in enumerate(records):
+        if not record.probe.done():
+            return records[:i]
+    return records
+
+
 def clock_us() -> float:
     """Host monotonic time in microseconds, the clock policies run on."""
     return time.perf_counter() * 1e6
@@ -136,6 +148,8 @@ class Dispatcher:
         self._to_issue: deque[_Held] = deque()
         self._streams: dict[Hashable, deque[_InFlight]] = {}
         self._closed = False
+        #: When the policy's next timed event is due (host microseconds), if any.
+        self._due: float | None = None
         self.launches = 0
         self.timed_launches = 0
         self._tracker = threading.Thread(target=self._track, name="fikit-tracker", daemon=True)
@@ -203,6 +217,7 @@ class Dispatcher:
                 task.in_flight += 1
             else:
                 held = self._held[launch.seq] = _Held(launch, name, issue, timed)
+            self._due = self.policy.next_event(now) if self._held else None
             if self._to_issue or not mine:
                 self._wake.notify()  # issue what was released; time the held launch's release
         if mine:
@@ -211,6 +226,20 @@ class Dispatcher:
         held.issued.wait()
         if held.error is not None:
             raise held.error
+
+    def call_started(self, task_id: int) -> None:
+        """The task's session began a synchronizing call (a copy, a synchronization)."""
+        with self._lock:
+            self.policy.call_started(task_id, self.clock())
+
+    def call_finished(self, task_id: int) -> None:
+        """That call ended; the tracker asks the policy what this frees."""
+        with self._lock:
+            now = self.clock()
+            self.policy.call_finished(task_id, now)
+            if self._held:
+                self._due = now
+                self._wake.notify()
 
     def close(self) -> None:
         """Stop the tracker; launches still held fail with ``DispatcherClosed``."""
@@ -259,36 +288,45 @@ class Dispatcher:
             with self._lock:
                 while not (self._closed or self._streams or self._to_issue):
                     self._wake.wait(self._timer())
-                    self._release(self.clock())
-                if self._held:
-                    self._release(self.clock())
+                    self._release_if_due()
+                self._release_if_due()
                 if self._closed:
-                    heads = [record for queue in self._streams.values() for record in queue]
+                    remaining = [record for queue in self._streams.values() for record in queue]
                     self._streams.clear()
                     break
-                heads = [queue[0] for queue in self._streams.values()]
+                oldest = [list(itertools.islice(q, POLL_DEPTH)) for q in self._streams.values()]
                 to_issue, self._to_issue = self._to_issue, deque()
             for waiting in to_issue:
                 self._issue_held(waiting)
-            finished = [record for record in heads if record.probe.done()]
+            finished = [record for queue in oldest for record in _done_prefix(queue)]
             if finished:
                 self._finish(finished)
-            elif not to_issue:
+            if not to_issue:
+                # Also after completions: they are then handled in batches, and the tracker
+                # does not contend for the lock with every launch of a busy session.
                 time.sleep(self.poll_interval_s)
-        for record in heads:
+        for record in remaining:
             record.probe.release()
 
     def _timer(self) -> float | None:
-        """Seconds until the policy's next timed event, with held launches waiting."""
-        if not self._held:
-            return None
-        at = self.policy.next_event(self.clock())
-        return None if at is None else max(0.0, (at - self.clock()) / 1e6)
+        """Seconds until the policy's next timed event; None when none is due."""
+        return None if self._due is None else max(0.0, (self._due - self.clock()) / 1e6)
+
+    def _release_if_due(self) -> None:
+        """Ask the policy again once its next timed event (a task going quiet) is due."""
+        if self._due is not None and self.clock() >= self._due:
+            self._release(self.clock())
 
     def _release(self, now: float) -> None:
-        """Queue for issue what the policy releases now; call with the lock held."""
+        """Queue for issue what the policy releases now; call with the lock held.
+
+        The policy is asked only after events (arrivals, completions, its timer) and only
+        while launches are held: the tracker never re-evaluates it on a mere poll."""
+        if not self._held:
+            return
         for released in self.policy.take_issuable(now):
             self._to_issue.append(self._held.pop(released.seq))
+        self._due = self.policy.next_event(now) if self._held else None
 
     def _issue_held(self, waiting: _Held) -> None:
         with self._lock:

@@ -10,14 +10,17 @@ thread or touches CUDA. The caller drives it with events:
   order to issue them; a launch counts as in flight from the moment it is handed out;
 - ``issued`` once a launch is on the GPU, ``completed`` once the GPU finished it (also when
   issuing it failed, so that it stops counting as in flight);
-- ``next_event`` to learn when to call ``take_issuable`` again if nothing else happens.
+- ``next_event`` to learn when to call ``take_issuable`` again if nothing else happens;
+- ``call_started`` / ``call_finished`` around a task's synchronizing work other than
+  kernels (a copy, a synchronization): the task is busy meanwhile, so its idle gap opens
+  only when its result is on its way back, not while it is still being produced.
 
 Every policy keeps each task's launches in arrival order: a held launch blocks all later
 launches of its task. Priorities go from 0 (lowest) to 9 (highest).
 
-A task is *active* from its first launch until it has had nothing held and nothing in flight
-for ``quiet_after_us``; only active tasks hold back lower priorities. A task that is not active
-is *quiet*.
+A task is *busy* while it has a launch held or in flight or a call under way. It is *active*
+from its first launch until it has not been busy for ``quiet_after_us``; only active tasks
+hold back lower priorities. A task that is not active is *quiet*.
 """
 
 from __future__ import annotations
@@ -70,6 +73,12 @@ class Policy(Protocol):
     def next_event(self, now: float) -> float | None:
         """The next time ``take_issuable`` may return more with no other event, or None."""
 
+    def call_started(self, task_id: int, now: float) -> None:
+        """The task began synchronizing work other than a kernel: it is busy."""
+
+    def call_finished(self, task_id: int, now: float) -> None:
+        """That work ended."""
+
 
 @dataclass
 class _Task:
@@ -78,15 +87,22 @@ class _Task:
     priority: int
     held: deque[PendingLaunch] = field(default_factory=deque)
     in_flight: int = 0
-    #: When the task last ran out of held and in-flight launches; None while busy or before
-    #: its first launch.
+    in_call: bool = False
+    launched: bool = False
+    #: When the task last stopped being busy; None while busy or before its first launch.
     idle_since: float | None = None
-    #: The kernel whose completion left the task idle (keys the gap that follows it).
+    #: The kernel whose completion opened the current gap (its key), until the gap ends;
+    #: empty when the gap followed a call only (such gaps are neither learnt nor filled).
     idle_after_kernel: str = ""
 
     @property
     def busy(self) -> bool:
-        return bool(self.held) or self.in_flight > 0
+        return bool(self.held) or self.in_flight > 0 or self.in_call
+
+    def went_idle(self, now: float) -> None:
+        """Open an idle gap now, unless the task is busy or never launched."""
+        if not self.busy and self.launched:
+            self.idle_since = now
 
     def active(self, now: float, quiet_after_us: float) -> bool:
         if self.busy:
@@ -140,9 +156,8 @@ class _QueuedPolicy:
     def arrive(self, launch: PendingLaunch, now: float) -> None:
         """Queue a launch behind the task's earlier ones; the task must have been added."""
         task = self._tasks[launch.task_id]
-        if task.idle_since is not None:
-            self._gap_ended(launch.task_id, task.idle_after_kernel, now - task.idle_since)
-            task.idle_since = None
+        self._end_gap(launch.task_id, task, now)
+        task.launched = True
         task.held.append(launch)
 
     def take_issuable(self, now: float) -> list[PendingLaunch]:
@@ -166,9 +181,22 @@ class _QueuedPolicy:
         if task is None:
             return
         task.in_flight -= 1
-        if not task.busy:
-            task.idle_since = now
-            task.idle_after_kernel = launch.kernel_id
+        task.idle_after_kernel = launch.kernel_id
+        task.went_idle(now)
+
+    def call_started(self, task_id: int, now: float) -> None:
+        """The task is busy until ``call_finished``; an open idle gap ends here."""
+        task = self._tasks.get(task_id)
+        if task is not None:
+            self._end_gap(task_id, task, now)
+            task.in_call = True
+
+    def call_finished(self, task_id: int, now: float) -> None:
+        """The task's call ended: its idle gap opens unless launches keep it busy."""
+        task = self._tasks.get(task_id)
+        if task is not None:
+            task.in_call = False
+            task.went_idle(now)
 
     def next_event(self, now: float) -> float | None:
         """While launches are held, the earliest time an idle active task goes quiet."""
@@ -196,8 +224,16 @@ class _QueuedPolicy:
         """Head launches from below ``floor`` released now, handed out with ``_hand_out``."""
         return []
 
+    def _end_gap(self, task_id: int, task: _Task, now: float) -> None:
+        """The task acts again (a launch, a call): close its idle gap, if open, and report
+        it when a kernel's completion opened it."""
+        if task.idle_since is not None and task.idle_after_kernel:
+            self._gap_ended(task_id, task.idle_after_kernel, now - task.idle_since)
+        task.idle_since = None
+        task.idle_after_kernel = ""
+
     def _gap_ended(self, task_id: int, after_kernel: str, gap_us: float) -> None:
-        """A task launched again ``gap_us`` after going idle when ``after_kernel`` completed."""
+        """A task acted again ``gap_us`` after going idle when ``after_kernel`` completed."""
 
     def _hand_out(self, task: _Task) -> PendingLaunch:
         """Take the task's head launch out of its queue and count it in flight."""
@@ -240,19 +276,27 @@ class GapPredictor:
         self.window = window
         self.percentile = percentile
         self._samples: dict[int, dict[str, deque[float]]] = {}
+        #: Predictions already computed since the last sample of their key.
+        self._predictions: dict[tuple[int, str], float] = {}
 
     def record(self, task_id: int, after_kernel: str, gap_us: float) -> None:
         """Add one observed gap."""
         by_kernel = self._samples.setdefault(task_id, {})
         by_kernel.setdefault(after_kernel, deque(maxlen=self.window)).append(gap_us)
+        self._predictions.pop((task_id, after_kernel), None)
 
     def predict(self, task_id: int, after_kernel: str) -> float:
         """The predicted length of the gap opened by ``after_kernel``'s completion."""
+        prediction = self._predictions.get((task_id, after_kernel))
+        if prediction is not None:
+            return prediction
         samples = self._samples.get(task_id, {}).get(after_kernel)
         if not samples:
             return 0.0
         ordered = sorted(samples)
-        return ordered[int(self.percentile * (len(ordered) - 1))]
+        prediction = ordered[int(self.percentile * (len(ordered) - 1))]
+        self._predictions[(task_id, after_kernel)] = prediction
+        return prediction
 
     def samples(self, task_id: int) -> dict[str, tuple[float, ...]]:
         """The task's kept samples, oldest first, by the kernel that opened the gap."""
@@ -261,6 +305,7 @@ class GapPredictor:
     def forget(self, task_id: int) -> None:
         """Drop a task's samples."""
         self._samples.pop(task_id, None)
+        self._predictions = {k: v for k, v in self._predictions.items() if k[0] != task_id}
 
 
 class FikitPolicy(PriorityPolicy):
@@ -324,6 +369,8 @@ class FikitPolicy(PriorityPolicy):
         self.gaps.record(task_id, after_kernel, gap_us)
 
     def _fill(self, floor: int, now: float) -> list[PendingLaunch]:
+        if not any(task.held for task in self._tasks.values() if task.priority < floor):
+            return []
         top = [
             (task_id, task)
             for task_id, task in self._tasks.items()

@@ -362,3 +362,37 @@ def test_no_gap_is_learnt_while_the_task_still_has_work_in_flight() -> None:
     policy.completed(first, 10.0)
     policy.arrive(third, 15.0)
     assert policy.gap_samples(1) == {}
+
+
+@pytest.mark.parametrize("policy", [PriorityPolicy, FikitPolicy])
+def test_a_task_in_a_synchronizing_call_is_busy_and_its_gap_opens_after(
+    policy: Callable[..., Policy],
+) -> None:
+    pol = policy(quiet_after_us=100.0)
+    pol.add_task(1, 9, 0.0)
+    pol.add_task(2, 0, 0.0)
+    hp, lp = PendingLaunch(0, 1, "hp", 10.0), PendingLaunch(1, 2, "lp", 10.0)
+    pol.arrive(hp, 0.0)
+    assert pol.take_issuable(0.0) == [hp]
+    pol.call_started(1, 5.0)  # e.g. copying the result back, waiting for the kernel
+    pol.completed(hp, 10.0)
+    pol.arrive(lp, 10.0)
+    assert pol.take_issuable(500.0) == []  # still busy: not quiet, no gap
+    assert pol.next_event(500.0) is None
+    pol.call_finished(1, 600.0)
+    assert pol.next_event(600.0) == 700.0
+    assert pol.take_issuable(699.0) == []
+    assert pol.take_issuable(700.0) == [lp]
+
+
+def test_a_gap_ends_at_the_tasks_next_call_and_is_learnt() -> None:
+    policy = FikitPolicy()
+    policy.add_task(1, 9, 0.0)
+    for seq, start in enumerate((0.0, 1000.0)):
+        launch = PendingLaunch(seq, 1, "k", 10.0)
+        policy.call_started(1, start)  # e.g. the request's input copy, before its kernel
+        policy.call_finished(1, start + 5.0)
+        policy.arrive(launch, start + 5.0)
+        policy.take_issuable(start + 5.0)
+        policy.completed(launch, start + 20.0)
+    assert policy.gap_samples(1) == {"k": (980.0,)}
