@@ -36,7 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--listen",
         default="127.0.0.1:50051",
-        help="address to listen on, host:port (default 127.0.0.1:50051; port 0 picks one)",
+        help="address to listen on: host:port (default 127.0.0.1:50051; port 0 picks one), "
+        "or unix:PATH for clients on this host (containers mount the socket's directory)",
     )
     parser.add_argument(
         "--backend",

@@ -33,8 +33,8 @@ class RunningServer:
 
 
 async def start_server(backend: Backend, dispatcher: Dispatcher, listen: str) -> RunningServer:
-    """Start serving ``backend`` on ``listen`` (host:port; port 0 picks a free one), every
-    kernel launch going through ``dispatcher``."""
+    """Start serving ``backend`` on ``listen`` (host:port, port 0 picking a free one, or
+    unix:PATH for clients on this host), every kernel launch going through ``dispatcher``."""
     service = GpuSessionService(backend, dispatcher)
     server = grpc.aio.server(
         options=[
@@ -52,5 +52,7 @@ async def start_server(backend: Backend, dispatcher: Dispatcher, listen: str) ->
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if listen.startswith("unix:"):
+        return RunningServer(server, service, health_servicer, listen)
     host = listen.rsplit(":", 1)[0]
     return RunningServer(server, service, health_servicer, f"{host}:{port}")

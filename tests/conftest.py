@@ -24,15 +24,14 @@ class ServerThread:
         policy: Policy | None = None,
         profiles: ProfileStore | None = None,
         poll_step_ns: int = 1_000,
+        listen: str = "127.0.0.1:0",
     ) -> None:
         self.backend = SimBackend(poll_step_ns=poll_step_ns)
         self.dispatcher = Dispatcher(policy or FifoPolicy(), profiles)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.running: RunningServer = self.run(
-            start_server(self.backend, self.dispatcher, "127.0.0.1:0")
-        )
+        self.running: RunningServer = self.run(start_server(self.backend, self.dispatcher, listen))
 
     @property
     def address(self) -> str:
