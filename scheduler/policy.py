@@ -15,6 +15,11 @@ thread or touches CUDA. The caller drives it with events:
   kernels (a copy, a synchronization): the task is busy meanwhile, so its idle gap opens
   only when its result is on its way back, not while it is still being produced.
 
+A task's *gap* after a kernel is its idle time from that kernel's completion to its next
+launch, not counting the time its calls ran in between: a request's tail (copy the result
+back, synchronize) and the next request's head (copy the input in) split one gap into
+stretches, and lower-priority work may fill each stretch against what is left of the whole.
+
 Every policy keeps each task's launches in arrival order: a held launch blocks all later
 launches of its task. Priorities go from 0 (lowest) to 9 (highest).
 
@@ -91,8 +96,9 @@ class _Task:
     launched: bool = False
     #: When the task last stopped being busy; None while busy or before its first launch.
     idle_since: float | None = None
-    #: The kernel whose completion opened the current gap (its key), until the gap ends;
-    #: empty when the gap followed a call only (such gaps are neither learnt nor filled).
+    #: Idle time of the current gap before its current stretch (calls split a gap).
+    idle_before: float = 0.0
+    #: The kernel whose completion opened the current gap (its key), until the next launch.
     idle_after_kernel: str = ""
 
     @property
@@ -110,8 +116,9 @@ class _Task:
         return self.idle_since is not None and now - self.idle_since < quiet_after_us
 
     def idle_for(self, now: float) -> float:
-        """How long the task has been idle; 0 while it is busy."""
-        return 0.0 if self.idle_since is None else now - self.idle_since
+        """Idle time of the current gap so far, its calls not counted."""
+        stretch = 0.0 if self.idle_since is None else now - self.idle_since
+        return self.idle_before + stretch
 
     def quiet_at(self, quiet_after_us: float) -> float | None:
         """When an idle task stops being active; None if it is busy or never launched."""
@@ -182,13 +189,15 @@ class _QueuedPolicy:
             return
         task.in_flight -= 1
         task.idle_after_kernel = launch.kernel_id
+        task.idle_before = 0.0
         task.went_idle(now)
 
     def call_started(self, task_id: int, now: float) -> None:
-        """The task is busy until ``call_finished``; an open idle gap ends here."""
+        """The task is busy until ``call_finished``; its current idle stretch ends here."""
         task = self._tasks.get(task_id)
         if task is not None:
-            self._end_gap(task_id, task, now)
+            task.idle_before = task.idle_for(now)
+            task.idle_since = None
             task.in_call = True
 
     def call_finished(self, task_id: int, now: float) -> None:
@@ -225,15 +234,15 @@ class _QueuedPolicy:
         return []
 
     def _end_gap(self, task_id: int, task: _Task, now: float) -> None:
-        """The task acts again (a launch, a call): close its idle gap, if open, and report
-        it when a kernel's completion opened it."""
-        if task.idle_since is not None and task.idle_after_kernel:
-            self._gap_ended(task_id, task.idle_after_kernel, now - task.idle_since)
+        """The task launches again: report the gap a kernel's completion opened, if any."""
+        if task.idle_after_kernel and (task.idle_since is not None or task.idle_before):
+            self._gap_ended(task_id, task.idle_after_kernel, task.idle_for(now))
         task.idle_since = None
+        task.idle_before = 0.0
         task.idle_after_kernel = ""
 
     def _gap_ended(self, task_id: int, after_kernel: str, gap_us: float) -> None:
-        """A task acted again ``gap_us`` after going idle when ``after_kernel`` completed."""
+        """A task launched again after ``gap_us`` of idle time since ``after_kernel``."""
 
     def _hand_out(self, task: _Task) -> PendingLaunch:
         """Take the task's head launch out of its queue and count it in flight."""

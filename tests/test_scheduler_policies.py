@@ -385,14 +385,23 @@ def test_a_task_in_a_synchronizing_call_is_busy_and_its_gap_opens_after(
     assert pol.take_issuable(700.0) == [lp]
 
 
-def test_a_gap_ends_at_the_tasks_next_call_and_is_learnt() -> None:
+def test_a_gap_runs_from_a_completion_to_the_next_launch_without_the_calls_between() -> None:
     policy = FikitPolicy()
     policy.add_task(1, 9, 0.0)
-    for seq, start in enumerate((0.0, 1000.0)):
+    policy.add_task(2, 0, 0.0)
+    times = [(0.0, 20.0), (1000.0, 1020.0), (3000.0, 3020.0)]
+    for seq, (start, end) in enumerate(times):
         launch = PendingLaunch(seq, 1, "k", 10.0)
-        policy.call_started(1, start)  # e.g. the request's input copy, before its kernel
-        policy.call_finished(1, start + 5.0)
-        policy.arrive(launch, start + 5.0)
-        policy.take_issuable(start + 5.0)
-        policy.completed(launch, start + 20.0)
-    assert policy.gap_samples(1) == {"k": (980.0,)}
+        policy.call_started(1, start - 100.0)  # the request's input copy, before its kernel
+        policy.call_finished(1, start)
+        policy.arrive(launch, start)
+        policy.take_issuable(start)
+        policy.completed(launch, end)
+        policy.call_started(1, end + 100.0)  # copying the result back
+        policy.call_finished(1, end + 300.0)
+    # Idle stretches of each gap: completion to the result copy (100), then from its end to
+    # the next input copy (580, 1580); the copies' own time does not count.
+    assert policy.gap_samples(1) == {"k": (680.0, 1680.0)}
+    lp = PendingLaunch(9, 2, "lp", 150.0)
+    policy.arrive(lp, 3400.0)  # 100 + 80 idle so far: 500 left of the prediction (680)
+    assert policy.take_issuable(3400.0) == [lp]
