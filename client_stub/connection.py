@@ -1,9 +1,9 @@
-"""The client end of a session: one gRPC stream, calls batched while a send is under way.
+"""The client end of a session: over gRPC to any host, or a unix socket on the same host.
 
-Calls that want no reply are queued and leave at once when nothing is being sent; while
-a frame is on its way, later calls wait in the queue and leave together in the next
-frame. Calls that want a reply are queued the same way and the caller then reads the
-reply stream, so replies come back in call order.
+Calls that want no reply leave at once and are never waited for; calls that want a reply
+are sent the same way and the caller then reads replies, which come back in call order.
+Over gRPC a sending thread carries queued calls, batching those that queue up while a
+frame is on its way; over the unix socket the calling thread sends them itself.
 
 On the server's host, bulk copy bytes go through a staging area (``staging.py``) instead:
 calls carry the ``STAGED`` placeholder, which becomes the offset of their bytes there.
@@ -14,17 +14,21 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import socket
 import sys
 import threading
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
 import grpc
+import msgpack
 
 from client_stub.staging import StagingArea
 from fikit_wire import calls as wire
 from fikit_wire import session_pb2, session_pb2_grpc
+from fikit_wire.frames import FrameSocket
 
 log = logging.getLogger("fikit.client")
 
@@ -43,93 +47,54 @@ class ConnectionLost(Exception):
     """The server cannot be reached, refused the session, or went away."""
 
 
-class Connection:
-    """One session with a gpu-server."""
+class Connection(ABC):
+    """One session with a gpu-server, whichever transport carries it.
 
-    def __init__(
-        self, target: str, *, priority: int, client_name: str, timeout: float = 5.0
-    ) -> None:
+    Calls sent with the lock held (requests and staged copies) are numbered, so that the
+    staging area knows which of its space the server is done with.
+    """
+
+    def __init__(self, target: str) -> None:
         self.target = target
         sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", wire.MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),
-            ],
-        )
-        try:
-            grpc.channel_ready_future(self._channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            self._channel.close()
-            raise ConnectionLost(
-                f"no GPU server answers at {target} within {timeout:g} s"
-            ) from None
-        self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._replies: deque[list[Any]] = deque()
         self._lock = threading.Lock()
         self._lost: str | None = None
         self._closed = False
-        #: Calls sent under the lock are numbered; those awaiting a reply are listed.
         self._numbered = 0
         self._awaiting: deque[int] = deque()
-        offered = StagingArea.create() if os.environ.get("FIKIT_STAGING") != "off" else None
         self.staging: StagingArea | None = None
-        hello = session_pb2.Hello(
-            protocol_version=wire.PROTOCOL_VERSION,
-            client_name=client_name,
-            priority=priority,
-            staging_path=offered.path if offered else "",
-        )
-        self._stream = session_pb2_grpc.GpuSessionStub(self._channel).Open(self._frames(hello))
-        try:
-            first = next(self._stream)
-        except grpc.RpcError as err:
+        self.backend = ""
+        self.session_id = 0
+
+    @staticmethod
+    def _offer_staging() -> StagingArea | None:
+        """A staging area to offer the server, unless FIKIT_STAGING=off."""
+        return StagingArea.create() if os.environ.get("FIKIT_STAGING") != "off" else None
+
+    def _welcomed(self, offered: StagingArea | None, welcome: dict[str, Any]) -> None:
+        """Take the Welcome: keep the staging area if the server mapped it."""
+        if welcome.get("protocol_version") != wire.PROTOCOL_VERSION:
             if offered:
                 offered.close()
             self.close()
             raise ConnectionLost(
-                f"GPU server at {target} refused the session: {err.details()}"
-            ) from None
-        if offered and first.welcome.staging:
+                f"GPU server at {self.target} speaks protocol "
+                f"{welcome.get('protocol_version')}, this client speaks {wire.PROTOCOL_VERSION}"
+            )
+        if offered and welcome.get("staging"):
             offered.unlink()
             self.staging = offered
         elif offered:
             offered.close()
-        welcome = first.welcome
-        if welcome.protocol_version != wire.PROTOCOL_VERSION:
-            self.close()
-            raise ConnectionLost(
-                f"GPU server at {target} speaks protocol {welcome.protocol_version}, "
-                f"this client speaks {wire.PROTOCOL_VERSION}"
-            )
-        self.backend = welcome.backend
-        self.session_id = welcome.session_id
+        self.backend = str(welcome.get("backend", ""))
+        self.session_id = int(welcome.get("session_id", 0))
 
-    def _frames(self, hello: session_pb2.Hello) -> Iterator[session_pb2.ClientFrame]:
-        """Request stream: the Hello, then whatever has queued up while the last frame left."""
-        yield session_pb2.ClientFrame(hello=hello)
-        while True:
-            call = self._outbox.get()
-            if call is _CLOSE:
-                return
-            batch, size = [call], _payload_size(call)
-            while size < wire.FRAME_SOFT_LIMIT_BYTES:
-                try:
-                    call = self._outbox.get_nowait()
-                except queue.Empty:
-                    break
-                if call is _CLOSE:
-                    yield session_pb2.ClientFrame(calls=wire.pack(batch))
-                    return
-                batch.append(call)
-                size += _payload_size(call)
-            yield session_pb2.ClientFrame(calls=wire.pack(batch))
-
+    # -- calls ---------------------------------------------------------------------------
     def post(self, name: str, *args: Any) -> None:
         """Send a call that wants no reply."""
         if self._lost is None:
-            self._outbox.put([name, False, *args])
+            self._post([name, False, *args])
 
     def request(self, name: str, *args: Any) -> list[Any]:
         """Send a call and wait for its reply ``[status, *values]``."""
@@ -165,6 +130,17 @@ class Connection:
                 for reply, offset, (_, size) in zip(replies, offsets, calls)
             ]
 
+    def close(self) -> None:
+        """End the session; the server frees everything it held. Closing again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._lost is None:
+            self._lost = "session closed"
+        self._shut()
+        if self.staging is not None:
+            self.staging.close()
+
     def _exchange(self, calls: list[list[Any]]) -> list[list[Any]]:
         """Send numbered calls; wait for the replies wanted. Call with the lock held."""
         if self._lost is not None:
@@ -173,7 +149,7 @@ class Connection:
             self._numbered += 1
             if call[1]:
                 self._awaiting.append(self._numbered)
-            self._outbox.put(call)
+        self._send(calls)
         wanted = sum(1 for call in calls if call[1])
         return [self._next_reply() for _ in range(wanted)]
 
@@ -190,39 +166,205 @@ class Connection:
 
     def _next_reply(self) -> list[Any]:
         while not self._replies:
-            try:
-                frame = next(self._stream)
-            except (grpc.RpcError, StopIteration) as err:
-                detail = err.details() if isinstance(err, grpc.RpcError) else "stream ended"
-                self._lost = f"lost the GPU server at {self.target}: {detail}"
-                log.error("fikit: %s", self._lost)
-                raise ConnectionLost(self._lost) from None
-            self._replies.extend(wire.unpack(frame.replies))
+            self._replies.extend(self._receive())
         if self.staging is not None:
             self.staging.release_through(self._awaiting.popleft())
         else:
             self._awaiting.popleft()
         return self._replies.popleft()
 
-    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
-        """End the session; the server frees everything it held.
+    def _lose(self, detail: str) -> ConnectionLost:
+        """Mark the session lost; the error to raise."""
+        self._lost = f"lost the GPU server at {self.target}: {detail}"
+        log.error("fikit: %s", self._lost)
+        return ConnectionLost(self._lost)
 
-        Half-closes the stream and waits (up to ``timeout``) for the server to finish it
-        before closing the channel: closing a channel under a live stream can leave gRPC's
-        threads behind at interpreter exit."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._lost is None:
-            self._lost = "session closed"
+    # -- the transport -------------------------------------------------------------------
+    @abstractmethod
+    def _post(self, call: list[Any]) -> None:
+        """Send a call that wants no reply, from any thread."""
+
+    @abstractmethod
+    def _send(self, calls: list[list[Any]]) -> None:
+        """Send calls together (the lock is held)."""
+
+    @abstractmethod
+    def _receive(self) -> list[list[Any]]:
+        """The next replies from the server, waiting for them; raises ConnectionLost."""
+
+    @abstractmethod
+    def _shut(self) -> None:
+        """End the session on the transport."""
+
+
+class GrpcConnection(Connection):
+    """A session on one gRPC stream, for servers on any host.
+
+    Calls are queued and leave at once when nothing is being sent; while a frame is on its
+    way, later calls wait in the queue and leave together in the next frame.
+    """
+
+    def __init__(self, target: str, *, priority: int, client_name: str, timeout: float) -> None:
+        super().__init__(target)
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", wire.MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),
+            ],
+        )
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            self._channel.close()
+            raise ConnectionLost(
+                f"no GPU server answers at {target} within {timeout:g} s"
+            ) from None
+        self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        offered = self._offer_staging()
+        hello = session_pb2.Hello(
+            protocol_version=wire.PROTOCOL_VERSION,
+            client_name=client_name,
+            priority=priority,
+            staging_path=offered.path if offered else "",
+        )
+        self._stream = session_pb2_grpc.GpuSessionStub(self._channel).Open(self._frames(hello))
+        try:
+            first = next(self._stream)
+        except grpc.RpcError as err:
+            if offered:
+                offered.close()
+            self.close()
+            raise ConnectionLost(
+                f"GPU server at {target} refused the session: {err.details()}"
+            ) from None
+        welcome = first.welcome
+        self._welcomed(
+            offered,
+            {
+                "protocol_version": welcome.protocol_version,
+                "backend": welcome.backend,
+                "session_id": welcome.session_id,
+                "staging": welcome.staging,
+            },
+        )
+
+    def _frames(self, hello: session_pb2.Hello) -> Iterator[session_pb2.ClientFrame]:
+        """Request stream: the Hello, then whatever has queued up while the last frame left."""
+        yield session_pb2.ClientFrame(hello=hello)
+        while True:
+            call = self._outbox.get()
+            if call is _CLOSE:
+                return
+            batch, size = [call], _payload_size(call)
+            while size < wire.FRAME_SOFT_LIMIT_BYTES:
+                try:
+                    call = self._outbox.get_nowait()
+                except queue.Empty:
+                    break
+                if call is _CLOSE:
+                    yield session_pb2.ClientFrame(calls=wire.pack(batch))
+                    return
+                batch.append(call)
+                size += _payload_size(call)
+            yield session_pb2.ClientFrame(calls=wire.pack(batch))
+
+    def _post(self, call: list[Any]) -> None:
+        self._outbox.put(call)
+
+    def _send(self, calls: list[list[Any]]) -> None:
+        for call in calls:
+            self._outbox.put(call)
+
+    def _receive(self) -> list[list[Any]]:
+        try:
+            frame = next(self._stream)
+        except (grpc.RpcError, StopIteration) as err:
+            detail = err.details() if isinstance(err, grpc.RpcError) else "stream ended"
+            raise self._lose(detail) from None
+        return wire.unpack(frame.replies)
+
+    def _shut(self) -> None:
+        """Half-close the stream and wait (up to CLOSE_TIMEOUT_S) for the server to finish
+        it before closing the channel: closing a channel under a live stream can leave
+        gRPC's threads behind at interpreter exit."""
         finished = threading.Event()
         self._stream.add_done_callback(lambda _: finished.set())
         self._outbox.put(_CLOSE)
-        if not finished.wait(timeout):
+        if not finished.wait(CLOSE_TIMEOUT_S):
             self._stream.cancel()
         self._channel.close()
-        if self.staging is not None:
-            self.staging.close()
+
+
+class SocketConnection(Connection):
+    """A session on a unix socket, for a server on this host.
+
+    Each call leaves from the calling thread at once, one frame per send; there is no
+    sending thread to wake. Replies are read by the thread that waits for them.
+    """
+
+    def __init__(self, target: str, *, priority: int, client_name: str, timeout: float) -> None:
+        super().__init__(target)
+        path = target.removeprefix("unix://").removeprefix("unix:")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except OSError as err:
+            sock.close()
+            raise ConnectionLost(f"no GPU server answers at {target}: {err.strerror}") from None
+        self._frames = FrameSocket(sock)
+        self._send_lock = threading.Lock()
+        offered = self._offer_staging()
+        hello = {
+            "protocol_version": wire.PROTOCOL_VERSION,
+            "client_name": client_name,
+            "priority": priority,
+            "staging_path": offered.path if offered else "",
+        }
+        try:
+            self._frames.send(msgpack.packb(hello))
+            first = self._frames.receive_one()
+            welcome = {"error": "no answer"} if first is None else msgpack.unpackb(first)
+        except (OSError, ValueError, msgpack.UnpackException) as err:
+            welcome = {"error": str(err)}
+        if not isinstance(welcome, dict) or "error" in welcome:
+            if offered:
+                offered.close()
+            self.close()
+            reason = welcome.get("error") if isinstance(welcome, dict) else "a bad Welcome"
+            raise ConnectionLost(f"GPU server at {target} refused the session: {reason}")
+        sock.settimeout(None)
+        self._welcomed(offered, welcome)
+
+    def _post(self, call: list[Any]) -> None:
+        self._send([call])
+
+    def _send(self, calls: list[list[Any]]) -> None:
+        payload = wire.pack(calls)
+        try:
+            with self._send_lock:
+                self._frames.send(payload)
+        except OSError as err:
+            raise self._lose(err.strerror or "send failed") from None
+
+    def _receive(self) -> list[list[Any]]:
+        try:
+            payloads = self._frames.receive()
+        except (OSError, ValueError) as err:
+            raise self._lose(str(err)) from None
+        if not payloads:
+            raise self._lose("the server closed the session")
+        return [reply for payload in payloads for reply in wire.unpack(payload)]
+
+    def _shut(self) -> None:
+        self._frames.sock.close()
+
+
+def connect(target: str, *, priority: int, client_name: str, timeout: float = 5.0) -> Connection:
+    """A session with the server at ``target``: ``unix:PATH`` (this host) or ``host:port``."""
+    kind = SocketConnection if target.startswith("unix:") else GrpcConnection
+    return kind(target, priority=priority, client_name=client_name, timeout=timeout)
 
 
 def _placed(call: list[Any], offset: int) -> list[Any]:

@@ -37,7 +37,7 @@ from cuda.bindings.driver import (
     CUuuid,
 )
 
-from client_stub.connection import STAGED, Connection, ConnectionLost
+from client_stub.connection import STAGED, Connection, ConnectionLost, connect
 from client_stub.host_memory import (
     HostBufferError,
     PinnedHostMemory,
@@ -111,7 +111,7 @@ class RemoteDriver:
             if priority is None:
                 priority = int(os.environ.get("FIKIT_PRIORITY", DEFAULT_PRIORITY))
             try:
-                self.connection = Connection(
+                self.connection = connect(
                     target,
                     priority=priority,
                     client_name=" ".join(sys.argv)[:200] or "python",

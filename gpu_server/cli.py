@@ -27,6 +27,7 @@ log = logging.getLogger("gpu_server")
 #: event loop, the session threads and the completion tracker take turns at this grain
 #: (Python's default, 5 ms, would let one tenant's busy thread stall another's calls).
 GIL_SWITCH_INTERVAL_S = 0.0002
+DEFAULT_LISTEN = "127.0.0.1:50051"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,9 +36,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--listen",
-        default="127.0.0.1:50051",
-        help="address to listen on: host:port (default 127.0.0.1:50051; port 0 picks one), "
-        "or unix:PATH for clients on this host (containers mount the socket's directory)",
+        action="append",
+        help="an address to listen on, repeatable: host:port for gRPC from any host (default "
+        "127.0.0.1:50051; port 0 picks one), or unix:PATH for the faster same-host socket "
+        "(containers mount its directory)",
     )
     parser.add_argument(
         "--backend",
@@ -124,9 +126,10 @@ async def serve(args: argparse.Namespace) -> None:
     """Run the server until SIGINT or SIGTERM."""
     backend = open_backend(args.backend)
     with open_dispatcher(args) as dispatcher:
-        server = await start_server(backend, dispatcher, args.listen)
+        server = await start_server(backend, dispatcher, args.listen or [DEFAULT_LISTEN])
         device = backend.device_name(0) if backend.device_count() else "no device"
-        log.info("listening on %s (backend %s: %s)", server.address, backend.name, device)
+        addresses = ", ".join(server.addresses)
+        log.info("listening on %s (backend %s: %s)", addresses, backend.name, device)
         flusher = asyncio.create_task(flush_profiles(dispatcher))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

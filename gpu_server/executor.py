@@ -9,6 +9,7 @@ sessions into worker processes later replaces this class, not the service.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -71,7 +72,8 @@ class SessionRunner:
         """Put FINISHED on ``frames`` after every batch submitted so far."""
         self._thread.submit(self._loop.call_soon_threadsafe, self.frames.put_nowait, FINISHED)
 
-    async def close(self) -> None:
-        """Run the session's cleanup after all queued batches, then stop the thread."""
-        await asyncio.get_running_loop().run_in_executor(self._thread, self.session.close)
+    async def close(self, cleanup: Callable[[Session], None]) -> None:
+        """Run ``cleanup(session)`` on the session's thread after all queued batches, then
+        stop the thread."""
+        await asyncio.get_running_loop().run_in_executor(self._thread, cleanup, self.session)
         self._thread.shutdown(wait=False)

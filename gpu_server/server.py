@@ -1,7 +1,14 @@
-"""Assembling the gRPC server: the session service, health checking, and shutdown."""
+"""Assembling the server: transports, health checking, and shutdown.
+
+Clients on any host come over gRPC (``host:port``); clients on this host may use the unix
+socket transport (``unix:PATH``, see ``socket_transport.py``). Both open their sessions
+through one ``SessionHub``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -10,7 +17,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from fikit_wire import calls as wire
 from fikit_wire import session_pb2_grpc
 from gpu_server.backends.base import Backend
+from gpu_server.hub import SessionHub
 from gpu_server.service import GpuSessionService
+from gpu_server.socket_transport import SocketListener
 from scheduler.dispatcher import Dispatcher
 
 SERVICE_NAME = "fikit.v1.GpuSession"
@@ -18,41 +27,62 @@ SERVICE_NAME = "fikit.v1.GpuSession"
 
 @dataclass
 class RunningServer:
-    """A started server and the address it listens on."""
+    """A started server and the addresses it listens on, in the order given."""
 
     grpc_server: grpc.aio.Server
-    service: GpuSessionService
+    hub: SessionHub
     health: health.aio.HealthServicer
-    address: str
+    sockets: list[SocketListener]
+    addresses: list[str]
+
+    @property
+    def address(self) -> str:
+        """The first address listened on."""
+        return self.addresses[0]
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, refuse new sessions, and give running ones ``grace`` seconds."""
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.grpc_server.stop(grace)
+        await asyncio.gather(
+            self.grpc_server.stop(grace),
+            *(asyncio.to_thread(listener.stop, grace) for listener in self.sockets),
+        )
 
 
-async def start_server(backend: Backend, dispatcher: Dispatcher, listen: str) -> RunningServer:
-    """Start serving ``backend`` on ``listen`` (host:port, port 0 picking a free one, or
-    unix:PATH for clients on this host), every kernel launch going through ``dispatcher``."""
-    service = GpuSessionService(backend, dispatcher)
+async def start_server(
+    backend: Backend, dispatcher: Dispatcher, listen: str | Sequence[str]
+) -> RunningServer:
+    """Serve ``backend`` on each ``listen`` address (host:port for gRPC, port 0 picking a
+    free one; unix:PATH for the same-host socket), every launch going through ``dispatcher``."""
+    hub = SessionHub(backend, dispatcher)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", wire.MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),
         ]
     )
-    session_pb2_grpc.add_GpuSessionServicer_to_server(service, server)
+    session_pb2_grpc.add_GpuSessionServicer_to_server(GpuSessionService(hub), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    sockets: list[SocketListener] = []
+    addresses: list[str] = []
     try:
-        port = server.add_insecure_port(listen)
-    except RuntimeError as err:
-        raise OSError(f"cannot listen on {listen}: {err}") from None
+        for address in [listen] if isinstance(listen, str) else listen:
+            if address.startswith("unix:"):
+                sockets.append(SocketListener(hub, address.removeprefix("unix:")))
+                addresses.append(address)
+                continue
+            try:
+                port = server.add_insecure_port(address)
+            except RuntimeError as err:
+                raise OSError(f"cannot listen on {address}: {err}") from None
+            addresses.append(f"{address.rsplit(':', 1)[0]}:{port}")
+    except OSError:
+        for listener in sockets:
+            listener.stop(0)
+        raise
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    if listen.startswith("unix:"):
-        return RunningServer(server, service, health_servicer, listen)
-    host = listen.rsplit(":", 1)[0]
-    return RunningServer(server, service, health_servicer, f"{host}:{port}")
+    return RunningServer(server, hub, health_servicer, sockets, addresses)

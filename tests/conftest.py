@@ -1,10 +1,16 @@
-"""Shared fixtures: a gpu-server on the CPU test double, reached through real gRPC."""
+"""Shared fixtures: a gpu-server on the CPU test double, reached through real transports.
+
+The session-wide server listens on TCP (gRPC) and on a unix socket (the same-host
+transport); ``remote`` runs each test that uses it over both.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -24,14 +30,16 @@ class ServerThread:
         policy: Policy | None = None,
         profiles: ProfileStore | None = None,
         poll_step_ns: int = 1_000,
-        listen: str = "127.0.0.1:0",
+        listen: Sequence[str] = ("127.0.0.1:0",),
     ) -> None:
         self.backend = SimBackend(poll_step_ns=poll_step_ns)
         self.dispatcher = Dispatcher(policy or FifoPolicy(), profiles)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.running: RunningServer = self.run(start_server(self.backend, self.dispatcher, listen))
+        self.running: RunningServer = self.run(
+            start_server(self.backend, self.dispatcher, list(listen))
+        )
 
     @property
     def address(self) -> str:
@@ -41,7 +49,7 @@ class ServerThread:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(30)
 
     def active_sessions(self) -> set[int]:
-        return set(self.running.service.active_sessions)
+        return set(self.running.hub.active_sessions)
 
     def stop(self) -> None:
         self.run(self.running.stop(0))
@@ -52,20 +60,22 @@ class ServerThread:
 
 @pytest.fixture(scope="session")
 def sim_server() -> Iterator[ServerThread]:
-    server = ServerThread()
-    yield server
-    server.stop()
+    with tempfile.TemporaryDirectory() as directory:
+        server = ServerThread(listen=("127.0.0.1:0", f"unix:{Path(directory) / 'gpu.sock'}"))
+        yield server
+        server.stop()
 
 
-@pytest.fixture
-def remote(sim_server: ServerThread) -> Iterator[ModuleType]:
-    """The driver stub module with a fresh session to the sim server."""
+@pytest.fixture(params=["grpc", "unix"])
+def remote(request: pytest.FixtureRequest, sim_server: ServerThread) -> Iterator[ModuleType]:
+    """The driver stub module with a fresh session to the sim server, over each transport."""
     from cuda.bindings import driver as real
 
     from client_stub import driver as impl
     from client_stub.activation import make_driver_stub
 
+    tcp, unix = sim_server.running.addresses
     impl.REMOTE.close()
-    impl.REMOTE.configure(sim_server.address, None)
+    impl.REMOTE.configure(unix if request.param == "unix" else tcp, None)
     yield make_driver_stub(real)
     impl.REMOTE.close()

@@ -10,7 +10,7 @@ import pytest
 from cuda.bindings.driver import CUresult
 
 from client_stub import driver as impl
-from client_stub.connection import Connection
+from client_stub.connection import connect
 from tests.ptx_samples import SAXPY_PTX
 
 OK = CUresult.CUDA_SUCCESS
@@ -355,7 +355,7 @@ def test_handles_of_another_session_are_invalid(
     remote: ModuleType, module: object, sim_server
 ) -> None:
     ok(remote.cuMemAlloc(64))
-    other = Connection(sim_server.address, priority=0, client_name="other")
+    other = connect(sim_server.address, priority=0, client_name="other")
     try:
         ctx_handle = other.request("cuDevicePrimaryCtxRetain", 0)[1]
         stream = other.request("cuStreamCreate", ctx_handle, 0, 0)[1]

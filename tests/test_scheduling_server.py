@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from cuda.bindings.driver import CUresult
 
-from client_stub.connection import Connection, ConnectionLost
+from client_stub.connection import ConnectionLost, connect
 from scheduler.policy import FifoPolicy, FikitPolicy, Policy, PriorityPolicy
 from scheduler.profiles import ProfileStore
 from tests.conftest import ServerThread
@@ -29,7 +29,7 @@ class Task:
     """One session with a loaded saxpy kernel, driven call by call."""
 
     def __init__(self, server: ServerThread, priority: int, name: str) -> None:
-        self.conn = Connection(server.address, priority=priority, client_name=name)
+        self.conn = connect(server.address, priority=priority, client_name=name)
         self.ctx = self.value("cuDevicePrimaryCtxRetain", 0)
         module = self.value("cuModuleLoadData", self.ctx, SAXPY_PTX, {})
         self.saxpy = self.value("cuModuleGetFunction", module, "saxpy")
@@ -213,4 +213,4 @@ def test_the_null_stream_keeps_legacy_order_within_a_session(server_for) -> None
 def test_a_priority_outside_the_ten_levels_is_refused(server_for) -> None:
     server = server_for(FifoPolicy())
     with pytest.raises(ConnectionLost, match=r"priority 12 is outside 0\.\.9"):
-        Connection(server.address, priority=12, client_name="bad")
+        connect(server.address, priority=12, client_name="bad")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 
 import grpc
+import msgpack
 import pytest
 from cuda.bindings.driver import CUresult
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -20,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from client_stub import driver as impl
 from fikit_wire import calls as wire
 from fikit_wire import session_pb2, session_pb2_grpc
+from fikit_wire.frames import FrameSocket
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,18 +84,25 @@ def wait_until(condition, timeout: float = 10.0) -> bool:
     return condition()
 
 
-def test_concurrent_clients_get_their_own_correct_results(sim_server) -> None:
-    clients = [run_client(sim_server.address, str(seed), "exit") for seed in range(6)]
+TRANSPORTS = pytest.mark.parametrize("transport", [0, 1], ids=["grpc", "unix"])
+
+
+@TRANSPORTS
+def test_concurrent_clients_get_their_own_correct_results(sim_server, transport: int) -> None:
+    address = sim_server.running.addresses[transport]
+    clients = [run_client(address, str(seed), "exit") for seed in range(6)]
     for seed, client in enumerate(clients):
         out, err = client.communicate(timeout=120)
         assert client.returncode == 0, err
         assert out.split() == ["ready", "done", str(seed)]
 
 
-def test_killed_client_has_everything_freed(sim_server) -> None:
+@TRANSPORTS
+def test_killed_client_has_everything_freed(sim_server, transport: int) -> None:
     assert wait_until(lambda: not sim_server.active_sessions())
     in_use = memory_in_use(sim_server)
-    client = run_client(sim_server.address, "7", "hang", stdin=subprocess.PIPE)
+    address = sim_server.running.addresses[transport]
+    client = run_client(address, "7", "hang", stdin=subprocess.PIPE)
     assert client.stdout.readline().strip() == "ready"
     assert memory_in_use(sim_server) >= in_use + 4 * (1 << 20)
     client.send_signal(signal.SIGKILL)
@@ -118,15 +129,16 @@ def test_fikit_run_activates_the_stub(sim_server, tmp_path: Path) -> None:
     assert done.stdout.split() == ["ready", "done", "3"]
 
 
+@pytest.mark.parametrize("address", ["127.0.0.1:9", "unix:///nonexistent/gpu.sock"])
 def test_unreachable_server_fails_cuinit_quickly_and_names_it(
-    remote, caplog: pytest.LogCaptureFixture
+    remote, caplog: pytest.LogCaptureFixture, address: str
 ) -> None:
-    impl.REMOTE.configure("127.0.0.1:9", None)
+    impl.REMOTE.configure(address, None)
     started = time.monotonic()
     with caplog.at_level(logging.ERROR, logger="fikit.client"):
         assert remote.cuInit(0) == (CUresult.CUDA_ERROR_NO_DEVICE,)
     assert time.monotonic() - started < 8
-    assert "127.0.0.1:9" in caplog.text
+    assert address in caplog.text
     assert remote.cuDeviceGetCount() == (CUresult.CUDA_ERROR_NOT_INITIALIZED, None)
 
 
@@ -177,3 +189,59 @@ def test_health_service_reports_serving(sim_server) -> None:
         for service in ("", "fikit.v1.GpuSession"):
             answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def raw_socket_session(sim_server, *payloads: bytes) -> list[object]:
+    """Send frames on the unix socket transport; every frame the server sends back, decoded."""
+    path = sim_server.running.addresses[1].removeprefix("unix:")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(path)
+        frames = FrameSocket(sock)
+        for payload in payloads:
+            frames.send(payload)
+        sock.shutdown(socket.SHUT_WR)
+        received = []
+        with contextlib.suppress(ConnectionResetError):  # the server hung up on unread input
+            while batch := frames.receive():
+                received += [msgpack.unpackb(frame) for frame in batch]
+        return received
+
+
+def socket_hello(version: int = wire.PROTOCOL_VERSION, priority: int = 0) -> bytes:
+    fields = {"protocol_version": version, "client_name": "raw", "priority": priority}
+    return msgpack.packb(fields)
+
+
+@pytest.mark.parametrize(
+    ("first", "refusal"),
+    [
+        (socket_hello(wire.PROTOCOL_VERSION + 1), "protocol version mismatch: client speaks"),
+        (socket_hello(priority=10), "priority 10 is outside 0..9"),
+        (b"\xc1garbage", "the first frame must be a Hello"),
+        (msgpack.packb([1, 2]), "the first frame must be a Hello"),
+    ],
+    ids=["version", "priority", "garbage", "not a map"],
+)
+def test_the_socket_transport_refuses_a_bad_hello_clearly(
+    sim_server, remote, first: bytes, refusal: str
+) -> None:
+    [answer] = raw_socket_session(sim_server, first)
+    assert answer["error"].startswith(refusal)
+    assert remote.cuInit(0) == (CUresult.CUDA_SUCCESS,)
+
+
+def test_the_socket_transport_answers_in_order_and_ends_a_session_on_a_bad_frame(
+    sim_server, remote
+) -> None:
+    assert remote.cuInit(0) == (CUresult.CUDA_SUCCESS,)
+    batch = [["cuDeviceGetCount", True], ["cuNoSuchCall", True], ["cuDeviceGet", True, 0]]
+    welcome, replies = raw_socket_session(sim_server, socket_hello(), wire.pack(batch))
+    assert welcome["backend"] == "sim"
+    assert replies == [[0, 1], [int(CUresult.CUDA_ERROR_NOT_SUPPORTED)], [0, 0]]
+    welcome, *rest = raw_socket_session(
+        sim_server, socket_hello(), b"\xc1garbage", wire.pack(batch)
+    )
+    assert rest == []  # the malformed frame ended that session, and nothing after it ran
+    assert remote.cuDeviceGetCount() == (CUresult.CUDA_SUCCESS, 1)
+    assert wait_until(lambda: len(sim_server.active_sessions()) <= 1)

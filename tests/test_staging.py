@@ -11,7 +11,7 @@ import pytest
 
 from client_stub import driver as impl
 from client_stub import staging
-from client_stub.connection import Connection
+from client_stub.connection import connect
 from client_stub.staging import StagingArea
 from fikit_wire import calls as wire
 from gpu_server.staging import map_staging
@@ -86,10 +86,10 @@ def test_copies_arrive_whole_through_every_path(
 
 
 def test_a_client_reaches_a_unix_socket_server_and_stages_through_it(tmp_path: Path) -> None:
-    server = ServerThread(listen=f"unix:{tmp_path}/gpu.sock")
+    server = ServerThread(listen=[f"unix:{tmp_path}/gpu.sock"])
     try:
         assert server.address == f"unix:{tmp_path}/gpu.sock"
-        connection = Connection(server.address, priority=0, client_name="unix")
+        connection = connect(server.address, priority=0, client_name="unix")
         assert connection.staging is not None
         assert connection.request("cuDeviceGetCount") == [0, 1]
         connection.close()

@@ -1,0 +1,75 @@
+"""Framing of the same-host transport: length-prefixed msgpack payloads on a stream socket.
+
+A frame is a 4-byte little-endian payload length and the payload. The client's first frame
+is its Hello and the server's first its Welcome (msgpack maps, see ``gpu_server.hub``); all
+later frames are call or reply batches as in ``fikit_wire.calls``.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from fikit_wire import calls as wire
+
+_HEADER = struct.Struct("<I")
+#: Bytes asked of the socket per read; every complete frame they hold is handed out at once.
+_READ_BYTES = 1 << 20
+
+
+class FrameSocket:
+    """Sends and receives frames on a connected stream socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buffer = bytearray()
+        self._pending: list[bytes] = []
+
+    def send(self, payload: bytes) -> None:
+        """Send one frame (header and payload in one system call when they fit)."""
+        header = _HEADER.pack(len(payload))
+        sent = self.sock.sendmsg([header, payload])
+        if sent < len(header) + len(payload):
+            self.sock.sendall((header + payload)[sent:])
+
+    def receive_one(self) -> bytes | None:
+        """The next frame, waiting for it; None at the end of the stream."""
+        frames = self.receive()
+        if not frames:
+            return None
+        self._pending = frames[1:]
+        return frames[0]
+
+    def receive(self) -> list[bytes]:
+        """Every complete frame that has arrived, waiting for at least one; [] at the end of
+        the stream. Raises ValueError on a frame over the size limit or cut short."""
+        if self._pending:
+            frames, self._pending = self._pending, []
+            return frames
+        while True:
+            frames = self._complete_frames()
+            if frames:
+                return frames
+            chunk = self.sock.recv(_READ_BYTES)
+            if not chunk:
+                if self._buffer:
+                    raise ValueError("the stream ended inside a frame")
+                return []
+            self._buffer += chunk
+
+    def _complete_frames(self) -> list[bytes]:
+        frames = []
+        offset = 0
+        buffer = self._buffer
+        while len(buffer) - offset >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(buffer, offset)
+            if size > wire.MAX_MESSAGE_BYTES:
+                raise ValueError(f"a frame of {size} bytes is over the limit")
+            end = offset + _HEADER.size + size
+            if len(buffer) < end:
+                break
+            frames.append(bytes(buffer[offset + _HEADER.size : end]))
+            offset = end
+        if offset:
+            del buffer[:offset]
+        return frames
