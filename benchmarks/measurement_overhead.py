@@ -12,8 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from compare_native_remote import run_benchmark
-from server_process import console_script, gpu_server
+from server_process import console_script, gpu_server, run_benchmark
 
 SETUPS = {
     "fifo, sampled": ["--policy", "fifo"],

@@ -1,5 +1,6 @@
-"""Start, wait for and stop a local gpu-server for the benchmarks; find console scripts."""
+"""Start, wait for and stop a local gpu-server for the benchmarks; run driver_calls.py."""
 
+import json
 import os
 import shutil
 import socket
@@ -14,6 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 SERVER_START_S = 30
 SERVER_STOP_S = 10
 ENV = {key: value for key, value in os.environ.items() if key != "FIKIT_SERVER"}
+DRIVER_CALLS = Path(__file__).resolve().parent / "driver_calls.py"
+RUN_TIMEOUT_S = 600
 
 
 def console_script(name: str, module: str) -> list[str]:
@@ -85,3 +88,20 @@ def gpu_server(args: Sequence[str], log: Path) -> Iterator[str]:
         yield addr
     finally:
         stop(server)
+
+
+def run_benchmark(label: str, prefix: list[str]) -> dict[str, float]:
+    """Run driver_calls.py behind `prefix` (nothing: natively; fikit-run ...: remotely);
+    return the JSON object on its last stdout line."""
+    result = subprocess.run(
+        [*prefix, sys.executable, str(DRIVER_CALLS)],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    if result.returncode != 0:
+        sys.exit(f"{label} run failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    print(f"{label} run:\n{result.stdout}", file=sys.stderr)
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install FIKIT on a GPU machine without network, run the CPU and GPU suites, then the
-# native-vs-remote call-cost benchmark. Wheels missing there (hatchling and its needs,
-# grpcio-health-checking) are taken from .whl/ (see README, "Validating on a GPU box").
+# forwarding benchmark (native vs TCP vs same host, with the transport floors). Wheels
+# missing there (hatchling and its needs, grpcio-health-checking) are taken from .whl/
+# (see README, "Validating on a GPU box").
 # Logs go to $OUT when it is set.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -13,5 +14,5 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation . || exit 1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 status=0
 python3 -m pytest -q -p no:cacheprovider tests 2>&1 | tee "$out/pytest.log" || status=1
-python3 benchmarks/compare_native_remote.py 2>&1 | tee "$out/benchmark.log" || status=1
+python3 benchmarks/forwarding.py 2>&1 | tee "$out/benchmark.log" || status=1
 exit $status
