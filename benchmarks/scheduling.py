@@ -19,6 +19,7 @@ import json
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -346,8 +347,12 @@ def run_mode(
     server_args = ["--policy", policy, "--profile-db", str(args.out / "profiles.sqlite3")]
     if traced:
         server_args += ["--trace", str(trace)]
-    with gpu_server(server_args, mode_dir / "server.log") as addr:
-        run = run_programs(mode, mode_dir, args, addr, lp_seconds, failures)
+    with tempfile.TemporaryDirectory() as sockets:
+        socket_address = f"unix:{Path(sockets) / 'gpu.sock'}"
+        server_args += ["--listen", socket_address]
+        with gpu_server(server_args, mode_dir / "server.log") as tcp_address:
+            addr = socket_address if args.transport == "unix" else tcp_address
+            run = run_programs(mode, mode_dir, args, addr, lp_seconds, failures)
     if trace.exists():
         run.trace = [json.loads(line) for line in trace.read_text().splitlines() if line]
     return run
@@ -371,6 +376,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--host-us", type=float, default=200.0, help="HP host work per step")
     parser.add_argument(
         "--modes", nargs="+", choices=MODES, default=list(MODES), help="modes to run"
+    )
+    parser.add_argument(
+        "--transport",
+        choices=("unix", "tcp"),
+        default="unix",
+        help="how clients reach the server: its same-host unix socket (default) or gRPC on TCP",
     )
     parser.add_argument(
         "--timeline-requests",
