@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import functools
+import itertools
 import logging
 import os
 import sys
@@ -27,6 +28,7 @@ from cuda.bindings.driver import (
     CUdevice,
     CUdeviceptr,
     CUevent,
+    CUevent_flags,
     CUfunction,
     CUjit_option,
     CUkernel,
@@ -34,6 +36,7 @@ from cuda.bindings.driver import (
     CUmodule,
     CUresult,
     CUstream,
+    CUstream_flags,
     CUuuid,
 )
 
@@ -46,12 +49,14 @@ from client_stub.host_memory import (
     write_host,
 )
 from client_stub.kernel_args import ParamCountMismatch, pack_extra, pack_kernel_params
-from fikit_wire.calls import COPY_CHUNK_BYTES
+from fikit_wire.calls import CLIENT_HANDLE_BIT, COPY_CHUNK_BYTES
 
 log = logging.getLogger("fikit.client")
 
 #: Priorities run from 0 (lowest) to 9 (highest); a client that sets none gets 0.
 DEFAULT_PRIORITY = 0
+_STREAM_FLAGS = frozenset(int(flag) for flag in CUstream_flags)
+_EVENT_FLAGS = sum(int(flag) for flag in CUevent_flags)
 #: cuMemHostAlloc flag asking for memory the GPU can map: impossible across machines.
 _MEMHOSTALLOC_DEVICEMAP = 0x02
 #: JIT options whose values are host buffers the remote driver cannot fill.
@@ -93,6 +98,8 @@ class RemoteDriver:
         self.answers: dict[tuple[Any, ...], list[Any]] = {}
         self.pinned = PinnedHostMemory()
         self.uuids: dict[int, tuple[CUuuid, ctypes.Array[ctypes.c_char]]] = {}
+        #: Handles this client chooses for the streams and events it creates.
+        self.created_handles = itertools.count(CLIENT_HANDLE_BIT | 1)
 
     def configure(self, server: str | None, priority: int | None) -> None:
         """Choose the server and priority before the first cuInit (else the environment)."""
@@ -759,13 +766,20 @@ def cuLaunchKernelEx(config: Any, f: Any, kernelParams: Any, extra: Any) -> tupl
 # -- streams and events --------------------------------------------------------------------
 @_driver_function(1)
 def cuStreamCreate(Flags: int) -> tuple[CUstream]:
-    return (CUstream(REMOTE.request("cuStreamCreate", REMOTE.current, int(Flags), 0)[0]),)
+    return (_create_stream(int(Flags), 0),)
 
 
 @_driver_function(1)
 def cuStreamCreateWithPriority(flags: int, priority: int) -> tuple[CUstream]:
-    args = (REMOTE.current, int(flags), int(priority))
-    return (CUstream(REMOTE.request("cuStreamCreate", *args)[0]),)
+    return (_create_stream(int(flags), int(priority)),)
+
+
+def _create_stream(flags: int, priority: int) -> CUstream:
+    if flags not in _STREAM_FLAGS:
+        raise DriverFailure(CUresult.CUDA_ERROR_INVALID_VALUE)
+    handle = _created_handle()
+    REMOTE.post("cuStreamCreate", REMOTE.current, flags, priority, handle)
+    return CUstream(handle)
 
 
 @_driver_function(0)
@@ -799,7 +813,21 @@ def cuStreamGetPriority(hStream: Any) -> tuple[int]:
 
 @_driver_function(1)
 def cuEventCreate(Flags: int) -> tuple[CUevent]:
-    return (CUevent(REMOTE.request("cuEventCreate", REMOTE.current, int(Flags))[0]),)
+    if int(Flags) & ~_EVENT_FLAGS:
+        raise DriverFailure(CUresult.CUDA_ERROR_INVALID_VALUE)
+    handle = _created_handle()
+    REMOTE.post("cuEventCreate", REMOTE.current, int(Flags), handle)
+    return (CUevent(handle),)
+
+
+def _created_handle() -> int:
+    """A handle for a stream or event made without a round trip: the server takes the
+    client's choice. Creation errors beyond these local checks come back from the next
+    synchronizing call, and the handle is then unknown to the server."""
+    REMOTE.session()
+    if not REMOTE.current:
+        raise DriverFailure(CUresult.CUDA_ERROR_INVALID_CONTEXT)
+    return next(REMOTE.created_handles)
 
 
 @_driver_function(0)

@@ -33,6 +33,9 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 COPY_CHUNK_BYTES = 1024 * 1024
 #: A frame stops growing once its payload passes this size.
 FRAME_SOFT_LIMIT_BYTES = 4 * 1024 * 1024
+#: Set in every handle a client chooses itself (streams and events, created without a round
+#: trip); never set in a handle the server gives out.
+CLIENT_HANDLE_BIT = 1 << 62
 #: Where staging files live: a directory both ends see (mounted into client containers).
 STAGING_DIR = os.environ.get("FIKIT_STAGING_DIR", "/dev/shm")
 #: The only names a server accepts for a staging file.

@@ -34,6 +34,7 @@ from typing import Any
 
 from cuda.bindings.driver import CUdevice_attribute, CUevent_flags, CUresult, CUstream_flags
 
+from fikit_wire.calls import CLIENT_HANDLE_BIT
 from gpu_server.backends.base import Backend, LaunchConfig, ParamLayout
 from gpu_server.errors import CudaError, invalid_handle, invalid_value
 from scheduler.dispatcher import Dispatcher, LaunchProbe
@@ -259,6 +260,14 @@ class Session:
     # -- lookups -------------------------------------------------------------------------
     def _new_handle(self) -> int:
         return next(self._ids)
+
+    def _claim(self, chosen: int | None) -> int:
+        """The handle for a new stream or event: the client's choice if it made one."""
+        if chosen is None:
+            return self._new_handle()
+        if not chosen & CLIENT_HANDLE_BIT or chosen in self.streams or chosen in self.events:
+            raise invalid_value(f"handle {chosen:#x} cannot be chosen by the client")
+        return chosen
 
     def context(self, handle: int) -> ContextEntry:
         """The live context ``handle`` or CUDA_ERROR_INVALID_CONTEXT."""
@@ -827,14 +836,16 @@ class Session:
 
     # -- streams and events --------------------------------------------------------------
     @handler("cuStreamCreate")
-    def cu_stream_create(self, ctx: int, flags: int, priority: int) -> tuple[int]:
+    def cu_stream_create(
+        self, ctx: int, flags: int, priority: int, chosen: int | None = None
+    ) -> tuple[int]:
         entry = self.context(ctx)
         if flags & ~_NON_BLOCKING:
             raise invalid_value(f"stream flags {flags:#x}")
+        handle = self._claim(chosen)
         least, greatest = self.backend.stream_priority_range(entry.backend_ctx)
         actual = self.dispatcher.stream_priority(self.id, priority, least, greatest)
         stream = self.backend.stream_create(entry.backend_ctx, _NON_BLOCKING, actual)
-        handle = self._new_handle()
         blocking = not flags & _NON_BLOCKING
         self.streams[handle] = StreamEntry(
             stream, ctx, blocking, min(max(priority, greatest), least)
@@ -880,10 +891,10 @@ class Session:
         return (stream.priority,)
 
     @handler("cuEventCreate")
-    def cu_event_create(self, ctx: int, flags: int) -> tuple[int]:
-        event = self.backend.event_create(self.context(ctx).backend_ctx, flags)
-        handle = self._new_handle()
-        self.events[handle] = Owned(event, ctx)
+    def cu_event_create(self, ctx: int, flags: int, chosen: int | None = None) -> tuple[int]:
+        entry = self.context(ctx)
+        handle = self._claim(chosen)
+        self.events[handle] = Owned(self.backend.event_create(entry.backend_ctx, flags), ctx)
         return (handle,)
 
     @handler("cuEventRecord")

@@ -11,6 +11,7 @@ from cuda.bindings.driver import CUresult
 
 from client_stub import driver as impl
 from client_stub.connection import connect
+from fikit_wire.calls import CLIENT_HANDLE_BIT
 from tests.ptx_samples import SAXPY_PTX
 
 OK = CUresult.CUDA_SUCCESS
@@ -405,3 +406,38 @@ def test_error_names_and_strings_need_no_session(remote: ModuleType) -> None:
     status, text = remote.cuGetErrorString(CUresult.CUDA_ERROR_OUT_OF_MEMORY)
     assert status == OK and text
     assert remote.cuGetErrorName(123456) == (CUresult.CUDA_ERROR_INVALID_VALUE, None)
+
+
+def test_streams_and_events_are_created_without_a_round_trip(
+    remote: ModuleType, ctx: object
+) -> None:
+    connection = impl.REMOTE.session()
+    exchanged = connection._numbered  # calls that waited for the server, or were numbered
+    stream = ok(remote.cuStreamCreate(0))
+    event = ok(remote.cuEventCreate(0))
+    ok(remote.cuEventRecord(event, stream))
+    assert connection._numbered == exchanged
+    ok(remote.cuEventSynchronize(event))
+    assert remote.cuStreamCreate(4) == (CUresult.CUDA_ERROR_INVALID_VALUE, None)
+    assert remote.cuEventCreate(1 << 20) == (CUresult.CUDA_ERROR_INVALID_VALUE, None)
+    ok(remote.cuCtxPopCurrent())
+    assert remote.cuStreamCreate(0) == (CUresult.CUDA_ERROR_INVALID_CONTEXT, None)
+
+
+def test_a_client_chosen_handle_is_taken_once_and_only_from_the_client_range(
+    sim_server,
+) -> None:
+    conn = connect(sim_server.address, priority=0, client_name="raw")
+    try:
+        ctx = conn.request("cuDevicePrimaryCtxRetain", 0)[1]
+        chosen = CLIENT_HANDLE_BIT | 7
+        assert conn.request("cuStreamCreate", ctx, 0, 0, chosen) == [0, chosen]
+        for taken in (
+            ["cuStreamCreate", ctx, 0, 0, chosen],
+            ["cuEventCreate", ctx, 0, chosen],
+            ["cuEventCreate", ctx, 0, 0x1000],  # the server's own range
+        ):
+            assert conn.request(*taken) == [CUresult.CUDA_ERROR_INVALID_VALUE]
+        assert conn.request("cuStreamSynchronize", ctx, chosen) == [0]
+    finally:
+        conn.close()
