@@ -228,7 +228,11 @@ class GrpcConnection(Connection):
             priority=priority,
             staging_path=offered.path if offered else "",
         )
-        self._stream = session_pb2_grpc.GpuSessionStub(self._channel).Open(self._frames(hello))
+        token = os.environ.get("FIKIT_TOKEN")
+        metadata = [("authorization", f"Bearer {token}")] if token else None
+        self._stream = session_pb2_grpc.GpuSessionStub(self._channel).Open(
+            self._frames(hello), metadata=metadata
+        )
         try:
             first = next(self._stream)
         except grpc.RpcError as err:
@@ -321,6 +325,7 @@ class SocketConnection(Connection):
             "client_name": client_name,
             "priority": priority,
             "staging_path": offered.path if offered else "",
+            "token": os.environ.get("FIKIT_TOKEN", ""),
         }
         try:
             self._frames.send(msgpack.packb(hello))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import uvloop
 
+from gpu_server.auth import TokenBook, parse_bytes
 from gpu_server.backends import BackendUnavailable, open_backend
 from gpu_server.server import start_server
 from scheduler.dispatcher import Dispatcher
@@ -28,6 +29,22 @@ log = logging.getLogger("gpu_server")
 #: (Python's default, 5 ms, would let one tenant's busy thread stall another's calls).
 GIL_SWITCH_INTERVAL_S = 0.0002
 DEFAULT_LISTEN = "127.0.0.1:50051"
+
+
+def tokens_file(path: str) -> TokenBook:
+    """The ``--tokens`` argument: the tokens file read, or a usage error naming what is wrong."""
+    try:
+        return TokenBook.load(Path(path))
+    except (OSError, ValueError) as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def memory_size(text: str) -> int:
+    """The ``--memory-quota`` argument."""
+    try:
+        return parse_bytes(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -83,6 +100,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=2000.0,
         help="priority, fikit: a task idle this long stops holding back lower ones (2000)",
     )
+    parser.add_argument(
+        "--tokens",
+        type=tokens_file,
+        help="accept only clients presenting a token from this file (lines: token tenant "
+        "highest-priority device-memory; see gpu_server/auth.py)",
+    )
+    parser.add_argument(
+        "--memory-quota",
+        type=memory_size,
+        help="device memory a session may allocate unless its tenant says otherwise "
+        "(bytes, or with K, M, G, T; default: no limit)",
+    )
     parser.add_argument("--grace", type=float, default=5.0, help="seconds to drain on SIGTERM")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     return parser.parse_args(argv)
@@ -126,7 +155,9 @@ async def serve(args: argparse.Namespace) -> None:
     """Run the server until SIGINT or SIGTERM."""
     backend = open_backend(args.backend)
     with open_dispatcher(args) as dispatcher:
-        server = await start_server(backend, dispatcher, args.listen or [DEFAULT_LISTEN])
+        server = await start_server(
+            backend, dispatcher, args.listen or [DEFAULT_LISTEN], args.tokens, args.memory_quota
+        )
         device = backend.device_name(0) if backend.device_count() else "no device"
         addresses = ", ".join(server.addresses)
         log.info("listening on %s (backend %s: %s)", addresses, backend.name, device)

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from fikit_wire import calls as wire
+from gpu_server.auth import TokenBook
 from gpu_server.backends.base import Backend
 from gpu_server.session import Session, handle_counter
 from gpu_server.staging import map_staging
@@ -31,22 +32,34 @@ class Hello:
     client_name: str
     priority: int
     staging_path: str
+    token: str = ""
 
 
 class HelloRefused(Exception):
-    """A Hello the server cannot accept; ``version_mismatch`` tells the two cases apart."""
+    """A Hello the server cannot accept. ``kind`` is "version", "unauthenticated" or
+    "invalid", for the transport's status code."""
 
-    def __init__(self, message: str, *, version_mismatch: bool = False) -> None:
+    def __init__(self, message: str, kind: str = "invalid") -> None:
         super().__init__(message)
-        self.version_mismatch = version_mismatch
+        self.kind = kind
 
 
 class SessionHub:
     """Creates sessions for all transports and knows which are live."""
 
-    def __init__(self, backend: Backend, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        dispatcher: Dispatcher,
+        tokens: TokenBook | None = None,
+        memory_quota: int | None = None,
+    ) -> None:
+        """``tokens``: who may connect (None: anyone); ``memory_quota``: device memory a
+        session may allocate when its tenant sets none (None: no limit)."""
         self.backend = backend
         self.dispatcher = dispatcher
+        self.tokens = tokens
+        self.memory_quota = memory_quota
         self._session_ids = itertools.count(1)
         self._handle_ids = handle_counter()
         self.active_sessions: set[int] = set()
@@ -63,29 +76,48 @@ class SessionHub:
             raise HelloRefused(
                 f"protocol version mismatch: client speaks {hello.protocol_version}, "
                 f"server speaks {wire.PROTOCOL_VERSION}",
-                version_mismatch=True,
+                "version",
             )
+        tenant = None
+        if self.tokens is not None:
+            tenant = self.tokens.tenant(hello.token)
+            if tenant is None:
+                log.warning("refused client %s: no valid token", peer)
+                raise HelloRefused(
+                    "unauthenticated: this server needs a valid token", "unauthenticated"
+                )
         if not LOWEST_PRIORITY <= hello.priority <= HIGHEST_PRIORITY:
             raise HelloRefused(
                 f"priority {hello.priority} is outside {LOWEST_PRIORITY}..{HIGHEST_PRIORITY}"
             )
+        priority = hello.priority
+        if tenant is not None and priority > tenant.max_priority:
+            log.info(
+                "tenant %s asked for priority %d: lowered to %d",
+                tenant.name,
+                priority,
+                tenant.max_priority,
+            )
+            priority = tenant.max_priority
         staging = map_staging(hello.staging_path) if hello.staging_path else None
         session = Session(
             next(self._session_ids),
             self.backend,
             self.dispatcher,
             self._handle_ids,
-            hello.priority,
+            priority,
             hello.client_name,
             None if staging is None else memoryview(staging),
+            self.memory_quota if tenant is None else tenant.memory_quota,
         )
         self.active_sessions.add(session.id)
         log.info(
-            "session %d opened by %s (%s), priority %d",
+            "session %d opened by %s (%s)%s, priority %d",
             session.id,
             peer,
             hello.client_name,
-            hello.priority,
+            "" if tenant is None else f" for tenant {tenant.name}",
+            priority,
         )
         return session
 

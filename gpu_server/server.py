@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fikit_wire import calls as wire
 from fikit_wire import session_pb2_grpc
+from gpu_server.auth import TokenBook
 from gpu_server.backends.base import Backend
 from gpu_server.hub import SessionHub
 from gpu_server.service import GpuSessionService
@@ -51,11 +52,16 @@ class RunningServer:
 
 
 async def start_server(
-    backend: Backend, dispatcher: Dispatcher, listen: str | Sequence[str]
+    backend: Backend,
+    dispatcher: Dispatcher,
+    listen: str | Sequence[str],
+    tokens: TokenBook | None = None,
+    memory_quota: int | None = None,
 ) -> RunningServer:
     """Serve ``backend`` on each ``listen`` address (host:port for gRPC, port 0 picking a
-    free one; unix:PATH for the same-host socket), every launch going through ``dispatcher``."""
-    hub = SessionHub(backend, dispatcher)
+    free one; unix:PATH for the same-host socket), every launch going through ``dispatcher``;
+    ``tokens`` and ``memory_quota`` as in ``SessionHub``."""
+    hub = SessionHub(backend, dispatcher, tokens, memory_quota)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", wire.MAX_MESSAGE_BYTES),

@@ -15,6 +15,13 @@ from gpu_server.hub import Hello, HelloRefused, SessionHub
 
 log = logging.getLogger(__name__)
 
+#: The status a refused Hello ends its stream with, by ``HelloRefused.kind``.
+_STATUS = {
+    "version": grpc.StatusCode.FAILED_PRECONDITION,
+    "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
+    "invalid": grpc.StatusCode.INVALID_ARGUMENT,
+}
+
 
 class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
     """Accepts client sessions over gRPC and runs their calls on the backend."""
@@ -33,10 +40,7 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
         try:
             session = self.hub.open(hello, context.peer())
         except HelloRefused as refused:
-            code = grpc.StatusCode.INVALID_ARGUMENT
-            if refused.version_mismatch:
-                code = grpc.StatusCode.FAILED_PRECONDITION
-            await context.abort(code, str(refused))
+            await context.abort(_STATUS[refused.kind], str(refused))
         runner = SessionRunner(session)
         reader = asyncio.create_task(self._read_batches(request_iterator, runner))
         try:
@@ -68,7 +72,11 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
         if first is None or first.WhichOneof("body") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first frame must be a Hello")
         hello = first.hello
-        return Hello(hello.protocol_version, hello.client_name, hello.priority, hello.staging_path)
+        metadata = dict(context.invocation_metadata() or ())
+        token = str(metadata.get("authorization", "")).removeprefix("Bearer ")
+        return Hello(
+            hello.protocol_version, hello.client_name, hello.priority, hello.staging_path, token
+        )
 
     @staticmethod
     async def _read_batches(

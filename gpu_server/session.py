@@ -185,8 +185,12 @@ class Session:
         priority: int,
         client_name: str = "",
         staging: memoryview | None = None,
+        memory_quota: int | None = None,
     ) -> None:
         self.id = session_id
+        #: Bytes of device memory the session may allocate (None: no limit), and in use.
+        self.memory_quota = memory_quota
+        self.memory_in_use = 0
         #: The client's staging area for bulk copies, when it is on this host.
         self.staging = staging
         self.backend = backend
@@ -398,10 +402,14 @@ class Session:
     def _add_region(self, region: DeviceRegion) -> None:
         self.regions[region.base] = region
         bisect.insort(self._region_bases, region.base)
+        if region.freeable:
+            self.memory_in_use += region.size
 
     def _drop_region(self, base: int) -> None:
-        del self.regions[base]
+        region = self.regions.pop(base)
         self._region_bases.remove(base)
+        if region.freeable:
+            self.memory_in_use -= region.size
 
     @staticmethod
     def _quietly(fn: Callable[..., Any], *args: Any) -> None:
@@ -572,6 +580,11 @@ class Session:
     def cu_mem_alloc(self, ctx: int, size: int) -> tuple[int]:
         if size <= 0:
             raise invalid_value("cuMemAlloc of 0 bytes")
+        if self.memory_quota is not None and self.memory_in_use + size > self.memory_quota:
+            raise CudaError(
+                CUresult.CUDA_ERROR_OUT_OF_MEMORY,
+                f"{size} B more would pass the session's quota of {self.memory_quota} B",
+            )
         ptr = self.backend.mem_alloc(self.context(ctx).backend_ctx, size)
         self._add_region(DeviceRegion(ptr, size, ctx, freeable=True))
         return (ptr,)

@@ -104,6 +104,7 @@ class SocketListener:
                 str(fields["client_name"]),
                 int(fields["priority"]),
                 str(fields.get("staging_path", "")),
+                str(fields.get("token", "")),
             )
             session = self.hub.open(hello, f"unix:{self.path}")
         except HelloRefused as refused:
