@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from fikit_wire import calls as wire
 from gpu_server.auth import TokenBook
 from gpu_server.backends.base import Backend
+from gpu_server.ownership import DeviceOwnership
 from gpu_server.session import Session, handle_counter
 from gpu_server.staging import map_staging
 from scheduler.dispatcher import Dispatcher
@@ -60,6 +61,7 @@ class SessionHub:
         self.dispatcher = dispatcher
         self.tokens = tokens
         self.memory_quota = memory_quota
+        self.ownership = DeviceOwnership()
         self._session_ids = itertools.count(1)
         self._handle_ids = handle_counter()
         self.active_sessions: set[int] = set()
@@ -109,6 +111,7 @@ class SessionHub:
             hello.client_name,
             None if staging is None else memoryview(staging),
             self.memory_quota if tenant is None else tenant.memory_quota,
+            self.ownership,
         )
         self.active_sessions.add(session.id)
         log.info(

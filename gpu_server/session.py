@@ -37,6 +37,7 @@ from cuda.bindings.driver import CUdevice_attribute, CUevent_flags, CUresult, CU
 from fikit_wire.calls import CLIENT_HANDLE_BIT
 from gpu_server.backends.base import Backend, LaunchConfig, ParamLayout
 from gpu_server.errors import CudaError, invalid_handle, invalid_value
+from gpu_server.ownership import DeviceOwnership
 from scheduler.dispatcher import Dispatcher, LaunchProbe
 from scheduler.kernel_id import kernel_id, module_digest
 
@@ -186,11 +187,14 @@ class Session:
         client_name: str = "",
         staging: memoryview | None = None,
         memory_quota: int | None = None,
+        ownership: DeviceOwnership | None = None,
     ) -> None:
         self.id = session_id
         #: Bytes of device memory the session may allocate (None: no limit), and in use.
         self.memory_quota = memory_quota
         self.memory_in_use = 0
+        #: Who owns which device memory, across sessions (kernel arguments are checked).
+        self.ownership = DeviceOwnership() if ownership is None else ownership
         #: The client's staging area for bulk copies, when it is on this host.
         self.staging = staging
         self.backend = backend
@@ -402,12 +406,14 @@ class Session:
     def _add_region(self, region: DeviceRegion) -> None:
         self.regions[region.base] = region
         bisect.insort(self._region_bases, region.base)
+        self.ownership.add(region.base, region.size, self.id)
         if region.freeable:
             self.memory_in_use += region.size
 
     def _drop_region(self, base: int) -> None:
         region = self.regions.pop(base)
         self._region_bases.remove(base)
+        self.ownership.remove(base)
         if region.freeable:
             self.memory_in_use -= region.size
 
@@ -831,6 +837,7 @@ class Session:
         fn, entry = self._function(handle, ctx)
         if len(params) < entry.layout.total_size:
             raise invalid_value("kernel parameters shorter than the kernel's layout")
+        self._check_pointers(entry.layout, params)
         kid = entry.kernel_id(grid, block, shared_mem_bytes)
         context, backend_stream = self._work_stream(stream, ctx if entry.ctx is None else entry.ctx)
         config = LaunchConfig(
@@ -846,6 +853,15 @@ class Session:
 
         self.dispatcher.launch(self.id, kid, entry.name, issue)
         return ()
+
+    def _check_pointers(self, layout: ParamLayout, params: bytes) -> None:
+        """Refuse a pointer-sized argument into another session's memory."""
+        owner = self.ownership.owner
+        for offset, size in zip(layout.offsets, layout.sizes):
+            if size == 8:
+                found = owner(int.from_bytes(params[offset : offset + 8], "little"))
+                if found is not None and found != self.id:
+                    raise invalid_value(f"argument at {offset} points into another session")
 
     # -- streams and events --------------------------------------------------------------
     @handler("cuStreamCreate")

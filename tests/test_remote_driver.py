@@ -441,3 +441,27 @@ def test_a_client_chosen_handle_is_taken_once_and_only_from_the_client_range(
         assert conn.request("cuStreamSynchronize", ctx, chosen) == [0]
     finally:
         conn.close()
+
+
+def test_a_kernel_argument_into_another_sessions_memory_is_refused(
+    remote: ModuleType, module: object, sim_server
+) -> None:
+    saxpy = ok(remote.cuModuleGetFunction(module, b"saxpy"))
+    mine = ok(remote.cuMemAlloc(256))
+    other = connect(sim_server.address, priority=0, client_name="other")
+    try:
+        ctx_handle = other.request("cuDevicePrimaryCtxRetain", 0)[1]
+        theirs = other.request("cuMemAlloc", ctx_handle, 256)[1]
+        foreign = remote.CUdeviceptr(theirs + 16)
+        for pointer, status in ((mine, OK), (foreign, CUresult.CUDA_ERROR_INVALID_VALUE)):
+            args = (
+                (2.0, mine, pointer, mine, 64),
+                (ctypes.c_float, None, None, None, ctypes.c_uint),
+            )
+            ok(remote.cuLaunchKernel(saxpy, 1, 1, 1, 64, 1, 1, 0, 0, args, 0))
+            assert remote.cuCtxSynchronize() == (status,)
+        other.request("cuMemFree", theirs)
+    finally:
+        other.close()
+    ok(remote.cuLaunchKernel(saxpy, 1, 1, 1, 64, 1, 1, 0, 0, args, 0))  # freed: no owner now
+    assert remote.cuCtxSynchronize() == (OK,)
