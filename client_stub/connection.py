@@ -20,6 +20,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -206,13 +207,19 @@ class GrpcConnection(Connection):
 
     def __init__(self, target: str, *, priority: int, client_name: str, timeout: float) -> None:
         super().__init__(target)
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", wire.MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", wire.MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),
+        ]
+        ca = os.environ.get("FIKIT_TLS_CA")
+        if ca:
+            try:
+                credentials = grpc.ssl_channel_credentials(Path(ca).read_bytes())
+            except OSError as err:
+                raise ConnectionLost(f"cannot read FIKIT_TLS_CA {ca}: {err.strerror}") from None
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
         try:
             grpc.channel_ready_future(self._channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:

@@ -112,6 +112,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="device memory a session may allocate unless its tenant says otherwise "
         "(bytes, or with K, M, G, T; default: no limit)",
     )
+    parser.add_argument(
+        "--tls-cert", type=Path, help="PEM certificate chain: serve gRPC over TLS only"
+    )
+    parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     parser.add_argument("--grace", type=float, default=5.0, help="seconds to drain on SIGTERM")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     return parser.parse_args(argv)
@@ -155,8 +159,18 @@ async def serve(args: argparse.Namespace) -> None:
     """Run the server until SIGINT or SIGTERM."""
     backend = open_backend(args.backend)
     with open_dispatcher(args) as dispatcher:
+        tls = None
+        if args.tls_cert or args.tls_key:
+            if not (args.tls_cert and args.tls_key):
+                raise OSError("--tls-cert and --tls-key go together")
+            tls = (args.tls_cert.read_bytes(), args.tls_key.read_bytes())
         server = await start_server(
-            backend, dispatcher, args.listen or [DEFAULT_LISTEN], args.tokens, args.memory_quota
+            backend,
+            dispatcher,
+            args.listen or [DEFAULT_LISTEN],
+            args.tokens,
+            args.memory_quota,
+            tls,
         )
         device = backend.device_name(0) if backend.device_count() else "no device"
         addresses = ", ".join(server.addresses)

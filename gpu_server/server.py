@@ -57,10 +57,12 @@ async def start_server(
     listen: str | Sequence[str],
     tokens: TokenBook | None = None,
     memory_quota: int | None = None,
+    tls: tuple[bytes, bytes] | None = None,
 ) -> RunningServer:
     """Serve ``backend`` on each ``listen`` address (host:port for gRPC, port 0 picking a
     free one; unix:PATH for the same-host socket), every launch going through ``dispatcher``;
-    ``tokens`` and ``memory_quota`` as in ``SessionHub``."""
+    ``tokens`` and ``memory_quota`` as in ``SessionHub``; ``tls``: (certificate chain,
+    private key) in PEM, to serve gRPC over TLS only."""
     hub = SessionHub(backend, dispatcher, tokens, memory_quota)
     server = grpc.aio.server(
         options=[
@@ -80,7 +82,11 @@ async def start_server(
                 addresses.append(address)
                 continue
             try:
-                port = server.add_insecure_port(address)
+                if tls is None:
+                    port = server.add_insecure_port(address)
+                else:
+                    credentials = grpc.ssl_server_credentials([(tls[1], tls[0])])
+                    port = server.add_secure_port(address, credentials)
             except RuntimeError as err:
                 raise OSError(f"cannot listen on {address}: {err}") from None
             addresses.append(f"{address.rsplit(':', 1)[0]}:{port}")

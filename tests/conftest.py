@@ -34,6 +34,7 @@ class ServerThread:
         listen: Sequence[str] = ("127.0.0.1:0",),
         tokens: TokenBook | None = None,
         memory_quota: int | None = None,
+        tls: tuple[bytes, bytes] | None = None,
     ) -> None:
         self.backend = SimBackend(poll_step_ns=poll_step_ns)
         self.dispatcher = Dispatcher(policy or FifoPolicy(), profiles)
@@ -41,7 +42,7 @@ class ServerThread:
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
         self.running: RunningServer = self.run(
-            start_server(self.backend, self.dispatcher, list(listen), tokens, memory_quota)
+            start_server(self.backend, self.dispatcher, list(listen), tokens, memory_quota, tls)
         )
 
     @property

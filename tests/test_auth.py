@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,6 +95,58 @@ def test_a_server_wide_quota_applies_without_tokens(tmp_path: Path) -> None:
         ctx = conn.request("cuDevicePrimaryCtxRetain", 0)[1]
         assert conn.request("cuMemAlloc", ctx, 8192)[0] == 0
         assert conn.request("cuMemAlloc", ctx, 1) == [CUresult.CUDA_ERROR_OUT_OF_MEMORY]
+        conn.close()
+    finally:
+        server.stop()
+
+
+def self_signed() -> tuple[bytes, bytes]:
+    """A certificate for 127.0.0.1 and its key, PEM; the certificate is its own CA."""
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "fikit test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def test_tls_with_a_token_works_and_plaintext_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = self_signed()
+    (tmp_path / "ca.pem").write_bytes(cert)
+    (tmp_path / "tokens").write_text(TOKENS)
+    server = ServerThread(tokens=TokenBook.load(tmp_path / "tokens"), tls=(cert, key))
+    try:
+        monkeypatch.setenv("FIKIT_TOKEN", INFERENCE)
+        monkeypatch.delenv("FIKIT_TLS_CA", raising=False)
+        with pytest.raises(ConnectionLost):
+            connect(server.address, priority=0, client_name="plain", timeout=2)
+        monkeypatch.setenv("FIKIT_TLS_CA", str(tmp_path / "ca.pem"))
+        conn = connect(server.address, priority=9, client_name="secure")
+        assert conn.request("cuDeviceGetCount") == [0, 1]
         conn.close()
     finally:
         server.stop()
