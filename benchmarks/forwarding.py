@@ -27,9 +27,9 @@ def targets(native: Results, tcp: Results, unix: Results, floors: Results) -> li
     same_host_sync = unix["launch_sync_us"] / unix_floor
     tcp_sync = tcp["launch_sync_us"] / floors["grpc_ping_pong_us"]
     same_host_copy = min(unix[k] / native[k] for k in ("htod_64MiB_GBps", "dtoh_64MiB_GBps"))
-    tcp_copy = min(tcp[k] for k in ("htod_64MiB_GBps", "dtoh_64MiB_GBps")) / floors[
-        "grpc_stream_GBps"
-    ]
+    tcp_copy = (
+        min(tcp[k] for k in ("htod_64MiB_GBps", "dtoh_64MiB_GBps")) / floors["grpc_stream_GBps"]
+    )
     request = unix["request_us"] / native["request_us"]
     return [
         line("async launch rate through the server / native (>= 0.5)", rate, rate >= 0.5),

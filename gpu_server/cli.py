@@ -17,6 +17,7 @@ import uvloop
 
 from gpu_server.auth import TokenBook, parse_bytes
 from gpu_server.backends import BackendUnavailable, open_backend
+from gpu_server.hub import DEFAULT_MAX_SESSIONS, Admission
 from gpu_server.server import start_server
 from scheduler.dispatcher import Dispatcher
 from scheduler.policy import POLICIES, FifoPolicy, FikitPolicy, Policy, PriorityPolicy
@@ -113,6 +114,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(bytes, or with K, M, G, T; default: no limit)",
     )
     parser.add_argument(
+        "--max-sessions",
+        type=int,
+        default=DEFAULT_MAX_SESSIONS,
+        help=f"sessions open at once; more are refused (default {DEFAULT_MAX_SESSIONS})",
+    )
+    parser.add_argument(
         "--tls-cert", type=Path, help="PEM certificate chain: serve gRPC over TLS only"
     )
     parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
@@ -168,8 +175,7 @@ async def serve(args: argparse.Namespace) -> None:
             backend,
             dispatcher,
             args.listen or [DEFAULT_LISTEN],
-            args.tokens,
-            args.memory_quota,
+            Admission(args.tokens, args.memory_quota, args.max_sessions),
             tls,
         )
         device = backend.device_name(0) if backend.device_count() else "no device"

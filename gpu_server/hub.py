@@ -23,6 +23,7 @@ from scheduler.policy import HIGHEST_PRIORITY, LOWEST_PRIORITY
 log = logging.getLogger(__name__)
 
 SERVER_VERSION = "0.1.0"
+DEFAULT_MAX_SESSIONS = 256
 
 
 @dataclass(frozen=True)
@@ -37,30 +38,38 @@ class Hello:
 
 
 class HelloRefused(Exception):
-    """A Hello the server cannot accept. ``kind`` is "version", "unauthenticated" or
-    "invalid", for the transport's status code."""
+    """A Hello the server cannot accept. ``kind`` is "version", "unauthenticated", "full"
+    or "invalid", for the transport's status code."""
 
     def __init__(self, message: str, kind: str = "invalid") -> None:
         super().__init__(message)
         self.kind = kind
 
 
+@dataclass(frozen=True)
+class Admission:
+    """Who may open sessions and what each may use."""
+
+    #: The tokens accepted; None: anyone may connect.
+    tokens: TokenBook | None = None
+    #: Device memory a session may allocate when its tenant sets none; None: no limit.
+    memory_quota: int | None = None
+    #: Sessions open at once; more are refused until one ends.
+    max_sessions: int = DEFAULT_MAX_SESSIONS
+
+
 class SessionHub:
     """Creates sessions for all transports and knows which are live."""
 
     def __init__(
-        self,
-        backend: Backend,
-        dispatcher: Dispatcher,
-        tokens: TokenBook | None = None,
-        memory_quota: int | None = None,
+        self, backend: Backend, dispatcher: Dispatcher, admission: Admission | None = None
     ) -> None:
-        """``tokens``: who may connect (None: anyone); ``memory_quota``: device memory a
-        session may allocate when its tenant sets none (None: no limit)."""
         self.backend = backend
         self.dispatcher = dispatcher
-        self.tokens = tokens
-        self.memory_quota = memory_quota
+        admission = admission or Admission()
+        self.tokens = admission.tokens
+        self.memory_quota = admission.memory_quota
+        self.max_sessions = admission.max_sessions
         self.ownership = DeviceOwnership()
         self._session_ids = itertools.count(1)
         self._handle_ids = handle_counter()
@@ -88,6 +97,9 @@ class SessionHub:
                 raise HelloRefused(
                     "unauthenticated: this server needs a valid token", "unauthenticated"
                 )
+        if len(self.active_sessions) >= self.max_sessions:
+            log.warning("refused client %s: %d sessions open", peer, self.max_sessions)
+            raise HelloRefused(f"the server is full ({self.max_sessions} sessions)", "full")
         if not LOWEST_PRIORITY <= hello.priority <= HIGHEST_PRIORITY:
             raise HelloRefused(
                 f"priority {hello.priority} is outside {LOWEST_PRIORITY}..{HIGHEST_PRIORITY}"

@@ -16,9 +16,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fikit_wire import calls as wire
 from fikit_wire import session_pb2_grpc
-from gpu_server.auth import TokenBook
 from gpu_server.backends.base import Backend
-from gpu_server.hub import SessionHub
+from gpu_server.hub import Admission, SessionHub
 from gpu_server.service import GpuSessionService
 from gpu_server.socket_transport import SocketListener
 from scheduler.dispatcher import Dispatcher
@@ -55,15 +54,14 @@ async def start_server(
     backend: Backend,
     dispatcher: Dispatcher,
     listen: str | Sequence[str],
-    tokens: TokenBook | None = None,
-    memory_quota: int | None = None,
+    admission: Admission | None = None,
     tls: tuple[bytes, bytes] | None = None,
 ) -> RunningServer:
     """Serve ``backend`` on each ``listen`` address (host:port for gRPC, port 0 picking a
     free one; unix:PATH for the same-host socket), every launch going through ``dispatcher``;
-    ``tokens`` and ``memory_quota`` as in ``SessionHub``; ``tls``: (certificate chain,
-    private key) in PEM, to serve gRPC over TLS only."""
-    hub = SessionHub(backend, dispatcher, tokens, memory_quota)
+    ``admission`` says who may open sessions; ``tls``: (certificate chain, private key) in
+    PEM, to serve gRPC over TLS only."""
+    hub = SessionHub(backend, dispatcher, admission)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", wire.MAX_MESSAGE_BYTES),

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 _STATUS = {
     "version": grpc.StatusCode.FAILED_PRECONDITION,
     "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
+    "full": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "invalid": grpc.StatusCode.INVALID_ARGUMENT,
 }
 

@@ -15,8 +15,8 @@ from types import ModuleType
 
 import pytest
 
-from gpu_server.auth import TokenBook
 from gpu_server.backends.sim import SimBackend
+from gpu_server.hub import Admission
 from gpu_server.server import RunningServer, start_server
 from scheduler.dispatcher import Dispatcher
 from scheduler.policy import FifoPolicy, Policy
@@ -32,8 +32,7 @@ class ServerThread:
         profiles: ProfileStore | None = None,
         poll_step_ns: int = 1_000,
         listen: Sequence[str] = ("127.0.0.1:0",),
-        tokens: TokenBook | None = None,
-        memory_quota: int | None = None,
+        admission: Admission | None = None,
         tls: tuple[bytes, bytes] | None = None,
     ) -> None:
         self.backend = SimBackend(poll_step_ns=poll_step_ns)
@@ -42,7 +41,7 @@ class ServerThread:
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
         self.running: RunningServer = self.run(
-            start_server(self.backend, self.dispatcher, list(listen), tokens, memory_quota, tls)
+            start_server(self.backend, self.dispatcher, list(listen), admission, tls)
         )
 
     @property

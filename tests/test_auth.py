@@ -13,7 +13,9 @@ from cuda.bindings.driver import CUresult
 
 from client_stub.connection import ConnectionLost, connect
 from gpu_server.auth import Tenant, TokenBook, parse_bytes
+from gpu_server.hub import Admission
 from tests.conftest import ServerThread
+from tests.test_sessions import wait_until
 
 INFERENCE = "3f9c0a8e5b7d4c21a6e0f19b2d8c7a54"
 BATCH = "b71e2d9a0c4f4b3e8a5d6c7f1e2a3b4c"
@@ -51,7 +53,8 @@ def guarded(request, tmp_path: Path) -> Iterator[str]:
     path = tmp_path / "tokens"
     path.write_text(TOKENS)
     server = ServerThread(
-        listen=("127.0.0.1:0", f"unix:{tmp_path}/gpu.sock"), tokens=TokenBook.load(path)
+        listen=("127.0.0.1:0", f"unix:{tmp_path}/gpu.sock"),
+        admission=Admission(tokens=TokenBook.load(path)),
     )
     yield server.running.addresses[request.param]
     server.stop()
@@ -89,7 +92,7 @@ def test_a_tenant_gets_its_ceiling_and_its_quota(
 
 
 def test_a_server_wide_quota_applies_without_tokens(tmp_path: Path) -> None:
-    server = ServerThread(memory_quota=8192)
+    server = ServerThread(admission=Admission(memory_quota=8192))
     try:
         conn = connect(server.address, priority=0, client_name="app")
         ctx = conn.request("cuDevicePrimaryCtxRetain", 0)[1]
@@ -138,7 +141,8 @@ def test_tls_with_a_token_works_and_plaintext_is_refused(
     cert, key = self_signed()
     (tmp_path / "ca.pem").write_bytes(cert)
     (tmp_path / "tokens").write_text(TOKENS)
-    server = ServerThread(tokens=TokenBook.load(tmp_path / "tokens"), tls=(cert, key))
+    tokens = TokenBook.load(tmp_path / "tokens")
+    server = ServerThread(admission=Admission(tokens=tokens), tls=(cert, key))
     try:
         monkeypatch.setenv("FIKIT_TOKEN", INFERENCE)
         monkeypatch.delenv("FIKIT_TLS_CA", raising=False)
@@ -148,5 +152,25 @@ def test_tls_with_a_token_works_and_plaintext_is_refused(
         conn = connect(server.address, priority=9, client_name="secure")
         assert conn.request("cuDeviceGetCount") == [0, 1]
         conn.close()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("transport", [0, 1], ids=["grpc", "unix"])
+def test_sessions_past_the_limit_are_refused_until_one_ends(tmp_path: Path, transport: int) -> None:
+    server = ServerThread(
+        listen=("127.0.0.1:0", f"unix:{tmp_path}/gpu.sock"), admission=Admission(max_sessions=2)
+    )
+    address = server.running.addresses[transport]
+    try:
+        first, second = (connect(address, priority=0, client_name=str(i)) for i in range(2))
+        with pytest.raises(ConnectionLost, match=r"full \(2 sessions\)"):
+            connect(address, priority=0, client_name="third")
+        first.close()
+        assert wait_until(lambda: len(server.active_sessions()) == 1)
+        third = connect(address, priority=0, client_name="third")
+        assert third.request("cuDeviceGetCount") == [0, 1]
+        for conn in (second, third):
+            conn.close()
     finally:
         server.stop()
