@@ -19,6 +19,10 @@ from gpu_server.session import Session
 
 #: Batches a session may have queued before the server stops reading its stream.
 MAX_QUEUED_BATCHES = 64
+#: Bytes of received call frames a session may have queued (one frame always fits).
+MAX_SESSION_QUEUED_BYTES = 64 << 20
+#: Bytes of received call frames all sessions together may have queued.
+MAX_QUEUED_BYTES = 1 << 30
 #: Put on ``SessionRunner.frames`` once every batch submitted before ``finish`` has run;
 #: an Exception put there instead means the session cannot go on.
 FINISHED = None
@@ -28,11 +32,41 @@ def _payload_bytes(reply: list[Any]) -> int:
     return sum(len(v) for v in reply if isinstance(v, (bytes, bytearray, memoryview)))
 
 
+class ReceiveBudget:
+    """Bytes of call frames received and not yet executed, server-wide (event loop only).
+
+    When a session would pass its own share or the total, the server stops reading its
+    stream, and gRPC's flow control then holds the client back: memory stays bounded
+    whatever clients send.
+    """
+
+    def __init__(self, limit: int = MAX_QUEUED_BYTES) -> None:
+        self.limit = limit
+        self.in_use = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    async def changed(self) -> None:
+        """Wait until some queued bytes are released."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        await waiter
+
+    def release(self, nbytes: int) -> None:
+        """A batch of ``nbytes`` has run."""
+        self.in_use -= nbytes
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
 class SessionRunner:
     """Executes one session's call batches in arrival order on its own thread."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, budget: ReceiveBudget) -> None:
         self.session = session
+        self.budget = budget
+        self._queued_bytes = 0
         self.frames: asyncio.Queue[session_pb2.ServerFrame | Exception | None] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
         self._slots = asyncio.Semaphore(MAX_QUEUED_BATCHES)
@@ -41,7 +75,7 @@ class SessionRunner:
     def _emit(self, item: session_pb2.ServerFrame | Exception) -> None:
         self._loop.call_soon_threadsafe(self.frames.put_nowait, item)
 
-    def _run_batch(self, calls: list[Any]) -> None:
+    def _run_batch(self, calls: list[Any], nbytes: int) -> None:
         """Execute a batch; its replies leave in frames of about FRAME_SOFT_LIMIT_BYTES. A
         failure here is a server bug: it is put on ``frames`` to end the session loudly."""
         replies: list[list[Any]] = []
@@ -61,12 +95,27 @@ class SessionRunner:
         except Exception as err:
             self._emit(err)
         finally:
-            self._loop.call_soon_threadsafe(self._slots.release)
+            self._loop.call_soon_threadsafe(self._ran, nbytes)
 
-    async def submit(self, calls: list[Any]) -> None:
-        """Queue a batch, waiting while MAX_QUEUED_BATCHES are queued already."""
+    def _ran(self, nbytes: int) -> None:
+        self._slots.release()
+        self._queued_bytes -= nbytes
+        self.budget.release(nbytes)
+
+    async def submit(self, calls: list[Any], nbytes: int) -> None:
+        """Queue a batch that came in ``nbytes``, waiting while the session already has
+        MAX_QUEUED_BATCHES or MAX_SESSION_QUEUED_BYTES queued, or all sessions together
+        the budget's limit (a session with nothing queued may always queue one)."""
+        budget = self.budget
+        while self._queued_bytes and (
+            self._queued_bytes + nbytes > MAX_SESSION_QUEUED_BYTES
+            or budget.in_use + nbytes > budget.limit
+        ):
+            await budget.changed()
+        self._queued_bytes += nbytes
+        budget.in_use += nbytes
         await self._slots.acquire()
-        self._thread.submit(self._run_batch, calls)
+        self._thread.submit(self._run_batch, calls, nbytes)
 
     def finish(self) -> None:
         """Put FINISHED on ``frames`` after every batch submitted so far."""

@@ -10,7 +10,7 @@ import grpc
 
 from fikit_wire import calls as wire
 from fikit_wire import session_pb2, session_pb2_grpc
-from gpu_server.executor import FINISHED, SessionRunner
+from gpu_server.executor import FINISHED, ReceiveBudget, SessionRunner
 from gpu_server.hub import Hello, HelloRefused, SessionHub
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
 
     def __init__(self, hub: SessionHub) -> None:
         self.hub = hub
+        self.budget = ReceiveBudget()
         self._closing: set[asyncio.Future[None]] = set()
 
     async def Open(
@@ -42,7 +43,7 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
             session = self.hub.open(hello, context.peer())
         except HelloRefused as refused:
             await context.abort(_STATUS[refused.kind], str(refused))
-        runner = SessionRunner(session)
+        runner = SessionRunner(session, self.budget)
         reader = asyncio.create_task(self._read_batches(request_iterator, runner))
         try:
             yield session_pb2.ServerFrame(welcome=session_pb2.Welcome(**self.hub.welcome(session)))
@@ -88,6 +89,6 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
             async for frame in request_iterator:
                 if frame.WhichOneof("body") != "calls":
                     raise ValueError("expected a frame of calls")
-                await runner.submit(wire.unpack(frame.calls))
+                await runner.submit(wire.unpack(frame.calls), len(frame.calls))
         finally:
             runner.finish()
