@@ -21,9 +21,11 @@ from cuda.bindings.driver import CUresult
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client_stub import driver as impl
+from client_stub.connection import ConnectionLost, connect
 from fikit_wire import calls as wire
 from fikit_wire import session_pb2, session_pb2_grpc
 from fikit_wire.frames import FrameSocket
+from tests.conftest import ServerThread
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,8 +109,10 @@ def test_killed_client_has_everything_freed(sim_server, transport: int) -> None:
     assert memory_in_use(sim_server) >= in_use + 4 * (1 << 20)
     client.send_signal(signal.SIGKILL)
     client.wait(10)
+    killed = time.monotonic()
+    assert wait_until(lambda: memory_in_use(sim_server) == in_use, timeout=5)
+    assert time.monotonic() - killed < 1.0, "device memory must be back within a second"
     assert wait_until(lambda: not sim_server.active_sessions(), timeout=5)
-    assert memory_in_use(sim_server) == in_use
 
 
 def test_fikit_run_activates_the_stub(sim_server, tmp_path: Path) -> None:
@@ -247,3 +251,18 @@ def test_the_socket_transport_answers_in_order_and_ends_a_session_on_a_bad_frame
     assert rest == []  # the malformed frame ended that session, and nothing after it ran
     assert remote.cuDeviceGetCount() == (CUresult.CUDA_SUCCESS, 1)
     assert wait_until(lambda: len(sim_server.active_sessions()) <= 1)
+
+
+@pytest.mark.parametrize("transport", [0, 1], ids=["grpc", "unix"])
+def test_a_server_going_away_fails_the_next_call_with_device_unavailable(
+    tmp_path: Path, transport: int
+) -> None:
+    server = ServerThread(listen=("127.0.0.1:0", f"unix:{tmp_path}/gpu.sock"))
+    conn = connect(server.running.addresses[transport], priority=0, client_name="app")
+    assert conn.request("cuDeviceGetCount") == [0, 1]
+    server.stop()
+    started = time.monotonic()
+    with pytest.raises(ConnectionLost):
+        conn.request("cuDeviceGetCount")
+    assert time.monotonic() - started < 5
+    conn.close()
