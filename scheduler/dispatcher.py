@@ -191,10 +191,8 @@ class Dispatcher:
         Errors of ``issue`` (a ``CudaError``) propagate to the caller either way.
         """
         profiles = self.profiles
-        timed = self.trace is not None or (
-            profiles is not None and profiles.should_measure(kernel_id)
-        )
-        predicted = None if profiles is None else profiles.predicted_duration_us(kernel_id)
+        timed, predicted = (False, None) if profiles is None else profiles.launch_plan(kernel_id)
+        timed = timed or self.trace is not None
         with self._lock:
             if self._closed:
                 raise DispatcherClosed("the server is shutting down")

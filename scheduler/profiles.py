@@ -221,6 +221,8 @@ class ProfileStore:
         self._profiles: dict[str, KernelProfile] = {}
         self._dirty: set[str] = set()
         self._shared_launches: dict[str, int] = {}
+        #: Predicted durations computed since their kernel's last sample.
+        self._predictions: dict[str, float | None] = {}
         #: Guards the connection; flush writes under it alone, so recording never waits on disk.
         self._db_lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -264,6 +266,7 @@ class ProfileStore:
         with self._lock:
             profile = self._profile(kernel_id, name)
             profile.duration.add(us)
+            self._predictions.pop(kernel_id, None)
             if name:
                 profile.name = name
             self._dirty.add(kernel_id)
@@ -292,10 +295,22 @@ class ProfileStore:
     def predicted_duration_us(self, kernel_id: str) -> float | None:
         """Median duration over the recent window; None with fewer than ``min_samples``."""
         with self._lock:
-            profile = self._profiles.get(kernel_id)
-            if profile is None or profile.duration.count < self.min_samples:
-                return None
-            return profile.duration.p50
+            return self._predicted(kernel_id)
+
+    def launch_plan(self, kernel_id: str) -> tuple[bool, float | None]:
+        """For one launch: ``(should_measure, predicted_duration_us)`` under one lock."""
+        with self._lock:
+            return self._should_measure(kernel_id), self._predicted(kernel_id)
+
+    def _predicted(self, kernel_id: str) -> float | None:
+        if kernel_id in self._predictions:
+            return self._predictions[kernel_id]
+        profile = self._profiles.get(kernel_id)
+        predicted = None
+        if profile is not None and profile.duration.count >= self.min_samples:
+            predicted = profile.duration.p50
+        self._predictions[kernel_id] = predicted
+        return predicted
 
     def needs_measurement(self, kernel_id: str) -> bool:
         """Whether ``kernel_id`` is still in the measurement stage (< ``measure_count`` samples)."""
@@ -313,11 +328,14 @@ class ProfileStore:
         ``sample_every``-th launch (counted per kernel ID in this process).
         """
         with self._lock:
-            if self._in_measurement_stage(kernel_id):
-                return True
-            launches = self._shared_launches.get(kernel_id, 0) + 1
-            self._shared_launches[kernel_id] = launches % self.sample_every
-            return launches == self.sample_every
+            return self._should_measure(kernel_id)
+
+    def _should_measure(self, kernel_id: str) -> bool:
+        if self._in_measurement_stage(kernel_id):
+            return True
+        launches = self._shared_launches.get(kernel_id, 0) + 1
+        self._shared_launches[kernel_id] = launches % self.sample_every
+        return launches == self.sample_every
 
     def flush(self) -> int:
         """Write the profiles changed since the last flush in one transaction; returns how many."""

@@ -15,6 +15,7 @@ arrive from different threads at once.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +38,7 @@ class ParamLayout:
     offsets: tuple[int, ...]
     sizes: tuple[int, ...]
 
-    @property
+    @functools.cached_property
     def total_size(self) -> int:
         """Bytes spanned by all parameters."""
         return max((o + s for o, s in zip(self.offsets, self.sizes)), default=0)

@@ -1,0 +1,70 @@
+"""The server's own cost per kernel launch, without transport or GPU: the launch hot path.
+
+Usage: python benchmarks/server_launch_path.py
+Drives Session.execute directly over the CPU test double with posted cuLaunchKernel calls
+(a 5-argument kernel with three pointers) and prints microseconds per launch for each
+policy, with profile sampling and with every launch timed. Run it before and after
+touching the launch path; it needs no GPU.
+"""
+
+import io
+import itertools
+import tempfile
+import time
+
+from gpu_server.backends.sim import SimBackend
+from gpu_server.session import Session
+from scheduler.dispatcher import Dispatcher
+from scheduler.policy import POLICIES
+from scheduler.profiles import ProfileStore
+
+LAUNCHES = 20_000
+PTX = b"""
+.version 8.0
+.target sm_90
+.address_size 64
+.visible .entry saxpy(.param .f32 a, .param .u64 x, .param .u64 y, .param .u64 out,
+                      .param .u32 n)
+{
+    ret;
+}
+"""
+
+
+def per_launch_us(policy: str, timed_all: bool, profile_path: str) -> float:
+    """Microseconds per posted launch through one session."""
+    backend = SimBackend()
+    with ProfileStore(profile_path) as profiles:
+        trace = io.StringIO() if timed_all else None
+        dispatcher = Dispatcher(POLICIES[policy](), profiles, trace=trace)
+        session = Session(1, backend, dispatcher, itertools.count(0x1000, 0x10), 5)
+        ctx = session.execute(["cuDevicePrimaryCtxRetain", True, 0])[1]
+        module = session.execute(["cuModuleLoadData", True, ctx, PTX, {}])[1]
+        function = session.execute(["cuModuleGetFunction", True, module, "saxpy"])[1]
+        x = session.execute(["cuMemAlloc", True, ctx, 4096])[1]
+        params = bytes(8) + x.to_bytes(8, "little") * 3 + bytes(4)
+        call = ["cuLaunchKernel", False, ctx, function, [4, 1, 1], [256, 1, 1], 0, 0, params]
+        for _ in range(500):
+            session.execute(call)
+        start = time.perf_counter()
+        for _ in range(LAUNCHES):
+            session.execute(call)
+        elapsed = time.perf_counter() - start
+        assert session.execute(["cuCtxSynchronize", True, ctx]) == [0]
+        session.close()
+        dispatcher.close()
+    return elapsed / LAUNCHES * 1e6
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        print("| policy | sampled µs/launch | every launch timed µs/launch |")
+        print("|---|---:|---:|")
+        for i, policy in enumerate(sorted(POLICIES)):
+            sampled = per_launch_us(policy, False, f"{tmp}/{i}a.sqlite3")
+            timed = per_launch_us(policy, True, f"{tmp}/{i}b.sqlite3")
+            print(f"| {policy} | {sampled:.2f} | {timed:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
