@@ -36,11 +36,9 @@ class DeviceOwnership:
 
     def owner(self, address: int) -> int | None:
         """The session owning ``address``, or None."""
-        bases = self._bases
-        i = bisect.bisect_right(bases, address) - 1
-        if i < 0:
-            return None
-        entry = self._ranges.get(bases[i])
-        if entry is None or address >= entry[0]:
-            return None
-        return entry[1]
+        with self._lock:  # another session's alloc or free shifts the list under a search
+            i = bisect.bisect_right(self._bases, address) - 1
+            if i < 0:
+                return None
+            end, session = self._ranges[self._bases[i]]
+        return session if address < end else None

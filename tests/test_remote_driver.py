@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import threading
 from types import ModuleType
 
 import numpy as np
@@ -12,6 +13,7 @@ from cuda.bindings.driver import CUresult
 from client_stub import driver as impl
 from client_stub.connection import connect
 from fikit_wire.calls import CLIENT_HANDLE_BIT
+from gpu_server.ownership import DeviceOwnership
 from tests.ptx_samples import SAXPY_PTX
 
 OK = CUresult.CUDA_SUCCESS
@@ -465,3 +467,26 @@ def test_a_kernel_argument_into_another_sessions_memory_is_refused(
         other.close()
     ok(remote.cuLaunchKernel(saxpy, 1, 1, 1, 64, 1, 1, 0, 0, args, 0))  # freed: no owner now
     assert remote.cuCtxSynchronize() == (OK,)
+
+
+def test_ownership_lookups_stay_right_while_other_sessions_allocate_and_free() -> None:
+    ownership = DeviceOwnership()
+    ownership.add(10_000, 100, session=1)
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            for base in range(0, 20_000, 200):
+                if base != 10_000:
+                    ownership.add(base, 50, session=2)
+            for base in range(0, 20_000, 200):
+                if base != 10_000:
+                    ownership.remove(base)
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        assert all(ownership.owner(10_050) == 1 for _ in range(20_000))
+    finally:
+        stop.set()
+        worker.join()
