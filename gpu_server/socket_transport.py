@@ -15,6 +15,7 @@ import os
 import socket
 import stat
 import threading
+import time
 from typing import Any
 
 import msgpack
@@ -52,8 +53,9 @@ class SocketListener:
             os.unlink(self.path)
         with self._lock:
             connections = dict(self._connections)
+        deadline = time.monotonic() + grace
         for thread in connections.values():
-            thread.join(grace)
+            thread.join(max(0.0, deadline - time.monotonic()))
         for conn, thread in connections.items():
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
