@@ -479,23 +479,24 @@ def _copy_to_host(dst: Any, src: Any, size: int, stream: int | None) -> None:
             ["cuMemcpyDtoH", True, ctx, base, o, min(COPY_CHUNK_BYTES, size - o), size, stream]
             for o in offsets
         ]
-        replies = [(status, values) for status, *values in connection.request_many(calls)]
-        for offset, (status, values) in zip(offsets, replies):
+        for offset, (status, *values) in zip(offsets, connection.request_many(calls)):
             if status:
                 raise DriverFailure(status)
             write_host(dst, offset, values[0])
         return
+    # Chunks of a quarter of the ring, two per round trip: half the ring in flight.
     step = staging.size // 4
-    for offset in range(0, size, 2 * step):
+    for first in range(0, size, 2 * step):
+        offsets = range(first, min(size, first + 2 * step), step)
+        chunks = [(o, min(step, size - o)) for o in offsets]
         group = [
             (["cuMemcpyDtoHStaged", True, ctx, base, o, n, size, stream, STAGED], n)
-            for o in range(offset, min(size, offset + 2 * step), step)
-            if (n := min(step, size - o))
+            for o, n in chunks
         ]
-        for (call, _), ((status, *_), view) in zip(group, connection.request_staged(group)):
+        for offset, ((status, *_), view) in zip(offsets, connection.request_staged(group)):
             if status:
                 raise DriverFailure(status)
-            write_host(dst, call[4], view)
+            write_host(dst, offset, view)
 
 
 @_driver_function(0)

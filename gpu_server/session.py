@@ -30,7 +30,7 @@ import itertools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from cuda.bindings.driver import CUdevice_attribute, CUevent_flags, CUresult, CUstream_flags
 
@@ -69,6 +69,7 @@ REMOTE_UNSUPPORTED_ATTRIBUTES = frozenset(
     )
 )
 
+_T = TypeVar("_T")
 Handler = Callable[..., tuple[Any, ...]]
 #: name -> (handler, synchronizing); synchronizing calls report deferred errors.
 HANDLERS: dict[str, tuple[Handler, bool]] = {}
@@ -296,9 +297,7 @@ class Session:
                 obj = self.backend.stream_create(entry.backend_ctx, _NON_BLOCKING, priority)
                 stream = self.null_streams[ctx] = StreamEntry(obj, ctx, True, 0)
             return stream, entry
-        stream = self.streams.get(handle)
-        if stream is None:
-            raise invalid_handle(f"stream {handle:#x}")
+        stream = self._owned(self.streams, handle, "stream")
         return stream, self.context(stream.ctx)
 
     def _order(self, stream: StreamEntry, entry: ContextEntry) -> Any:
@@ -371,7 +370,7 @@ class Session:
             self._quietly(self.backend.event_destroy, ctx, stream.marker)
         self._quietly(self.backend.stream_destroy, ctx, stream.obj)
 
-    def _owned(self, table: dict[int, Owned], handle: int, what: str) -> Owned:
+    def _owned(self, table: dict[int, _T], handle: int, what: str) -> _T:
         owned = table.get(handle)
         if owned is None:
             raise invalid_handle(f"{what} {handle:#x}")
@@ -640,9 +639,9 @@ class Session:
     def cu_memcpy_dtoh(
         self, ctx: int, src: int, offset: int, size: int, whole: int, stream: int | None
     ) -> tuple[bytes]:
-        self._copy_range(src, offset, size, whole)
+        source = self._copy_range(src, offset, size, whole)
         out = bytearray(size)
-        self._copy_out(ctx, src, offset, memoryview(out), whole, stream)
+        self._copy_out(ctx, source, memoryview(out), stream)
         return (out,)
 
     @handler("cuMemcpyHtoDStaged", synchronizing=True)
@@ -669,7 +668,8 @@ class Session:
         stream: int | None,
         staged_at: int,
     ) -> tuple[()]:
-        self._copy_out(ctx, src, offset, self._staged(staged_at, size), whole, stream)
+        source = self._copy_range(src, offset, size, whole)
+        self._copy_out(ctx, source, self._staged(staged_at, size), stream)
         return ()
 
     def _staged(self, at: int, size: int) -> memoryview:
@@ -680,10 +680,8 @@ class Session:
             raise invalid_value(f"staging range [{at}, +{size}) outside the staging area")
         return self.staging[at : at + size]
 
-    def _copy_out(
-        self, ctx: int, src: int, offset: int, out: memoryview, whole: int, stream: int | None
-    ) -> None:
-        source = self._copy_range(src, offset, len(out), whole)
+    def _copy_out(self, ctx: int, source: int, out: memoryview, stream: int | None) -> None:
+        """Copy device bytes at ``source`` (a checked range) into ``out``, in stream order."""
         entry, backend_stream = self._work_stream(stream, ctx)
         self.backend.memcpy_dtoh(entry.backend_ctx, source, out, backend_stream)
 
@@ -857,11 +855,10 @@ class Session:
     def _check_pointers(self, layout: ParamLayout, params: bytes) -> None:
         """Refuse a pointer-sized argument into another session's memory."""
         owner = self.ownership.owner
-        for offset, size in zip(layout.offsets, layout.sizes):
-            if size == 8:
-                found = owner(int.from_bytes(params[offset : offset + 8], "little"))
-                if found is not None and found != self.id:
-                    raise invalid_value(f"argument at {offset} points into another session")
+        for offset in layout.pointer_offsets:
+            found = owner(int.from_bytes(params[offset : offset + 8], "little"))
+            if found is not None and found != self.id:
+                raise invalid_value(f"argument at {offset} points into another session")
 
     # -- streams and events --------------------------------------------------------------
     @handler("cuStreamCreate")
@@ -883,9 +880,7 @@ class Session:
 
     @handler("cuStreamDestroy")
     def cu_stream_destroy(self, handle: int) -> tuple[()]:
-        stream = self.streams.get(handle)
-        if stream is None:
-            raise invalid_handle(f"stream {handle:#x}")
+        stream = self._owned(self.streams, handle, "stream")
         self._drop_stream(stream, self.context(stream.ctx))
         del self.streams[handle]
         return ()
@@ -914,10 +909,7 @@ class Session:
     def cu_stream_get_priority(self, ctx: int, handle: int) -> tuple[int]:
         if handle in SPECIAL_STREAMS:
             return (self.backend.stream_priority(self.context(ctx).backend_ctx, handle),)
-        stream = self.streams.get(handle)
-        if stream is None:
-            raise invalid_handle(f"stream {handle:#x}")
-        return (stream.priority,)
+        return (self._owned(self.streams, handle, "stream").priority,)
 
     @handler("cuEventCreate")
     def cu_event_create(self, ctx: int, flags: int, chosen: int | None = None) -> tuple[int]:

@@ -43,6 +43,11 @@ class ParamLayout:
         """Bytes spanned by all parameters."""
         return max((o + s for o, s in zip(self.offsets, self.sizes)), default=0)
 
+    @functools.cached_property
+    def pointer_offsets(self) -> tuple[int, ...]:
+        """Offsets of the pointer-sized (8-byte) parameters."""
+        return tuple(o for o, s in zip(self.offsets, self.sizes) if s == 8)
+
 
 @dataclass(frozen=True)
 class LaunchConfig:

@@ -574,17 +574,20 @@ class CudaBackend(Backend):
             kernel_params = None
         pool = self._pools.get(int(ctx)) or self._pool(ctx)
         probe = _CudaProbe(self, ctx, int(stream), pool, timed)
-        if timed:
-            _check(driver.cuEventRecord(probe._start, stream))
         gx, gy, gz = config.grid
         bx, by, bz = config.block
-        (err,) = driver.cuLaunchKernel(
-            function, gx, gy, gz, bx, by, bz, config.shared_mem_bytes, stream, kernel_params, 0
-        )
-        if err:
-            probe.release()
-            raise CudaError(err)
-        _check(driver.cuEventRecord(probe._end, stream))
+        try:
+            if timed:
+                _check(driver.cuEventRecord(probe._start, stream))
+            (err,) = driver.cuLaunchKernel(
+                function, gx, gy, gz, bx, by, bz, config.shared_mem_bytes, stream, kernel_params, 0
+            )
+            if err:
+                raise CudaError(err)
+            _check(driver.cuEventRecord(probe._end, stream))
+        except CudaError:
+            probe.release()  # its events go back to the pool
+            raise
         return probe
 
     def _pool(self, ctx: Context) -> _EventPool:
