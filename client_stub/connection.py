@@ -363,11 +363,11 @@ class SocketConnection(Connection):
     def _receive(self) -> list[list[Any]]:
         try:
             payloads = self._frames.receive()
+            if not payloads:
+                raise self._lose("the server closed the session")
+            return [reply for payload in payloads for reply in wire.unpack(payload)]
         except (OSError, ValueError) as err:
             raise self._lose(str(err)) from None
-        if not payloads:
-            raise self._lose("the server closed the session")
-        return [reply for payload in payloads for reply in wire.unpack(payload)]
 
     def _shut(self) -> None:
         self._frames.sock.close()

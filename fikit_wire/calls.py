@@ -49,12 +49,24 @@ def pack(items: list[Any]) -> bytes:
     return msgpack.packb(items, use_bin_type=True)
 
 
+class SessionEnded(ValueError):
+    """The server ended the session; the message says why."""
+
+
+def pack_end(reason: str) -> bytes:
+    """The frame by which a server ends a session on a socket, saying why."""
+    return msgpack.packb({"error": reason}, use_bin_type=True)
+
+
 def unpack(data: bytes) -> list[Any]:
-    """Decode a batch of calls or replies; raises ValueError on malformed input."""
+    """Decode a batch of calls or replies; raises ValueError on malformed input, and
+    SessionEnded for a ``pack_end`` frame."""
     try:
         items = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types
         raise ValueError(f"malformed frame: {exc}") from exc
+    if isinstance(items, dict) and isinstance(items.get("error"), str):
+        raise SessionEnded(items["error"])
     if not isinstance(items, list):
         raise ValueError("malformed frame: not an array")
     return items

@@ -1,9 +1,9 @@
-"""Where a session's CUDA work runs: a dedicated thread per session, off the event loop.
+"""A gRPC session's frames of calls, run on a dedicated thread per session, off the event loop.
 
-The service only talks to ``SessionRunner``: call batches go in, in order; reply frames
-come out on an asyncio queue as soon as each fills up, so a long batch (a large
-device-to-host copy) streams its replies while the rest of it still runs. Moving
-sessions into worker processes later replaces this class, not the service.
+The service only talks to ``SessionRunner``: frames of calls go in, in order, to the
+session's port; reply frames come out on an asyncio queue as soon as each fills up, so a
+long batch (a large device-to-host copy) streams its replies while the rest of it still
+runs.
 """
 
 from __future__ import annotations
@@ -11,11 +11,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-from fikit_wire import calls as wire
 from fikit_wire import session_pb2
-from gpu_server.session import Session
+from gpu_server.ports import SessionPort
 
 #: Batches a session may have queued before the server stops reading its stream.
 MAX_QUEUED_BATCHES = 64
@@ -28,8 +26,8 @@ MAX_QUEUED_BYTES = 1 << 30
 FINISHED = None
 
 
-def _payload_bytes(reply: list[Any]) -> int:
-    return sum(len(v) for v in reply if isinstance(v, (bytes, bytearray, memoryview)))
+class SessionLost(Exception):
+    """The server ended the session on its side; the message says why."""
 
 
 class ReceiveBudget:
@@ -61,51 +59,47 @@ class ReceiveBudget:
 
 
 class SessionRunner:
-    """Executes one session's call batches in arrival order on its own thread."""
+    """Runs one session's frames of calls in arrival order on its own thread."""
 
-    def __init__(self, session: Session, budget: ReceiveBudget) -> None:
-        self.session = session
+    def __init__(self, port: SessionPort, budget: ReceiveBudget) -> None:
+        self.port = port
         self.budget = budget
         self._queued_bytes = 0
         self.frames: asyncio.Queue[session_pb2.ServerFrame | Exception | None] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
         self._slots = asyncio.Semaphore(MAX_QUEUED_BATCHES)
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"session-{session.id}")
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"session-{port.id}")
+        port.start(self._reply, self._end)
 
     def _emit(self, item: session_pb2.ServerFrame | Exception) -> None:
         self._loop.call_soon_threadsafe(self.frames.put_nowait, item)
 
-    def _run_batch(self, calls: list[Any], nbytes: int) -> None:
-        """Execute a batch; its replies leave in frames of about FRAME_SOFT_LIMIT_BYTES. A
-        failure here is a server bug: it is put on ``frames`` to end the session loudly."""
-        replies: list[list[Any]] = []
-        size = 0
+    def _reply(self, replies: bytes) -> None:
+        self._emit(session_pb2.ServerFrame(replies=replies))
+
+    def _end(self, reason: str) -> None:
+        self._emit(SessionLost(reason))
+
+    def _run_batch(self, payload: bytes) -> None:
+        """Run a frame; a malformed one (ValueError) or a server bug is put on ``frames``
+        to end the session."""
         try:
-            for call in calls:
-                reply = self.session.execute(call)
-                if reply is None:
-                    continue
-                replies.append(reply)
-                size += _payload_bytes(reply)
-                if size >= wire.FRAME_SOFT_LIMIT_BYTES:
-                    self._emit(session_pb2.ServerFrame(replies=wire.pack(replies)))
-                    replies, size = [], 0
-            if replies:
-                self._emit(session_pb2.ServerFrame(replies=wire.pack(replies)))
+            self.port.submit(payload)
         except Exception as err:
             self._emit(err)
         finally:
-            self._loop.call_soon_threadsafe(self._ran, nbytes)
+            self._loop.call_soon_threadsafe(self._ran, len(payload))
 
     def _ran(self, nbytes: int) -> None:
         self._slots.release()
         self._queued_bytes -= nbytes
         self.budget.release(nbytes)
 
-    async def submit(self, calls: list[Any], nbytes: int) -> None:
-        """Queue a batch that came in ``nbytes``, waiting while the session already has
+    async def submit(self, payload: bytes) -> None:
+        """Queue a frame of calls, waiting while the session already has
         MAX_QUEUED_BATCHES or MAX_SESSION_QUEUED_BYTES queued, or all sessions together
         the budget's limit (a session with nothing queued may always queue one)."""
+        nbytes = len(payload)
         budget = self.budget
         while self._queued_bytes and (
             self._queued_bytes + nbytes > MAX_SESSION_QUEUED_BYTES
@@ -115,14 +109,14 @@ class SessionRunner:
         self._queued_bytes += nbytes
         budget.in_use += nbytes
         await self._slots.acquire()
-        self._thread.submit(self._run_batch, calls, nbytes)
+        self._thread.submit(self._run_batch, payload)
 
     def finish(self) -> None:
         """Put FINISHED on ``frames`` after every batch submitted so far."""
         self._thread.submit(self._loop.call_soon_threadsafe, self.frames.put_nowait, FINISHED)
 
-    async def close(self, cleanup: Callable[[Session], None]) -> None:
-        """Run ``cleanup(session)`` on the session's thread after all queued batches, then
+    async def close(self, cleanup: Callable[[SessionPort], None]) -> None:
+        """Run ``cleanup(port)`` on the session's thread after all queued batches, then
         stop the thread."""
-        await asyncio.get_running_loop().run_in_executor(self._thread, cleanup, self.session)
+        await asyncio.get_running_loop().run_in_executor(self._thread, cleanup, self.port)
         self._thread.shutdown(wait=False)

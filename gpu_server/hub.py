@@ -1,8 +1,8 @@
 """Opening and closing sessions, whichever transport a client came by.
 
 The gRPC service (TCP, any host) and the socket transport (a unix socket, this host) both
-turn a client's Hello into a ``Session`` here: the same checks, the same session and handle
-numbering, one dispatcher, one set of live sessions.
+turn a client's Hello into a session here: the same checks, the same session numbering,
+one placement deciding where sessions run, one set of live sessions.
 """
 
 from __future__ import annotations
@@ -13,11 +13,7 @@ from dataclasses import dataclass
 
 from fikit_wire import calls as wire
 from gpu_server.auth import TokenBook
-from gpu_server.backends.base import Backend
-from gpu_server.ownership import DeviceOwnership
-from gpu_server.session import Session, handle_counter
-from gpu_server.staging import map_staging
-from scheduler.dispatcher import Dispatcher
+from gpu_server.ports import Placement, PlacementFailed, SessionPort, SessionSpec
 from scheduler.policy import HIGHEST_PRIORITY, LOWEST_PRIORITY
 
 log = logging.getLogger(__name__)
@@ -38,8 +34,8 @@ class Hello:
 
 
 class HelloRefused(Exception):
-    """A Hello the server cannot accept. ``kind`` is "version", "unauthenticated", "full"
-    or "invalid", for the transport's status code."""
+    """A Hello the server cannot accept. ``kind`` is "version", "unauthenticated", "full",
+    "unavailable" or "invalid", for the transport's status code."""
 
     def __init__(self, message: str, kind: str = "invalid") -> None:
         super().__init__(message)
@@ -59,23 +55,18 @@ class Admission:
 
 
 class SessionHub:
-    """Creates sessions for all transports and knows which are live."""
+    """Admits sessions for all transports, places them, and knows which are live."""
 
-    def __init__(
-        self, backend: Backend, dispatcher: Dispatcher, admission: Admission | None = None
-    ) -> None:
-        self.backend = backend
-        self.dispatcher = dispatcher
+    def __init__(self, placement: Placement, admission: Admission | None = None) -> None:
+        self.placement = placement
         admission = admission or Admission()
         self.tokens = admission.tokens
         self.memory_quota = admission.memory_quota
         self.max_sessions = admission.max_sessions
-        self.ownership = DeviceOwnership()
         self._session_ids = itertools.count(1)
-        self._handle_ids = handle_counter()
         self.active_sessions: set[int] = set()
 
-    def open(self, hello: Hello, peer: str) -> Session:
+    def open(self, hello: Hello, peer: str) -> SessionPort:
         """A new session for a checked Hello; raises ``HelloRefused``."""
         if hello.protocol_version != wire.PROTOCOL_VERSION:
             log.warning(
@@ -113,46 +104,41 @@ class SessionHub:
                 tenant.max_priority,
             )
             priority = tenant.max_priority
-        staging = map_staging(hello.staging_path) if hello.staging_path else None
-        session = Session(
+        spec = SessionSpec(
             next(self._session_ids),
-            self.backend,
-            self.dispatcher,
-            self._handle_ids,
             priority,
             hello.client_name,
-            None if staging is None else memoryview(staging),
+            hello.staging_path,
             self.memory_quota if tenant is None else tenant.memory_quota,
-            self.ownership,
         )
-        self.active_sessions.add(session.id)
+        try:
+            port = self.placement.open(spec)
+        except PlacementFailed as err:
+            log.error("refused client %s: %s", peer, err)
+            raise HelloRefused(f"no GPU available: {err}", "unavailable") from None
+        self.active_sessions.add(port.id)
         log.info(
             "session %d opened by %s (%s)%s, priority %d",
-            session.id,
+            port.id,
             peer,
             hello.client_name,
             "" if tenant is None else f" for tenant {tenant.name}",
             priority,
         )
-        return session
+        return port
 
-    def welcome(self, session: Session) -> dict[str, object]:
+    def welcome(self, port: SessionPort) -> dict[str, object]:
         """The Welcome's fields for a session just opened."""
         return {
             "protocol_version": wire.PROTOCOL_VERSION,
             "server_version": SERVER_VERSION,
-            "backend": self.backend.name,
-            "session_id": session.id,
-            "staging": session.staging is not None,
+            "backend": self.placement.describe()[0],
+            "session_id": port.id,
+            "staging": port.staging,
         }
 
-    def close(self, session: Session) -> None:
-        """Free everything the session held and unmap its staging area (session thread)."""
-        session.close()
-        staging = session.staging
-        if staging is not None:
-            mapping = staging.obj
-            staging.release()
-            mapping.close()
-        self.active_sessions.discard(session.id)
-        log.info("session %d closed", session.id)
+    def close(self, port: SessionPort) -> None:
+        """End a session: everything it held is freed (the session's thread)."""
+        port.close()
+        self.active_sessions.discard(port.id)
+        log.info("session %d closed", port.id)

@@ -16,11 +16,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fikit_wire import calls as wire
 from fikit_wire import session_pb2_grpc
-from gpu_server.backends.base import Backend
 from gpu_server.hub import Admission, SessionHub
+from gpu_server.ports import Placement
 from gpu_server.service import GpuSessionService
 from gpu_server.socket_transport import SocketListener
-from scheduler.dispatcher import Dispatcher
 
 SERVICE_NAME = "fikit.v1.GpuSession"
 
@@ -51,17 +50,16 @@ class RunningServer:
 
 
 async def start_server(
-    backend: Backend,
-    dispatcher: Dispatcher,
+    placement: Placement,
     listen: str | Sequence[str],
     admission: Admission | None = None,
     tls: tuple[bytes, bytes] | None = None,
 ) -> RunningServer:
-    """Serve ``backend`` on each ``listen`` address (host:port for gRPC, port 0 picking a
-    free one; unix:PATH for the same-host socket), every launch going through ``dispatcher``;
+    """Serve sessions run where ``placement`` puts them on each ``listen`` address
+    (host:port for gRPC, port 0 picking a free one; unix:PATH for the same-host socket);
     ``admission`` says who may open sessions; ``tls``: (certificate chain, private key) in
     PEM, to serve gRPC over TLS only."""
-    hub = SessionHub(backend, dispatcher, admission)
+    hub = SessionHub(placement, admission)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", wire.MAX_MESSAGE_BYTES),

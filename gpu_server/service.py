@@ -8,9 +8,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from fikit_wire import calls as wire
 from fikit_wire import session_pb2, session_pb2_grpc
-from gpu_server.executor import FINISHED, ReceiveBudget, SessionRunner
+from gpu_server.executor import FINISHED, ReceiveBudget, SessionLost, SessionRunner
 from gpu_server.hub import Hello, HelloRefused, SessionHub
 
 log = logging.getLogger(__name__)
@@ -21,6 +20,7 @@ _STATUS = {
     "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
     "full": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "invalid": grpc.StatusCode.INVALID_ARGUMENT,
+    "unavailable": grpc.StatusCode.UNAVAILABLE,
 }
 
 
@@ -40,22 +40,28 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
         """Run one session: a Hello, then call batches until the client goes away."""
         hello = await self._read_hello(request_iterator, context)
         try:
-            session = self.hub.open(hello, context.peer())
+            port = await asyncio.to_thread(self.hub.open, hello, context.peer())
         except HelloRefused as refused:
             await context.abort(_STATUS[refused.kind], str(refused))
-        runner = SessionRunner(session, self.budget)
+        runner = SessionRunner(port, self.budget)
         reader = asyncio.create_task(self._read_batches(request_iterator, runner))
         try:
-            yield session_pb2.ServerFrame(welcome=session_pb2.Welcome(**self.hub.welcome(session)))
+            yield session_pb2.ServerFrame(welcome=session_pb2.Welcome(**self.hub.welcome(port)))
             while (frame := await runner.frames.get()) is not FINISHED:
+                if isinstance(frame, SessionLost):
+                    log.warning("session %d ended: %s", port.id, frame)
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, str(frame))
+                if isinstance(frame, ValueError):
+                    log.warning("session %d: %s", port.id, frame)
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(frame))
                 if isinstance(frame, Exception):
-                    log.error("session %d failed", session.id, exc_info=frame)
+                    log.error("session %d failed", port.id, exc_info=frame)
                     await context.abort(grpc.StatusCode.INTERNAL, f"server error: {frame!r}")
                 yield frame
             try:
                 await reader
             except ValueError as err:
-                log.warning("session %d: %s", session.id, err)
+                log.warning("session %d: %s", port.id, err)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         finally:
             reader.cancel()
@@ -89,6 +95,6 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
             async for frame in request_iterator:
                 if frame.WhichOneof("body") != "calls":
                     raise ValueError("expected a frame of calls")
-                await runner.submit(wire.unpack(frame.calls), len(frame.calls))
+                await runner.submit(frame.calls)
         finally:
             runner.finish()

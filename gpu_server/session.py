@@ -34,9 +34,10 @@ from typing import Any, TypeVar
 
 from cuda.bindings.driver import CUdevice_attribute, CUevent_flags, CUresult, CUstream_flags
 
+from fikit_wire import calls as wire
 from fikit_wire.calls import CLIENT_HANDLE_BIT
 from gpu_server.backends.base import Backend, LaunchConfig, ParamLayout
-from gpu_server.errors import CudaError, invalid_handle, invalid_value
+from gpu_server.errors import CONTEXT_LOST_ERRORS, CudaError, invalid_handle, invalid_value
 from gpu_server.ownership import DeviceOwnership
 from scheduler.dispatcher import Dispatcher, LaunchProbe
 from scheduler.kernel_id import kernel_id, module_digest
@@ -202,6 +203,8 @@ class Session:
         self.dispatcher = dispatcher
         self._ids = handle_ids
         self.deferred_error = 0
+        #: The error, once a call of this session saw the GPU state of the process lost.
+        self.fault = 0
         self.contexts: dict[int, ContextEntry] = {}
         self.primary_handles: dict[int, int] = {}
         self.modules: dict[int, Owned] = {}
@@ -218,6 +221,24 @@ class Session:
         dispatcher.add_task(session_id, priority, client_name)
 
     # -- execution -----------------------------------------------------------------------
+    def run_frame(self, payload: bytes, emit: Callable[[bytes], None]) -> None:
+        """Execute a frame of calls in order; ``emit`` gets their packed replies, in frames
+        of about FRAME_SOFT_LIMIT_BYTES. A payload that is not a list of calls raises
+        ValueError."""
+        replies: list[list[Any]] = []
+        size = 0
+        for call in wire.unpack(payload):
+            reply = self.execute(call)
+            if reply is None:
+                continue
+            replies.append(reply)
+            size += sum(len(v) for v in reply if isinstance(v, (bytes, bytearray, memoryview)))
+            if size >= wire.FRAME_SOFT_LIMIT_BYTES:
+                emit(wire.pack(replies))
+                replies, size = [], 0
+        if replies:
+            emit(wire.pack(replies))
+
     def execute(self, call: Any) -> list[Any] | None:
         """Run one wire call; return its reply, or None when it asked for none."""
         wants_reply = False
@@ -249,6 +270,9 @@ class Session:
         except Exception:  # a server bug must cost this call, not the session or the server
             status, values = int(CUresult.CUDA_ERROR_UNKNOWN), ()
             log.exception("session %d: internal error in %.60r", self.id, call)
+        if status in CONTEXT_LOST_ERRORS and not self.fault:
+            self.fault = status
+            log.error("session %d: the GPU state of this process is lost: %s", self.id, call[0])
         if not wants_reply:
             if status and not self.deferred_error:
                 self.deferred_error = status

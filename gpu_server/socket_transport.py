@@ -1,10 +1,11 @@
 """The same-host transport: a unix socket, and one thread per session doing all its work.
 
 ``gpu-server --listen unix:PATH`` serves it. Each connection gets a thread that reads the
-frames that have arrived, executes their calls and writes the replies itself: a call goes
-from the socket to the driver and its reply back without a hand-over between threads or an
-event loop, which is what a round trip costs through gRPC. Backpressure is the socket's:
-the thread reads only when it is ready for more.
+frames that have arrived and submits them to the session's port; a session run in this
+process executes them on that thread and writes the replies itself: a call goes from the
+socket to the driver and its reply back without a hand-over between threads or an event
+loop, which is what a round trip costs through gRPC. Backpressure is the socket's: the
+thread reads only when it is ready for more.
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ import socket
 import stat
 import threading
 import time
-from typing import Any
 
 import msgpack
 
 from fikit_wire import calls as wire
 from fikit_wire.frames import FrameSocket
 from gpu_server.hub import Hello, HelloRefused, SessionHub
-from gpu_server.session import Session
+from gpu_server.ports import SessionPort
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +80,16 @@ class SocketListener:
         """Run one session to its end; nothing a client sends can stop the server."""
         frames = FrameSocket(conn)
         try:
-            session = self._open(frames)
-            if session is None:
+            port = self._open(frames)
+            if port is None:
                 return
             try:
-                self._run(frames, session)
+                port.start(frames.send, lambda reason: _end(frames, reason))
+                while payloads := frames.receive():
+                    for payload in payloads:
+                        port.submit(payload)
             finally:
-                self.hub.close(session)
+                self.hub.close(port)
         except (OSError, ValueError) as err:
             log.info("unix session ended: %s", err)
         finally:
@@ -94,7 +97,7 @@ class SocketListener:
             with self._lock:
                 self._connections.pop(conn, None)
 
-    def _open(self, frames: FrameSocket) -> Session | None:
+    def _open(self, frames: FrameSocket) -> SessionPort | None:
         """Read the Hello and answer it: the new session, or None once refused."""
         first = frames.receive_one()
         if first is None:
@@ -108,34 +111,22 @@ class SocketListener:
                 str(fields.get("staging_path", "")),
                 str(fields.get("token", "")),
             )
-            session = self.hub.open(hello, f"unix:{self.path}")
+            port = self.hub.open(hello, f"unix:{self.path}")
         except HelloRefused as refused:
-            frames.send(msgpack.packb({"error": str(refused)}))
+            frames.send(wire.pack_end(str(refused)))
             return None
         except (ValueError, TypeError, KeyError, msgpack.UnpackException):
-            frames.send(msgpack.packb({"error": "the first frame must be a Hello"}))
+            frames.send(wire.pack_end("the first frame must be a Hello"))
             return None
-        frames.send(msgpack.packb(self.hub.welcome(session)))
-        return session
+        frames.send(msgpack.packb(self.hub.welcome(port)))
+        return port
 
-    @staticmethod
-    def _run(frames: FrameSocket, session: Session) -> None:
-        """Execute call batches as they arrive, replying after each group of frames."""
-        while payloads := frames.receive():
-            replies: list[list[Any]] = []
-            size = 0
-            for payload in payloads:
-                for call in wire.unpack(payload):
-                    reply = session.execute(call)
-                    if reply is None:
-                        continue
-                    replies.append(reply)
-                    size += sum(len(v) for v in reply if isinstance(v, (bytes, bytearray)))
-                    if size >= wire.FRAME_SOFT_LIMIT_BYTES:
-                        frames.send(wire.pack(replies))
-                        replies, size = [], 0
-            if replies:
-                frames.send(wire.pack(replies))
+
+def _end(frames: FrameSocket, reason: str) -> None:
+    """End a session from the server's side: say why, then stop both directions."""
+    with contextlib.suppress(OSError):
+        frames.send(wire.pack_end(reason))
+        frames.sock.shutdown(socket.SHUT_RDWR)
 
 
 def _bind(path: str) -> socket.socket:

@@ -17,6 +17,7 @@ import pytest
 
 from gpu_server.backends.sim import SimBackend
 from gpu_server.hub import Admission
+from gpu_server.ports import InProcess
 from gpu_server.server import RunningServer, start_server
 from scheduler.dispatcher import Dispatcher
 from scheduler.policy import FifoPolicy, Policy
@@ -41,7 +42,7 @@ class ServerThread:
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
         self.running: RunningServer = self.run(
-            start_server(self.backend, self.dispatcher, list(listen), admission, tls)
+            start_server(InProcess(self.backend, self.dispatcher), list(listen), admission, tls)
         )
 
     @property

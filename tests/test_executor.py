@@ -9,27 +9,33 @@ import pytest
 
 from gpu_server import executor
 from gpu_server.executor import ReceiveBudget, SessionRunner
+from gpu_server.ports import Emit, End, SessionPort
 
 
-class SlowSession:
-    """Runs each call only once the test lets it."""
-
-    id = 1
+class SlowPort(SessionPort):
+    """Runs each frame only once the test lets it."""
 
     def __init__(self) -> None:
+        super().__init__(1, staging=False)
         self.go = threading.Event()
-        self.ran: list[object] = []
+        self.ran: list[bytes] = []
 
-    def execute(self, call: object) -> None:
+    def start(self, emit: Emit, end: End) -> None:
+        pass
+
+    def submit(self, payload: bytes) -> None:
         self.go.wait(10)
-        self.ran.append(call)
+        self.ran.append(payload)
+
+    def close(self) -> None:
+        pass
 
 
 async def queued_until_blocked(runner: SessionRunner, sizes: list[int]) -> int:
     """Submit batches of the given sizes; how many were accepted before one had to wait."""
     for accepted, size in enumerate(sizes):
         try:
-            await asyncio.wait_for(runner.submit([["call", False]], size), 0.2)
+            await asyncio.wait_for(runner.submit(bytes(size)), 0.2)
         except TimeoutError:
             return accepted
     return len(sizes)
@@ -46,14 +52,14 @@ def test_a_session_stops_being_read_once_its_bytes_are_queued(
     monkeypatch.setattr(executor, "MAX_SESSION_QUEUED_BYTES", session_limit)
 
     async def scenario() -> None:
-        session = SlowSession()
+        session = SlowPort()
         budget = ReceiveBudget(total_limit)
         runner = SessionRunner(session, budget)
         assert await queued_until_blocked(runner, [300] * 5) == accepted
         assert budget.in_use == 300 * accepted
         session.go.set()  # the runner drains; reading goes on
         for _ in range(5 - accepted):
-            await asyncio.wait_for(runner.submit([["call", False]], 300), 5)
+            await asyncio.wait_for(runner.submit(bytes(300)), 5)
         runner.finish()
         while await runner.frames.get() is not executor.FINISHED:
             pass

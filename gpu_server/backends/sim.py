@@ -50,6 +50,9 @@ DRIVER_VERSION = 13000
 #: The newest PTX ISA a 13.0 driver accepts.
 MAX_PTX_VERSION = (9, 0)
 DEFAULT_TOTAL_MEMORY = 80 << 30
+#: A kernel whose name starts with this writes to an illegal address: as on a GPU, every
+#: context of the backend is lost from then on (how tests make a tenant's kernel fault).
+FAULT_KERNEL_PREFIX = "fikit_sim_illegal_address"
 
 # An H100 SXM5 80GB as a local process sees it; attributes not listed are 0.
 _DEVICE_ATTRIBUTES: dict[driver.CUdevice_attribute, int] = {
@@ -336,6 +339,14 @@ class SimBackend(Backend):
         self._bases: list[int] = []
         self._next_address = _ADDRESS_BASE
         self._used = 0
+        #: Set once a kernel faulted: every later call in any context fails with it.
+        self.fault: CudaError | None = None
+
+    def _live(self, ctx: SimContext) -> None:
+        if self.fault is not None:
+            raise self.fault
+        if ctx.destroyed:
+            raise CudaError(_R.CUDA_ERROR_INVALID_CONTEXT, "the context was destroyed")
 
     def set_kernel_duration(self, name: str, microseconds: float) -> None:
         """Model every later launch of kernel ``name`` as taking ``microseconds``."""
@@ -379,38 +390,38 @@ class SimBackend(Backend):
 
     def context_destroy(self, ctx: Context) -> None:
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
             if ctx is self._primary:
                 raise CudaError(_R.CUDA_ERROR_INVALID_CONTEXT, "the primary context is retained")
             ctx.destroyed = True
 
     def context_synchronize(self, ctx: Context) -> None:
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
             pending = (stream.ready_at for stream in ctx.streams)
             self._wait_until(max(ctx.legacy.ready_at, ctx.retired_at, *pending))
 
     def stream_priority_range(self, ctx: Context) -> tuple[int, int]:
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
         return _STREAM_PRIORITY_LEAST, _STREAM_PRIORITY_GREATEST
 
     # -- memory ------------------------------------------------------------------------
     def mem_get_info(self, ctx: Context) -> tuple[int, int]:
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
             return self.total_memory - self._used, self.total_memory
 
     def mem_alloc(self, ctx: Context, size: int) -> int:
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
             if size <= 0:
                 raise invalid_value(f"allocation size {size}")
             return self._allocate(size, is_variable=False).base
 
     def mem_free(self, ctx: Context, ptr: int) -> None:
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
             allocation = self._allocations.get(ptr)
             if allocation is None or allocation.is_variable:
                 raise invalid_value(f"{ptr:#x} is not the start of a live allocation")
@@ -421,7 +432,7 @@ class SimBackend(Backend):
     ) -> None:
         """Copy host bytes to the device; ``stream`` None waits for the copy to finish."""
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
             queue = _stream(ctx, stream)
             allocation, offset = self._locate(dst, len(data))
             allocation.write(offset, data)
@@ -433,7 +444,7 @@ class SimBackend(Backend):
         """Copy device bytes into ``out``; the clock moves to the copy's end."""
         size = len(out)
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
             allocation, offset = self._locate(src, size)
             _, end = self._enqueue(_stream(ctx, stream), _copy_ns(size))
             self._wait_until(end)
@@ -444,7 +455,7 @@ class SimBackend(Backend):
     ) -> None:
         """Copy between device ranges (overlap allowed); the host does not wait for it."""
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
             queue = _stream(ctx, stream)
             source, source_offset = self._locate(src, size)
             target, target_offset = self._locate(dst, size)
@@ -456,7 +467,7 @@ class SimBackend(Backend):
     ) -> None:
         """Set ``count`` little-endian ``width``-byte elements; the host does not wait."""
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
             queue = _stream(ctx, stream)
             if width not in (1, 2, 4) or dst % width:
                 raise invalid_value(f"memset of width {width} at {dst:#x}")
@@ -471,7 +482,7 @@ class SimBackend(Backend):
         """Load PTX text; its variables get zero-filled allocations (initializers are ignored)."""
         ptx = _load_ptx(image, jit_options)
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
             variables: dict[str, _Allocation] = {}
             try:
                 for variable in ptx.globals.values():
@@ -485,14 +496,14 @@ class SimBackend(Backend):
 
     def module_unload(self, ctx: Context, module: Module) -> None:
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
             for allocation in module.variables.values():
                 self._release(allocation)
             module.variables.clear()
 
     def module_function(self, ctx: Context, module: Module, name: str) -> Function:
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
         function = module.functions.get(name)
         if function is None:
             raise CudaError(_R.CUDA_ERROR_NOT_FOUND, f"no kernel {name!r} in the module")
@@ -500,7 +511,7 @@ class SimBackend(Backend):
 
     def module_global(self, ctx: Context, module: Module, name: str) -> tuple[int, int]:
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
         allocation = module.variables.get(name)
         if allocation is None:
             raise CudaError(_R.CUDA_ERROR_NOT_FOUND, f"no variable {name!r} in the module")
@@ -521,7 +532,7 @@ class SimBackend(Backend):
 
     def kernel_function(self, ctx: Context, kernel: Kernel) -> Function:
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
             function = kernel.functions.get(ctx)
             if function is None:
                 function = kernel.functions[ctx] = SimFunction(kernel.name, kernel.layout)
@@ -535,7 +546,7 @@ class SimBackend(Backend):
 
     def function_attribute(self, ctx: Context, function: Function, attribute: int) -> int:
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
             member = _enum_member(_F, attribute, _F.CU_FUNC_ATTRIBUTE_MAX)
             if member in function.attributes:
                 return function.attributes[member]
@@ -545,7 +556,7 @@ class SimBackend(Backend):
         self, ctx: Context, function: Function, attribute: int, value: int
     ) -> None:
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
             member = _enum_member(_F, attribute, _F.CU_FUNC_ATTRIBUTE_MAX)
             if member not in _SETTABLE_FUNCTION_ATTRIBUTES:
                 raise invalid_value(f"{member.name} cannot be set")
@@ -559,7 +570,7 @@ class SimBackend(Backend):
     ) -> int:
         """Blocks per SM, limited by threads, the per-SM block cap and shared memory."""
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
             if not 0 < block_size <= _MAX_THREADS_PER_BLOCK or dynamic_smem < 0:
                 raise invalid_value(
                     f"block size {block_size}, dynamic shared memory {dynamic_smem}"
@@ -586,7 +597,7 @@ class SimBackend(Backend):
         Its probe reports completion once the virtual clock has passed its end; polling an
         unfinished probe moves the clock one poll step, as a failed query does."""
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
             _check_launch(config, len(params), layout)
             most = function.attributes[_F.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES]
             if not 0 <= config.shared_mem_bytes <= most:
@@ -608,6 +619,8 @@ class SimBackend(Backend):
                 end,
             )
             self.launches.append(record)
+            if function.name.startswith(FAULT_KERNEL_PREFIX):
+                self.fault = CudaError(_R.CUDA_ERROR_ILLEGAL_ADDRESS, f"kernel {function.name}")
         return SimProbe(id(target), self, record)
 
     # -- streams and events ------------------------------------------------------------
@@ -615,7 +628,7 @@ class SimBackend(Backend):
         """Create a stream; the priority is clamped into the range, as CUDA does."""
         clamped = min(max(priority, _STREAM_PRIORITY_GREATEST), _STREAM_PRIORITY_LEAST)
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
             if flags & ~_NON_BLOCKING:
                 raise invalid_value(f"stream flags {flags:#x}")
             stream = SimStream(ctx, blocking=not flags & _NON_BLOCKING, priority=clamped)
@@ -625,7 +638,7 @@ class SimBackend(Backend):
     def stream_destroy(self, ctx: Context, stream: Stream) -> None:
         """Forget the stream; work left on it still counts for synchronization."""
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
             target = _stream(ctx, stream)
             if target is ctx.legacy or target is ctx.per_thread:
                 raise invalid_handle("a built-in stream cannot be destroyed")
@@ -636,19 +649,19 @@ class SimBackend(Backend):
 
     def stream_synchronize(self, ctx: Context, stream: Stream) -> None:
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
             self._wait_until(_pending(_stream(ctx, stream)))
 
     def stream_query(self, ctx: Context, stream: Stream) -> bool:
         """True when the stream's work is done; False moves the clock one poll step."""
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
             return self._poll(_pending(_stream(ctx, stream)))
 
     def stream_wait_event(self, ctx: Context, stream: Stream, event: Event, flags: int) -> None:
         """Later work on ``stream`` waits for the event's last record (none: no wait)."""
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
             if flags & ~_EVENT_WAIT_FLAGS:
                 raise invalid_value(f"stream wait flags {flags:#x}")
             target = _stream(ctx, stream)
@@ -657,12 +670,12 @@ class SimBackend(Backend):
 
     def stream_priority(self, ctx: Context, stream: Stream) -> int:
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
             return _stream(ctx, stream).priority
 
     def event_create(self, ctx: Context, flags: int) -> Event:
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
         if flags & ~_EVENT_FLAGS:
             raise invalid_value(f"event flags {flags:#x}")
         return SimEvent(flags)
@@ -670,19 +683,19 @@ class SimBackend(Backend):
     def event_record(self, ctx: Context, event: Event, stream: Stream) -> None:
         """Stamp the event with the time the stream's work submitted so far is done."""
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
             _, event.recorded_at = self._enqueue(_stream(ctx, stream), 0)
 
     def event_synchronize(self, ctx: Context, event: Event) -> None:
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
             if event.recorded_at is not None:
                 self._wait_until(event.recorded_at)
 
     def event_query(self, ctx: Context, event: Event) -> bool:
         """True when the recorded work is done (or never recorded); False moves the clock."""
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
             return event.recorded_at is None or self._poll(event.recorded_at)
 
     def event_elapsed_ms(self, ctx: Context, start: Event, end: Event) -> float:
@@ -692,7 +705,7 @@ class SimBackend(Backend):
         CU_EVENT_DISABLE_TIMING; CUDA_ERROR_NOT_READY while either is not yet complete.
         """
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
             for event in (start, end):
                 if event.flags & _DISABLE_TIMING:
                     raise invalid_handle("event created with CU_EVENT_DISABLE_TIMING")
@@ -704,7 +717,7 @@ class SimBackend(Backend):
 
     def event_destroy(self, ctx: Context, event: Event) -> None:
         with self._lock:
-            _live(ctx)
+            self._live(ctx)
 
     # -- internals (the caller holds the lock) -------------------------------------------
     def _allocate(self, size: int, is_variable: bool) -> _Allocation:
@@ -757,11 +770,6 @@ class SimBackend(Backend):
 def _check_device(device: int) -> None:
     if device != 0:
         raise CudaError(_R.CUDA_ERROR_INVALID_DEVICE, f"device {device}: the sim has device 0")
-
-
-def _live(ctx: SimContext) -> None:
-    if ctx.destroyed:
-        raise CudaError(_R.CUDA_ERROR_INVALID_CONTEXT, "the context was destroyed")
 
 
 def _check_launch(config: LaunchConfig, params_size: int, layout: ParamLayout) -> None:

@@ -1,0 +1,140 @@
+"""Where a session's calls run, as a transport sees it: a ``SessionPort``.
+
+A transport submits the frames of calls a client sends, in order, and gets reply frames
+back through ``emit``; when the server ends a session on its own side (its GPU worker was
+lost) ``end`` gets the reason once. A ``Placement`` opens ports: ``InProcess`` runs the
+session in this process (``--isolation none``, and inside every GPU worker process);
+``gpu_server/workers.py`` has the placements that run sessions in worker processes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gpu_server.backends.base import Backend
+from gpu_server.ownership import DeviceOwnership
+from gpu_server.session import Session, handle_counter
+from gpu_server.staging import map_staging
+from scheduler.dispatcher import Dispatcher
+
+#: Receives one packed frame of replies.
+Emit = Callable[[bytes], None]
+#: Receives the reason a session was ended on the server's side.
+End = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """An admitted session: what running it needs."""
+
+    session_id: int
+    priority: int
+    client_name: str
+    staging_path: str
+    memory_quota: int | None
+
+
+class PlacementFailed(Exception):
+    """No place to run a session now (a GPU worker did not start)."""
+
+
+class SessionPort(ABC):
+    """One session, wherever its calls run."""
+
+    def __init__(self, session_id: int, staging: bool) -> None:
+        self.id = session_id
+        #: Whether bulk copies go through the client's shared-memory staging area.
+        self.staging = staging
+
+    @abstractmethod
+    def start(self, emit: Emit, end: End) -> None:
+        """Say where replies go; called once, before the first ``submit``."""
+
+    @abstractmethod
+    def submit(self, payload: bytes) -> None:
+        """Run a frame of calls after those submitted before; raises ValueError when the
+        frame is not a list of calls."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """End the session: everything it held is freed."""
+
+
+class Placement(ABC):
+    """Decides where sessions run and opens them there."""
+
+    #: The ``--isolation`` value this placement implements.
+    isolation: str
+
+    @abstractmethod
+    def open(self, spec: SessionSpec) -> SessionPort:
+        """Run a new session; raises PlacementFailed."""
+
+    @abstractmethod
+    def describe(self) -> tuple[str, str]:
+        """(backend name, device name) of the GPU sessions run on."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop what the placement started; sessions are closed before."""
+
+
+class LocalPort(SessionPort):
+    """A session executed on the thread that submits its frames."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__(session.id, session.staging is not None)
+        self.session = session
+        self._emit: Emit | None = None
+
+    def start(self, emit: Emit, end: End) -> None:
+        self._emit = emit
+
+    def submit(self, payload: bytes) -> None:
+        assert self._emit is not None, "start() comes first"
+        self.session.run_frame(payload, self._emit)
+
+    def close(self) -> None:
+        session = self.session
+        session.close()
+        if session.staging is not None:
+            mapping = session.staging.obj
+            session.staging.release()
+            mapping.close()
+
+
+class InProcess(Placement):
+    """Sessions run in this process, on one backend and dispatcher."""
+
+    isolation = "none"
+
+    def __init__(self, backend: Backend, dispatcher: Dispatcher) -> None:
+        self.backend = backend
+        self.dispatcher = dispatcher
+        #: Who owns which device memory, across the sessions of this process.
+        self.ownership = DeviceOwnership()
+        self._handle_ids = handle_counter()
+
+    def open(self, spec: SessionSpec) -> LocalPort:
+        staging = map_staging(spec.staging_path) if spec.staging_path else None
+        session = Session(
+            spec.session_id,
+            self.backend,
+            self.dispatcher,
+            self._handle_ids,
+            spec.priority,
+            spec.client_name,
+            None if staging is None else memoryview(staging),
+            spec.memory_quota,
+            self.ownership,
+        )
+        return LocalPort(session)
+
+    def describe(self) -> tuple[str, str]:
+        backend = self.backend
+        return backend.name, backend.device_name(0) if backend.device_count() else "no device"
+
+    def close(self) -> None:
+        """Nothing to stop: the backend and the dispatcher are the caller's."""
