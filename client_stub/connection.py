@@ -42,6 +42,8 @@ GIL_SWITCH_INTERVAL_S = 0.0002
 STAGED = object()
 #: How long closing a session waits for the server to end the stream.
 CLOSE_TIMEOUT_S = 2.0
+#: How long a client whose send failed reads for the server's reason before giving up.
+PARTING_TIMEOUT_S = 0.5
 
 
 class ConnectionLost(Exception):
@@ -358,7 +360,20 @@ class SocketConnection(Connection):
             with self._send_lock:
                 self._frames.send(payload)
         except OSError as err:
-            raise self._lose(err.strerror or "send failed") from None
+            raise self._lose(self._parting_words() or err.strerror or "send failed") from None
+
+    def _parting_words(self) -> str:
+        """Why the server ended the session, when it said so before closing; else ''."""
+        try:
+            self._frames.sock.settimeout(PARTING_TIMEOUT_S)
+            while payloads := self._frames.receive():
+                for payload in payloads:
+                    wire.unpack(payload)
+        except wire.SessionEnded as ended:
+            return str(ended)
+        except (OSError, ValueError):
+            pass
+        return ""
 
     def _receive(self) -> list[list[Any]]:
         try:

@@ -10,7 +10,7 @@ import logging
 import signal
 import sqlite3
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import uvloop
@@ -18,7 +18,9 @@ import uvloop
 from gpu_server.auth import TokenBook, parse_bytes
 from gpu_server.backends import BackendUnavailable, open_backend
 from gpu_server.hub import DEFAULT_MAX_SESSIONS, Admission
+from gpu_server.ports import InProcess, Placement, PlacementFailed
 from gpu_server.server import start_server
+from gpu_server.workers import SharedWorker, WorkerPerSession, WorkerSettings
 from scheduler.dispatcher import Dispatcher
 from scheduler.policy import POLICIES, FifoPolicy, FikitPolicy, Policy, PriorityPolicy
 from scheduler.profiles import ProfileStore, default_profile_path
@@ -30,6 +32,9 @@ log = logging.getLogger("gpu_server")
 #: (Python's default, 5 ms, would let one tenant's busy thread stall another's calls).
 GIL_SWITCH_INTERVAL_S = 0.0002
 DEFAULT_LISTEN = "127.0.0.1:50051"
+ISOLATION_MODES = ("shared", "process", "none")
+#: Seconds past ``--grace`` after which a shutdown stops GPU work still holding sessions.
+CUT_OFF_AFTER_S = 1.0
 
 
 def tokens_file(path: str) -> TokenBook:
@@ -65,6 +70,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="auto",
         help="cuda: the real GPU; sim: the CPU test double (kernels do not compute); "
         "auto: cuda when a driver and GPU are present, otherwise refuse",
+    )
+    parser.add_argument(
+        "--isolation",
+        choices=ISOLATION_MODES,
+        default="shared",
+        help="where CUDA runs: shared (default): one GPU worker process for all sessions, "
+        "replaced after a kernel fault (the faulting session gets its error, the others are "
+        "told their GPU state was lost); process: a worker per session, so a fault reaches "
+        "only its session; none: in the server process (fastest; a fault ends every session "
+        "until the server restarts)",
     )
     parser.add_argument(
         "--policy",
@@ -144,10 +159,12 @@ def open_dispatcher(args: argparse.Namespace) -> Iterator[Dispatcher]:
     """The dispatcher with its profile store and trace file; all closed on exit."""
     with contextlib.ExitStack() as stack:
         try:
-            profiles = stack.enter_context(ProfileStore(args.profile_db))
+            profiles = stack.enter_context(
+                ProfileStore(None if args.profile_db is None else Path(args.profile_db))
+            )
         except (sqlite3.Error, ValueError) as err:
             raise OSError(f"cannot open the profile database: {err}") from None
-        trace = stack.enter_context(args.trace.open("w")) if args.trace else None
+        trace = stack.enter_context(Path(args.trace).open("a")) if args.trace else None
         dispatcher = Dispatcher(make_policy(args), profiles, trace=trace)
         stack.callback(dispatcher.close)
         log.info("policy %s, kernel profiles in %s", args.policy, profiles.path)
@@ -162,37 +179,90 @@ async def flush_profiles(dispatcher: Dispatcher, every_s: float = 30.0) -> None:
             await asyncio.to_thread(dispatcher.profiles.flush)
 
 
+def worker_settings(args: argparse.Namespace) -> WorkerSettings:
+    """What GPU worker processes are started with."""
+    scheduling = {
+        "policy": args.policy,
+        "profile_db": None if args.profile_db is None else str(args.profile_db),
+        "trace": None if args.trace is None else str(args.trace),
+        "max_lp_inflight_us": args.max_lp_inflight_us,
+        "quiet_after_us": args.quiet_after_us,
+    }
+    return WorkerSettings(args.backend, args.log_level.upper(), scheduling)
+
+
+@contextlib.asynccontextmanager
+async def open_placement(
+    args: argparse.Namespace,
+) -> AsyncIterator[tuple[Placement, Callable[[], None]]]:
+    """Where sessions run, as ``--isolation`` says, with what it needs, and what ends all
+    GPU work at once (held launches fail, workers stop); all closed on exit."""
+    with contextlib.ExitStack() as stack:
+        if args.isolation == "shared":
+            placement: Placement = await asyncio.to_thread(SharedWorker, worker_settings(args))
+            cut_off = placement.close
+        else:
+            dispatcher = stack.enter_context(open_dispatcher(args))
+            if args.isolation == "process":
+                placement = await asyncio.to_thread(
+                    WorkerPerSession, worker_settings(args), dispatcher
+                )
+            else:
+                placement = InProcess(open_backend(args.backend), dispatcher)
+            stack.enter_context(_flushing(dispatcher))
+            cut_off = dispatcher.close
+        stack.callback(placement.close)
+        yield placement, cut_off
+
+
+@contextlib.contextmanager
+def _flushing(dispatcher: Dispatcher) -> Iterator[None]:
+    flusher = asyncio.get_running_loop().create_task(flush_profiles(dispatcher))
+    try:
+        yield
+    finally:
+        flusher.cancel()
+        log.info(
+            "%d kernel launches, %d of them timed", dispatcher.launches, dispatcher.timed_launches
+        )
+
+
 async def serve(args: argparse.Namespace) -> None:
     """Run the server until SIGINT or SIGTERM."""
-    backend = open_backend(args.backend)
-    with open_dispatcher(args) as dispatcher:
-        tls = None
-        if args.tls_cert or args.tls_key:
-            if not (args.tls_cert and args.tls_key):
-                raise OSError("--tls-cert and --tls-key go together")
-            tls = (args.tls_cert.read_bytes(), args.tls_key.read_bytes())
+    tls = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise OSError("--tls-cert and --tls-key go together")
+        tls = (args.tls_cert.read_bytes(), args.tls_key.read_bytes())
+    if args.trace:
+        args.trace.write_text("")
+    async with open_placement(args) as (placement, cut_off):
         server = await start_server(
-            backend,
-            dispatcher,
+            placement,
             args.listen or [DEFAULT_LISTEN],
             Admission(args.tokens, args.memory_quota, args.max_sessions),
             tls,
         )
-        device = backend.device_name(0) if backend.device_count() else "no device"
-        addresses = ", ".join(server.addresses)
-        log.info("listening on %s (backend %s: %s)", addresses, backend.name, device)
-        flusher = asyncio.create_task(flush_profiles(dispatcher))
+        backend, device = placement.describe()
+        log.info(
+            "listening on %s (backend %s: %s; isolation %s)",
+            ", ".join(server.addresses),
+            backend,
+            device,
+            args.isolation,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("shutting down: draining sessions for up to %.1f s", args.grace)
-        flusher.cancel()
-        await server.stop(args.grace)
-        log.info(
-            "%d kernel launches, %d of them timed", dispatcher.launches, dispatcher.timed_launches
-        )
+        stopping = asyncio.ensure_future(server.stop(args.grace))
+        await asyncio.wait([stopping], timeout=args.grace + CUT_OFF_AFTER_S)
+        if not stopping.done():
+            log.warning("sessions still wait for the GPU after the grace period: ending them")
+            await asyncio.to_thread(cut_off)
+        await stopping
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -205,5 +275,5 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         uvloop.run(serve(args))
-    except (BackendUnavailable, OSError) as err:
+    except (BackendUnavailable, PlacementFailed, OSError) as err:
         raise SystemExit(f"gpu-server: {err}") from None

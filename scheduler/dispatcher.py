@@ -67,7 +67,7 @@ IssueFn = Callable[[bool], LaunchProbe]
 
 
 class DispatcherClosed(RuntimeError):
-    """The server is shutting down: a held launch will never be issued."""
+    """A held launch will never be issued: the server is shutting down, or its task ended."""
 
 
 @dataclass
@@ -165,9 +165,15 @@ class Dispatcher:
     def remove_task(self, task_id: int) -> None:
         """A session ended; launches it still has in flight are tracked until done."""
         with self._lock:
-            self.policy.remove_task(task_id, self.clock())
+            dropped = self.policy.remove_task(task_id, self.clock())
             self._tasks.pop(task_id, None)
+            held = [self._held.pop(launch.seq) for launch in dropped if launch.seq in self._held]
+            if self._held:
+                self._due = self.clock()  # what the task held back may go now
             self._wake.notify()
+        for waiting in held:  # their sessions are gone (a GPU worker lost): never issued
+            waiting.error = DispatcherClosed("the task ended")
+            waiting.issued.set()
 
     def stream_priority(self, task_id: int, requested: int, least: int, greatest: int) -> int:
         """The CUDA stream priority to give a stream of the task.

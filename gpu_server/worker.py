@@ -1,0 +1,266 @@
+"""A GPU worker process: the only place CUDA runs under ``--isolation shared|process``.
+
+The front end (``gpu_server/workers.py``) starts ``python -m gpu_server.worker SETTINGS``
+with a control socket inherited as a descriptor. The worker opens the backend, listens on
+a private unix socket the front end named, and says "ready". Each session then arrives as
+a connection on that socket: a ``SessionSpec``, then the client's frames of calls, run
+exactly as in-process sessions run them (``InProcess``), replies written back as they come.
+
+A call that finds the process's GPU state lost (a kernel fault: ``CONTEXT_LOST_ERRORS``)
+gets its real CUresult; the worker then reports which session saw it on the control
+socket and exits, since only a new process recovers. It also exits when the control
+socket closes (the front end went away), so it never outlives the server.
+
+Scheduling: a ``shared`` worker runs the dispatcher for all its sessions; a worker of one
+session (``process``) reaches the front end's dispatcher through ``DispatcherLink``, so one
+policy orders the launches of all workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import logging
+import os
+import queue
+import socket
+import sys
+import threading
+import time
+from collections.abc import Hashable
+from typing import Any
+
+import msgpack
+from cuda.bindings.driver import CUresult
+
+from fikit_wire import calls as wire
+from fikit_wire.frames import FrameSocket
+from gpu_server.backends import BackendUnavailable, open_backend
+from gpu_server.errors import CudaError
+from gpu_server.ports import InProcess, SessionSpec
+from scheduler.dispatcher import DispatcherClosed, IssueFn, LaunchProbe
+
+log = logging.getLogger("gpu_server.worker")
+
+#: How long the probe tracker of a one-session worker sleeps between polls.
+POLL_INTERVAL_S = 20e-6
+#: Exit status of a worker whose GPU state was lost.
+FAULT_EXIT = 3
+
+
+def stream_key(key: Hashable) -> int:
+    """A probe's stream key as an int that can cross the control socket."""
+    return key if isinstance(key, int) else hash(key)
+
+
+class ControlSocket:
+    """The worker's end of the control socket: messages are msgpack arrays."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.frames = FrameSocket(sock)
+        self._lock = threading.Lock()
+        #: Replies from the front end to a ``DispatcherLink`` request; None once it is gone.
+        self.replies: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
+
+    def send(self, *message: Any) -> None:
+        """Send one message; a front end that is gone is noticed by ``read``."""
+        with self._lock, contextlib.suppress(OSError):
+            self.frames.send(msgpack.packb(message))
+
+    def read(self) -> None:
+        """Pass replies on until the front end closes the socket."""
+        try:
+            while (data := self.frames.receive_one()) is not None:
+                self.replies.put(msgpack.unpackb(data))
+        except (OSError, ValueError) as err:
+            log.error("control socket: %s", err)
+        self.replies.put(None)
+
+
+class DispatcherLink:
+    """The front end's dispatcher as a worker of one session uses it (same methods as
+    ``scheduler.dispatcher.Dispatcher``): every launch waits for the front end's go."""
+
+    def __init__(self, control: ControlSocket) -> None:
+        self.control = control
+        self.profiles = None
+        self._ids = itertools.count(1)
+        self._probes: list[tuple[int, LaunchProbe]] = []
+        self._wake = threading.Condition()
+        self._closed = False
+        self._tracker = threading.Thread(target=self._track, name="fikit-probes", daemon=True)
+        self._tracker.start()
+
+    def _reply(self) -> list[Any]:
+        reply = self.control.replies.get()
+        if reply is None:
+            raise DispatcherClosed("the server is shutting down")
+        return reply
+
+    def add_task(self, task_id: int, priority: int, client: str = "") -> None:
+        self.control.send("add", task_id, priority, client)
+
+    def remove_task(self, task_id: int) -> None:
+        self.control.send("remove", task_id)
+
+    def stream_priority(self, task_id: int, requested: int, least: int, greatest: int) -> int:
+        self.control.send("priority", task_id, requested, least, greatest)
+        return int(self._reply()[1])
+
+    def call_started(self, task_id: int) -> None:
+        self.control.send("started", task_id)
+
+    def call_finished(self, task_id: int) -> None:
+        self.control.send("finished", task_id)
+
+    def launch(self, task_id: int, kernel_id: str, name: str, issue: IssueFn) -> None:
+        """Wait for the front end's policy to release the launch, issue it, say so."""
+        self.control.send("launch", task_id, kernel_id, name)
+        grant = self._reply()
+        if grant[0] != "issue":
+            raise DispatcherClosed(str(grant[1]))
+        try:
+            probe = issue(bool(grant[1]))
+        except CudaError as err:
+            self.control.send("issued", 0, 0, err.code)
+            raise
+        except Exception:
+            self.control.send("issued", 0, 0, int(CUresult.CUDA_ERROR_UNKNOWN))
+            raise
+        probe_id = next(self._ids)
+        self.control.send("issued", probe_id, stream_key(probe.stream_key), 0)
+        with self._wake:
+            self._probes.append((probe_id, probe))
+            self._wake.notify()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._tracker.join()
+
+    def _track(self) -> None:
+        """Report each launch's completion (and its GPU times when timed) as it happens."""
+        while True:
+            with self._wake:
+                while not (self._probes or self._closed):
+                    self._wake.wait()
+                if self._closed:
+                    return
+                probes = list(self._probes)
+            finished = [(probe_id, probe) for probe_id, probe in probes if probe.done()]
+            for probe_id, probe in finished:
+                times = probe.times_us()
+                probe.release()
+                self.control.send("done", probe_id, *(times or (None, None)))
+            if finished:
+                with self._wake:
+                    done = {probe_id for probe_id, _ in finished}
+                    self._probes = [p for p in self._probes if p[0] not in done]
+            else:
+                time.sleep(POLL_INTERVAL_S)
+
+
+class Worker:
+    """Serves the sessions the front end places here, until told to go or the GPU is lost."""
+
+    def __init__(self, placement: InProcess, control: ControlSocket, one_session: bool) -> None:
+        self.placement = placement
+        self.control = control
+        self.one_session = one_session
+
+    def serve(self, path: str) -> None:
+        """Accept sessions on ``path`` in the background."""
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen(64)
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            conn, _ = listener.accept()
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn: socket.socket) -> None:
+        """Run one session: its spec, then its frames of calls, to the end."""
+        frames = FrameSocket(conn)
+        try:
+            first = frames.receive_one()
+            if first is None:
+                return
+            port = self.placement.open(SessionSpec(*msgpack.unpackb(first)))
+            frames.send(msgpack.packb(port.staging))
+            port.start(frames.send, lambda reason: None)
+            try:
+                while payloads := frames.receive():
+                    for payload in payloads:
+                        port.submit(payload)
+                        if port.session.fault:
+                            self._lost(port.id, port.session.fault)
+            except ValueError as err:
+                log.info("session %d: %s", port.id, err)
+                frames.send(wire.pack_end(str(err)))
+            finally:
+                port.close()
+        except OSError as err:
+            log.info("session ended: %s", err)
+        finally:
+            conn.close()
+        if self.one_session:
+            self.exit(0)
+
+    def _lost(self, session_id: int, code: int) -> None:
+        """The GPU state of this process is gone: say who saw it, then exit."""
+        log.error(
+            "session %d saw %s: this worker's GPU state is lost; exiting",
+            session_id,
+            CUresult(code).name,
+        )
+        self.control.send("fault", session_id, code)
+        self.exit(FAULT_EXIT)
+
+    def exit(self, status: int) -> None:
+        """Exit now, whatever other threads do: the kernel frees the GPU state."""
+        profiles = self.placement.dispatcher.profiles
+        if profiles is not None:
+            with contextlib.suppress(Exception):
+                profiles.flush()
+        logging.shutdown()
+        os._exit(status)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: ``python -m gpu_server.worker SETTINGS`` (JSON, from the front end)."""
+    from gpu_server.cli import GIL_SWITCH_INTERVAL_S, open_dispatcher
+
+    settings = json.loads((argv or sys.argv[1:])[0])
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    logging.basicConfig(
+        level=settings["log_level"],
+        format=f"%(asctime)s worker {os.getpid()} %(name)s %(levelname)s %(message)s",
+    )
+    control = ControlSocket(socket.socket(fileno=settings["control_fd"]))
+    try:
+        backend = open_backend(settings["backend"])
+    except BackendUnavailable as err:
+        control.send("failed", str(err))
+        raise SystemExit(1) from None
+    with contextlib.ExitStack() as stack:
+        if settings["one_session"]:
+            dispatcher = DispatcherLink(control)
+            stack.callback(dispatcher.close)
+        else:
+            scheduling = argparse.Namespace(**settings["scheduling"])
+            dispatcher = stack.enter_context(open_dispatcher(scheduling))
+        placement = InProcess(backend, dispatcher)
+        worker = Worker(placement, control, settings["one_session"])
+        worker.serve(settings["socket"])
+        control.send("ready", *placement.describe())
+        control.read()
+        worker.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""Fault containment: ``gpu-server --isolation shared|process`` run as a real server process.
+
+The sim backend faults like a GPU: a kernel named ``fikit_sim_illegal_address`` loses every
+context of the process it runs in, and later calls there fail with
+CUDA_ERROR_ILLEGAL_ADDRESS, as after a real kernel's illegal write.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cuda.bindings.driver import CUresult
+
+from client_stub.connection import Connection, ConnectionLost, connect
+from gpu_server.backends.sim import FAULT_KERNEL_PREFIX
+from tests.test_sessions import REPO, wait_until
+
+FAULT_PTX = f"""
+.version 9.0
+.target sm_90
+.address_size 64
+
+.visible .entry {FAULT_KERNEL_PREFIX}(
+    .param .u64 .ptr .global .align 1 p
+)
+{{
+    ret;
+}}
+
+.visible .entry fill()
+{{
+    ret;
+}}
+\0""".encode()
+
+ILLEGAL_ADDRESS = int(CUresult.CUDA_ERROR_ILLEGAL_ADDRESS)
+
+
+class ServerProcess:
+    """``gpu-server --backend sim`` in a process of its own, on a unix socket and TCP."""
+
+    def __init__(self, tmp_path: Path, *options: str) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.addresses = (f"127.0.0.1:{port}", f"unix:{tmp_path / 'gpu.sock'}")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gpu_server",
+                "--backend",
+                "sim",
+                "--profile-db",
+                str(tmp_path / "profiles.sqlite3"),
+                *(arg for address in self.addresses for arg in ("--listen", address)),
+                *options,
+            ],
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        assert wait_until(self._answers, timeout=60), "the server did not start"
+
+    def _answers(self) -> bool:
+        try:
+            connect(self.addresses[1], priority=0, client_name="probe").close()
+        except ConnectionLost:
+            return False
+        return True
+
+    def session(self, transport: int = 1, priority: int = 0) -> Session:
+        return Session(connect(self.addresses[transport], priority=priority, client_name="t"))
+
+    def workers(self) -> set[int]:
+        """Process ids of the server's GPU workers."""
+        found = set()
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid:
+                    found.add(int(entry.name))
+        return found
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(30)
+
+
+class Session:
+    """A session driven call by call, with a module holding the faulting kernel."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.ctx = self.value("cuDevicePrimaryCtxRetain", 0)
+
+    def value(self, name: str, *args: object) -> object:
+        status, *values = self.conn.request(name, *args)
+        assert status == 0, (name, CUresult(status))
+        return values[0] if values else None
+
+    def stored(self, data: bytes) -> int:
+        ptr = self.value("cuMemAlloc", self.ctx, len(data))
+        self.value("cuMemcpyHtoD", self.ctx, ptr, 0, data, len(data), None)
+        return ptr
+
+    def read(self, ptr: int, size: int) -> bytes:
+        return self.value("cuMemcpyDtoH", self.ctx, ptr, 0, size, size, None)
+
+    def launch(self, kernel: str, params: bytes = b"") -> None:
+        module = self.value("cuModuleLoadData", self.ctx, FAULT_PTX, {})
+        function = self.value("cuModuleGetFunction", module, kernel)
+        self.conn.post("cuLaunchKernel", self.ctx, function, [1, 1, 1], [1, 1, 1], 0, 0, params)
+
+    def fault(self) -> int:
+        """Launch the faulting kernel and synchronize: the CUresult the sync returns."""
+        self.launch(FAULT_KERNEL_PREFIX, bytes(8))
+        return self.conn.request("cuCtxSynchronize", self.ctx)[0]
+
+
+@pytest.fixture
+def shared_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    server = ServerProcess(tmp_path, "--isolation", "shared")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def process_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    server = ServerProcess(tmp_path, "--isolation", "process")
+    yield server
+    server.stop()
+
+
+def lost_reason(session: Session) -> str:
+    with pytest.raises(ConnectionLost) as lost:
+        session.conn.request("cuDeviceGetCount")
+    return str(lost.value)
+
+
+@pytest.mark.parametrize("transport", [0, 1], ids=["grpc", "unix"])
+def test_a_fault_in_the_shared_worker_is_told_to_everyone_and_the_worker_replaced(
+    shared_server: ServerProcess, transport: int
+) -> None:
+    bystander = shared_server.session(transport)
+    bystander.stored(b"x" * 4096)
+    culprit = shared_server.session(transport)
+    (before,) = shared_server.workers()
+
+    assert culprit.fault() == ILLEGAL_ADDRESS  # the real error, to the session that caused it
+    faulted = time.monotonic()
+    assert wait_until(lambda: before not in shared_server.workers())
+    assert "another tenant's kernel faulted (CUDA_ERROR_ILLEGAL_ADDRESS)" in lost_reason(bystander)
+    assert "this session's GPU state is lost" in lost_reason(culprit)
+
+    fresh = shared_server.session(transport)  # a new worker, within the 2 s promised
+    assert fresh.read(fresh.stored(b"new"), 3) == b"new"
+    assert time.monotonic() - faulted < 2.0
+    assert shared_server.workers() != {before}
+    for session in (bystander, culprit, fresh):
+        session.conn.close()
+
+
+def test_a_fault_under_process_isolation_reaches_only_its_session(
+    process_server: ServerProcess,
+) -> None:
+    bystander = process_server.session()
+    ptr = bystander.stored(b"kept" * 1024)
+    culprit = process_server.session()
+
+    assert culprit.fault() == ILLEGAL_ADDRESS
+    assert "this session's GPU state is lost" in lost_reason(culprit)
+    assert bystander.read(ptr, 4096) == b"kept" * 1024  # untouched, and still serving
+    bystander.launch("fill")
+    bystander.value("cuCtxSynchronize", bystander.ctx)
+    bystander.conn.close()
+    culprit.conn.close()
+
+
+def test_each_session_gets_a_worker_that_ends_with_it(process_server: ServerProcess) -> None:
+    assert wait_until(lambda: len(process_server.workers()) == 1)  # the spare
+    sessions = [process_server.session() for _ in range(3)]
+    assert wait_until(lambda: len(process_server.workers()) == 4)
+    for session in sessions:
+        session.conn.close()
+    assert wait_until(lambda: len(process_server.workers()) == 1)
+
+
+def test_the_server_stops_its_workers(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, "--isolation", "process")
+    session = server.session()
+    workers = server.workers()
+    assert len(workers) == 2
+    server.stop()
+    assert lost_reason(session)
+    assert wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers))
+
+
+@pytest.mark.parametrize(
+    ("policy", "held"), [("priority", True), ("fifo", False)], ids=["priority", "fifo"]
+)
+def test_the_scheduler_orders_launches_across_worker_processes(
+    tmp_path: Path, policy: str, held: bool
+) -> None:
+    # A task stays active for a minute after its last launch: only its end frees the GPU.
+    server = ServerProcess(
+        tmp_path, "--isolation", "process", "--policy", policy, "--quiet-after-us", "6e7"
+    )
+    try:
+        high = server.session(priority=9)
+        high.launch("fill")
+        low = server.session(priority=0)
+        synced = threading.Event()
+
+        def low_work() -> None:
+            low.launch("fill")
+            low.value("cuCtxSynchronize", low.ctx)
+            synced.set()
+
+        threading.Thread(target=low_work, daemon=True).start()
+        assert synced.wait(1.0) is not held
+        high.conn.close()  # the high-priority task ends: its worker's launches stop counting
+        assert synced.wait(10)
+        low.conn.close()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("isolation", ["none", "shared", "process"])
+def test_sigterm_ends_sessions_whose_launches_are_held(tmp_path: Path, isolation: str) -> None:
+    server = ServerProcess(
+        tmp_path,
+        *("--isolation", isolation, "--policy", "priority"),
+        *("--quiet-after-us", "6e7", "--grace", "0.5"),
+    )
+    high = server.session(priority=9)
+    high.launch("fill")
+    low = server.session(priority=0)
+    low.launch("fill")  # held while the high-priority task is active: a minute
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < 5
+    assert lost_reason(low)
+    assert not server.workers()
