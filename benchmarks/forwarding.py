@@ -1,11 +1,15 @@
 """Forwarding cost: native cuda-python vs the server over TCP (gRPC) and the same-host socket.
 
-Usage: python benchmarks/forwarding.py
-Runs driver_calls.py natively, then through one `gpu-server --backend cuda` listening on a
+Usage: python benchmarks/forwarding.py [--isolation shared|process|none]
+Runs driver_calls.py natively, then through `gpu-server --backend cuda` listening on a
 local TCP port and on a unix socket, and measures the transport floors (transport_floors.py)
-in the same run. Prints a table with ratios to native and the forwarding targets.
+in the same run. The TCP client copies through gRPC (FIKIT_STAGING=off), as a client on
+another host does. Prints a table with ratios to native and the forwarding targets for the
+server's isolation mode (default: the server's default, shared), then what each isolation
+mode costs over the same-host socket.
 """
 
+import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -49,16 +53,32 @@ def targets(native: Results, tcp: Results, unix: Results, floors: Results) -> li
     ]
 
 
+ISOLATION_MODES = ("none", "shared", "process")
+ISOLATION_METRICS = ("launch_async_us", "launch_4arg_async_us", "launch_sync_us", "sync_call_us")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--isolation", choices=ISOLATION_MODES, default="shared")
+    args = parser.parse_args()
     fikit_run = console_script("fikit-run", "client_stub.run")
+    native = run_benchmark("native", [])
+    same_host: dict[str, Results] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        socket_address = f"unix:{Path(tmp) / 'gpu.sock'}"
-        log = Path(tmp) / "server.log"
-        with gpu_server(["--listen", socket_address], log) as tcp_address:
-            native = run_benchmark("native", [])
-            tcp = run_benchmark("tcp", [*fikit_run, "--server", tcp_address])
-            unix = run_benchmark("unix", [*fikit_run, "--server", socket_address])
+        for isolation in ISOLATION_MODES:
+            socket_address = f"unix:{Path(tmp) / f'{isolation}.sock'}"
+            options = ["--listen", socket_address, "--isolation", isolation]
+            with gpu_server(options, Path(tmp) / f"{isolation}.log") as tcp_address:
+                same_host[isolation] = run_benchmark(
+                    f"unix, isolation {isolation}", [*fikit_run, "--server", socket_address]
+                )
+                if isolation == args.isolation:
+                    tcp = run_benchmark(
+                        "tcp", [*fikit_run, "--server", tcp_address], {"FIKIT_STAGING": "off"}
+                    )
+    unix = same_host[args.isolation]
     floors = measure()
+    print(f"Server isolation: {args.isolation}\n")
     print("| metric | native | TCP | same host | TCP / native | same host / native |")
     print("|---|---:|---:|---:|---:|---:|")
     for metric, value in native.items():
@@ -70,6 +90,12 @@ def main() -> None:
         print(f"- {metric}: {value:.3f}")
     print("\nTargets:")
     print("\n".join(targets(native, tcp, unix, floors)))
+    print("\nIsolation modes over the same-host socket (us):")
+    print("| metric | native | " + " | ".join(ISOLATION_MODES) + " |")
+    print("|---|---:|" + "---:|" * len(ISOLATION_MODES))
+    for metric in ISOLATION_METRICS:
+        cells = [f"{same_host[mode][metric]:.3f}" for mode in ISOLATION_MODES]
+        print(f"| {metric} | {native[metric]:.3f} | " + " | ".join(cells) + " |")
     print(f"\nCommand: `{' '.join(sys.orig_argv)}`")
 
 

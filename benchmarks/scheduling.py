@@ -345,6 +345,7 @@ def run_mode(
         return run_programs(mode, mode_dir, args, None, lp_seconds, failures)
     trace = mode_dir / "trace.jsonl"
     server_args = ["--policy", policy, "--profile-db", str(args.out / "profiles.sqlite3")]
+    server_args += ["--isolation", args.isolation]
     if traced:
         server_args += ["--trace", str(trace)]
     with tempfile.TemporaryDirectory() as sockets:
@@ -382,6 +383,12 @@ def parse_args() -> argparse.Namespace:
         choices=("unix", "tcp"),
         default="unix",
         help="how clients reach the server: its same-host unix socket (default) or gRPC on TCP",
+    )
+    parser.add_argument(
+        "--isolation",
+        choices=("shared", "process", "none"),
+        default="shared",
+        help="the server's --isolation (default shared, the server's default)",
     )
     parser.add_argument(
         "--timeline-requests",

@@ -90,13 +90,15 @@ def gpu_server(args: Sequence[str], log: Path) -> Iterator[str]:
         stop(server)
 
 
-def run_benchmark(label: str, prefix: list[str]) -> dict[str, float]:
-    """Run driver_calls.py behind `prefix` (nothing: natively; fikit-run ...: remotely);
-    return the JSON object on its last stdout line."""
+def run_benchmark(
+    label: str, prefix: list[str], env: dict[str, str] | None = None
+) -> dict[str, float]:
+    """Run driver_calls.py behind `prefix` (nothing: natively; fikit-run ...: remotely),
+    with `env` added to the environment; return the JSON object on its last stdout line."""
     result = subprocess.run(
         [*prefix, sys.executable, str(DRIVER_CALLS)],
         cwd=REPO,
-        env=ENV,
+        env={**ENV, **(env or {})},
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT_S,

@@ -53,6 +53,7 @@ class ServerProcess:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         self.addresses = (f"127.0.0.1:{port}", f"unix:{tmp_path / 'gpu.sock'}")
+        python_path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -65,11 +66,12 @@ class ServerProcess:
                 *(arg for address in self.addresses for arg in ("--listen", address)),
                 *options,
             ],
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *python_path])},
         )
         assert wait_until(self._answers, timeout=60), "the server did not start"
 
     def _answers(self) -> bool:
+        assert self.process.poll() is None, f"the server exited ({self.process.returncode})"
         try:
             connect(self.addresses[1], priority=0, client_name="probe").close()
         except ConnectionLost:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install FIKIT on a GPU machine without network, run the CPU and GPU suites, then the
-# forwarding benchmark (native vs TCP vs same host, with the transport floors). Wheels
+# Install FIKIT on a GPU machine without network, run the GPU and CPU suites, then the
+# forwarding benchmark (native vs TCP vs same host, with the transport floors, and the cost
+# of each isolation mode); the fault-containment figures go to $OUT/isolation.jsonl. Wheels
 # missing there (hatchling and its needs, grpcio-health-checking) are taken from .whl/
 # (see README, "Validating on a GPU box").
 # Logs go to $OUT when it is set.
@@ -9,10 +10,11 @@ cd "$(dirname "$0")/../.."
 out=${OUT:-/tmp/fikit-gpu-run}
 mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/fikit-site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/fikit-site PYTHONUNBUFFERED=1
+export PYTHONPATH=/tmp/fikit-site PYTHONUNBUFFERED=1 FIKIT_GPU_FIGURES="$out"
 python3 -m pip install -q --no-index --no-deps --no-build-isolation . || exit 1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 status=0
-python3 -m pytest -q -p no:cacheprovider tests 2>&1 | tee "$out/pytest.log" || status=1
+python3 -m pytest -v -p no:cacheprovider tests/gpu 2>&1 | tee "$out/pytest-gpu.log" || status=1
+python3 -m pytest -q -p no:cacheprovider --ignore=tests/gpu tests 2>&1 | tee "$out/pytest.log" || status=1
 python3 benchmarks/forwarding.py 2>&1 | tee "$out/benchmark.log" || status=1
 exit $status

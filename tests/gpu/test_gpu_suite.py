@@ -1,7 +1,9 @@
 """Plain cuda-python programs run natively and through gpu-server + fikit-run must match."""
 
+import contextlib
 import difflib
 import functools
+import json
 import os
 import shutil
 import signal
@@ -9,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +39,9 @@ REPO = Path(__file__).resolve().parents[2]
 PROGRAMS_DIR = Path(__file__).resolve().parent / "programs"
 PROGRAMS = sorted(p.name for p in PROGRAMS_DIR.glob("*.py") if p.name != "common.py")
 VECTOR_ADD = REPO / "examples" / "vector_add.py"
+TENANT = Path(__file__).resolve().parent / "tenants" / "tenant.py"
+#: Where the fault-containment figures go (the GPU run script sets it to its output folder).
+FIGURES = Path(os.environ.get("FIKIT_GPU_FIGURES", "/tmp")) / "isolation.jsonl"
 CONCURRENT_PROGRAMS = ["copies.py", "saxpy_arg_forms.py"]
 TIMEOUT_S = int(os.environ.get("FIKIT_GPU_TEST_TIMEOUT", "240"))
 SERVER_START_S = 30
@@ -51,11 +57,11 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _server_command(addr: str) -> list[str]:
+def _server_command(addr: str, isolation: str) -> list[str]:
     """gpu-server console script if installed, else `python -m gpu_server`."""
     script = shutil.which("gpu-server")
     base = [script] if script else [sys.executable, "-m", "gpu_server"]
-    return [*base, "--listen", addr, "--backend", "cuda"]
+    return [*base, "--listen", addr, "--backend", "cuda", "--isolation", isolation]
 
 
 def _remote_prefix(addr: str) -> list[str]:
@@ -118,15 +124,19 @@ class Server:
                 self.proc.wait()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A gpu-server with the CUDA backend on a free local port for this module's tests."""
+@contextlib.contextmanager
+def running_server(log_dir: Path, isolation: str) -> Iterator[Server]:
+    """A gpu-server with the CUDA backend on a free local port."""
     port = _free_port()
     addr = f"127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("gpu_server") / "server.log"
+    log = log_dir / "server.log"
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
-            _server_command(addr), cwd=REPO, env=_env(), stdout=log_file, stderr=subprocess.STDOUT
+            _server_command(addr, isolation),
+            cwd=REPO,
+            env=_env(),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
     handle = Server(addr, port, proc, log)
     try:
@@ -134,6 +144,13 @@ def server(tmp_path_factory):
         yield handle
     finally:
         handle.stop()
+
+
+@pytest.fixture(scope="module", params=["shared", "process"])
+def server(request, tmp_path_factory):
+    """A gpu-server for this module's tests, under each isolation mode that uses workers."""
+    with running_server(tmp_path_factory.mktemp("gpu_server"), request.param) as handle:
+        yield handle
 
 
 def _check_exit(label: str, returncode: int, stdout: str, stderr: str) -> None:
@@ -232,3 +249,84 @@ def test_two_remote_clients_concurrently(server, tmp_path):
         label = f"concurrent remote {program.name}"
         _check_exit(label, proc.returncode, remote, stderr.read_text())
         _assert_same_output(label, natives[program], remote)
+
+
+def _tenant(server: Server, role: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*_remote_command(server, TENANT), role],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+
+
+def _record(figure: dict) -> None:
+    with FIGURES.open("a") as out:
+        out.write(json.dumps(figure) + "\n")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("isolation", ["shared", "process"])
+def test_a_kernel_fault_is_contained(tmp_path, isolation):
+    with running_server(tmp_path, isolation) as server:
+        bystander = _tenant(server, "bystander", stdin=subprocess.PIPE)
+        assert bystander.stdout.readline().strip() == "ready"
+        fault = _run("fault", [*_remote_command(server, TENANT), "fault"], server)
+        faulted = time.monotonic()
+        assert fault.strip() == "CUDA_ERROR_ILLEGAL_ADDRESS"
+        fresh = _run("fresh", [*_remote_command(server, TENANT), "fresh"], server)
+        fresh_s = time.monotonic() - faulted
+        bystander.stdin.write("\n")
+        bystander.stdin.flush()
+        said, log = bystander.communicate(timeout=TIMEOUT_S)
+        server.assert_alive()
+    _record({"isolation": isolation, "new_session_ok_after_fault_s": round(fresh_s, 3)})
+    assert fresh.strip() == "ok"
+    if isolation == "shared":
+        assert said.strip() == "CUDA_ERROR_DEVICE_UNAVAILABLE"
+        assert "another tenant's kernel faulted (CUDA_ERROR_ILLEGAL_ADDRESS)" in log
+    else:
+        assert said.strip() == "ok", log
+    assert fresh_s < 2.0, f"a new session worked only {fresh_s:.2f} s after the fault"
+
+
+def _free_device_memory() -> int:
+    from cuda.bindings import driver
+
+    free, _ = driver.cuMemGetInfo()[1:]
+    return free
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("isolation", ["shared", "process"])
+def test_a_killed_client_has_its_device_memory_freed_within_a_second(tmp_path, isolation):
+    from cuda.bindings import driver
+
+    driver.cuInit(0)
+    ctx = driver.cuDevicePrimaryCtxRetain(driver.cuDeviceGet(0)[1])[1]
+    driver.cuCtxSetCurrent(ctx)
+    with running_server(tmp_path, isolation) as server:
+        holder = _tenant(server, "hold", stdin=subprocess.PIPE)
+        assert holder.stdout.readline().strip() == "ready"
+        held = _free_device_memory()
+        holder.kill()
+        killed = time.monotonic()
+        while _free_device_memory() < held + (3 << 30) and time.monotonic() - killed < 10:
+            time.sleep(0.01)
+        freed_s = time.monotonic() - killed
+        server.assert_alive()
+    driver.cuDevicePrimaryCtxRelease(driver.cuDeviceGet(0)[1])
+    _record({"isolation": isolation, "killed_client_memory_freed_s": round(freed_s, 3)})
+    assert freed_s < 1.0, f"4 GiB came back {freed_s:.2f} s after the kill"
+
+
+@pytest.mark.gpu
+def test_sixteen_tenants_at_once_all_correct(tmp_path):
+    with running_server(tmp_path, "shared") as server:
+        tenants = [_tenant(server, "fresh") for _ in range(16)]
+        results = [tenant.communicate(timeout=TIMEOUT_S) for tenant in tenants]
+        server.assert_alive()
+    assert [out.strip() for out, _ in results] == ["ok"] * 16, [err for _, err in results]
