@@ -20,10 +20,16 @@ _READ_BYTES = 1 << 20
 class FrameSocket:
     """Sends and receives frames on a connected stream socket."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, received: bytes = b"") -> None:
+        """``received``: bytes already read from ``sock`` (by another ``FrameSocket``)."""
         self.sock = sock
-        self._buffer = bytearray()
+        self._buffer = bytearray(received)
         self._pending: list[bytes] = []
+
+    def unread(self) -> bytes:
+        """What was read from the socket and not handed out yet, as it arrived."""
+        frames = [_HEADER.pack(len(frame)) + frame for frame in self._pending]
+        return b"".join(frames) + bytes(self._buffer)
 
     def send(self, payload: bytes) -> None:
         """Send one frame (header and payload in one system call when they fit)."""

@@ -9,6 +9,7 @@ session in this process (``--isolation none``, and inside every GPU worker proce
 
 from __future__ import annotations
 
+import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +44,9 @@ class PlacementFailed(Exception):
 class SessionPort(ABC):
     """One session, wherever its calls run."""
 
+    #: Whether ``adopt`` can hand a same-host client's socket to where the session runs.
+    can_adopt = False
+
     def __init__(self, session_id: int, staging: bool) -> None:
         self.id = session_id
         #: Whether bulk copies go through the client's shared-memory staging area.
@@ -60,6 +64,12 @@ class SessionPort(ABC):
     @abstractmethod
     def close(self) -> None:
         """End the session: everything it held is freed."""
+
+    def adopt(self, sock: socket.socket, received: bytes) -> str:
+        """Let the session be served straight from ``sock`` (``received``: bytes already
+        read from it) instead of through ``start``/``submit``; wait for its end; return
+        why the server ended it, or "" when the client did. Only when ``can_adopt``."""
+        raise NotImplementedError
 
 
 class Placement(ABC):

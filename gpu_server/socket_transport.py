@@ -4,8 +4,11 @@
 frames that have arrived and submits them to the session's port; a session run in this
 process executes them on that thread and writes the replies itself: a call goes from the
 socket to the driver and its reply back without a hand-over between threads or an event
-loop, which is what a round trip costs through gRPC. Backpressure is the socket's: the
-thread reads only when it is ready for more.
+loop, which is what a round trip costs through gRPC. A session run in a GPU worker process
+gets the connection itself once welcomed (passed over a unix socket), so its calls do not
+pass through this process either; the thread then only waits to tell the client if the
+worker is lost. Backpressure is the socket's: a thread reads only when it is ready for
+more.
 """
 
 from __future__ import annotations
@@ -84,6 +87,11 @@ class SocketListener:
             if port is None:
                 return
             try:
+                if port.can_adopt:
+                    reason = port.adopt(conn, frames.unread())
+                    if reason:
+                        _end(frames, reason)
+                    return
                 port.start(frames.send, lambda reason: _end(frames, reason))
                 while payloads := frames.receive():
                     for payload in payloads:

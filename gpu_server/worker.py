@@ -39,7 +39,7 @@ from fikit_wire import calls as wire
 from fikit_wire.frames import FrameSocket
 from gpu_server.backends import BackendUnavailable, open_backend
 from gpu_server.errors import CudaError
-from gpu_server.ports import InProcess, SessionSpec
+from gpu_server.ports import InProcess, LocalPort, SessionSpec
 from scheduler.dispatcher import DispatcherClosed, IssueFn, LaunchProbe
 
 log = logging.getLogger("gpu_server.worker")
@@ -48,6 +48,12 @@ log = logging.getLogger("gpu_server.worker")
 POLL_INTERVAL_S = 20e-6
 #: Exit status of a worker whose GPU state was lost.
 FAULT_EXIT = 3
+#: Leads the message that hands a client's socket over (the socket rides along with it).
+ADOPT = b"A"
+#: Sent on the front end's connection once an adopted session ended normally.
+ENDED = b"E"
+#: Bytes read at once from a session's connection before its frames start.
+_FIRST_READ_BYTES = 1 << 20
 
 
 def stream_key(key: Hashable) -> int:
@@ -184,32 +190,53 @@ class Worker:
             threading.Thread(target=self._run, args=(conn,), daemon=True).start()
 
     def _run(self, conn: socket.socket) -> None:
-        """Run one session: its spec, then its frames of calls, to the end."""
-        frames = FrameSocket(conn)
+        """Run one session: its spec, then its frames of calls, to the end.
+
+        The frames come relayed on ``conn``, or from the client's own socket when the front
+        end hands it over (a message starting with ADOPT, the socket attached); ``conn``
+        then only tells the front end when the session ended."""
+        lifeline = FrameSocket(conn)
+        client = None
         try:
-            first = frames.receive_one()
+            first = lifeline.receive_one()
             if first is None:
                 return
             port = self.placement.open(SessionSpec(*msgpack.unpackb(first)))
-            frames.send(msgpack.packb(port.staging))
-            port.start(frames.send, lambda reason: None)
             try:
-                while payloads := frames.receive():
-                    for payload in payloads:
-                        port.submit(payload)
-                        if port.session.fault:
-                            self._lost(port.id, port.session.fault)
-            except ValueError as err:
-                log.info("session %d: %s", port.id, err)
-                frames.send(wire.pack_end(str(err)))
+                lifeline.send(msgpack.packb(port.staging))
+                data, fds, _, _ = socket.recv_fds(conn, _FIRST_READ_BYTES, 1)
+                if fds and data.startswith(ADOPT):
+                    client = socket.socket(fileno=fds[0])
+                    frames = FrameSocket(client, data[len(ADOPT) :])
+                else:
+                    for fd in fds:
+                        os.close(fd)
+                    frames = FrameSocket(conn, data)
+                self._serve(port, frames)
             finally:
                 port.close()
+            if client is not None:
+                conn.sendall(ENDED)
         except OSError as err:
             log.info("session ended: %s", err)
         finally:
+            if client is not None:
+                client.close()
             conn.close()
         if self.one_session:
             self.exit(0)
+
+    def _serve(self, port: LocalPort, frames: FrameSocket) -> None:
+        port.start(frames.send, lambda reason: None)
+        try:
+            while payloads := frames.receive():
+                for payload in payloads:
+                    port.submit(payload)
+                    if port.session.fault:
+                        self._lost(port.id, port.session.fault)
+        except ValueError as err:
+            log.info("session %d: %s", port.id, err)
+            frames.send(wire.pack_end(str(err)))
 
     def _lost(self, session_id: int, code: int) -> None:
         """The GPU state of this process is gone: say who saw it, then exit."""

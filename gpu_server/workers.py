@@ -32,7 +32,7 @@ from cuda.bindings.driver import CUresult
 from fikit_wire.frames import FrameSocket
 from gpu_server.errors import CudaError
 from gpu_server.ports import Emit, End, Placement, PlacementFailed, SessionPort, SessionSpec
-from gpu_server.worker import FAULT_EXIT
+from gpu_server.worker import ADOPT, ENDED, FAULT_EXIT
 from scheduler.dispatcher import Dispatcher, DispatcherClosed
 
 log = logging.getLogger(__name__)
@@ -290,7 +290,10 @@ class WorkerProcess:
 
 
 class WorkerPort(SessionPort):
-    """A session run in a worker process: frames relayed both ways, unparsed."""
+    """A session run in a worker process: frames relayed both ways, unparsed, or the
+    client's socket handed to the worker (``adopt``)."""
+
+    can_adopt = True
 
     def __init__(self, worker: WorkerProcess, session_id: int, frames: FrameSocket, staging: bool):
         super().__init__(session_id, staging)
@@ -316,6 +319,15 @@ class WorkerPort(SessionPort):
         if self._relay is not None:
             self._relay.join()
         self._frames.sock.close()
+
+    def adopt(self, sock: socket.socket, received: bytes) -> str:
+        lifeline = self._frames.sock
+        try:
+            socket.send_fds(lifeline, [ADOPT + received], [sock.fileno()])
+            said = lifeline.recv(1)  # until the session ends
+        except OSError:
+            said = b""
+        return "" if said == ENDED else self.worker.ending(self.id)
 
     def _pass_replies(self, emit: Emit, end: End) -> None:
         try:
