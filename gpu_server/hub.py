@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 SERVER_VERSION = "0.1.0"
 DEFAULT_MAX_SESSIONS = 256
+#: What a client still connected when the server stops is told.
+SHUTTING_DOWN = "the GPU server is shutting down"
 
 
 @dataclass(frozen=True)

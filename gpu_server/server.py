@@ -22,6 +22,8 @@ from gpu_server.service import GpuSessionService
 from gpu_server.socket_transport import SocketListener
 
 SERVICE_NAME = "fikit.v1.GpuSession"
+#: gRPC cancels calls this long after the grace period, once sessions were told to end.
+GRPC_CANCEL_AFTER_S = 1.0
 
 
 @dataclass
@@ -29,6 +31,7 @@ class RunningServer:
     """A started server and the addresses it listens on, in the order given."""
 
     grpc_server: grpc.aio.Server
+    service: GpuSessionService
     hub: SessionHub
     health: health.aio.HealthServicer
     sockets: list[SocketListener]
@@ -44,7 +47,8 @@ class RunningServer:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await asyncio.gather(
-            self.grpc_server.stop(grace),
+            self.grpc_server.stop(grace + GRPC_CANCEL_AFTER_S),
+            self.service.end_sessions(grace),
             *(asyncio.to_thread(listener.stop, grace) for listener in self.sockets),
         )
 
@@ -66,7 +70,8 @@ async def start_server(
             ("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),
         ]
     )
-    session_pb2_grpc.add_GpuSessionServicer_to_server(GpuSessionService(hub), server)
+    service = GpuSessionService(hub)
+    session_pb2_grpc.add_GpuSessionServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     sockets: list[SocketListener] = []
@@ -93,4 +98,4 @@ async def start_server(
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, hub, health_servicer, sockets, addresses)
+    return RunningServer(server, service, hub, health_servicer, sockets, addresses)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -10,7 +11,7 @@ import grpc
 
 from fikit_wire import session_pb2, session_pb2_grpc
 from gpu_server.executor import FINISHED, ReceiveBudget, SessionLost, SessionRunner
-from gpu_server.hub import Hello, HelloRefused, SessionHub
+from gpu_server.hub import SHUTTING_DOWN, Hello, HelloRefused, SessionHub
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,16 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
         self.hub = hub
         self.budget = ReceiveBudget()
         self._closing: set[asyncio.Future[None]] = set()
+        self._runners: set[SessionRunner] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def end_sessions(self, grace: float) -> None:
+        """Give open sessions ``grace`` seconds to end, then end them, saying why."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace)
+        for runner in self._runners:
+            runner.frames.put_nowait(SessionLost(SHUTTING_DOWN))
 
     async def Open(
         self,
@@ -44,6 +55,8 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
         except HelloRefused as refused:
             await context.abort(_STATUS[refused.kind], str(refused))
         runner = SessionRunner(port, self.budget)
+        self._runners.add(runner)
+        self._idle.clear()
         reader = asyncio.create_task(self._read_batches(request_iterator, runner))
         try:
             yield session_pb2.ServerFrame(welcome=session_pb2.Welcome(**self.hub.welcome(port)))
@@ -64,6 +77,9 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
                 log.warning("session %d: %s", port.id, err)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         finally:
+            self._runners.discard(runner)
+            if not self._runners:
+                self._idle.set()
             reader.cancel()
             # gRPC may cancel this handler more than once; the cleanup must finish anyway.
             closing = asyncio.ensure_future(runner.close(self.hub.close))

@@ -25,7 +25,7 @@ import msgpack
 
 from fikit_wire import calls as wire
 from fikit_wire.frames import FrameSocket
-from gpu_server.hub import Hello, HelloRefused, SessionHub
+from gpu_server.hub import SHUTTING_DOWN, Hello, HelloRefused, SessionHub
 from gpu_server.ports import SessionPort
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class SocketListener:
             thread.join(max(0.0, deadline - time.monotonic()))
         for conn, thread in connections.items():
             with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
+                conn.shutdown(socket.SHUT_RD)  # the session ends; its thread says why
             thread.join()
 
     def _accept(self) -> None:
@@ -87,23 +87,32 @@ class SocketListener:
             if port is None:
                 return
             try:
-                if port.can_adopt:
-                    reason = port.adopt(conn, frames.unread())
-                    if reason:
-                        _end(frames, reason)
-                    return
-                port.start(frames.send, lambda reason: _end(frames, reason))
-                while payloads := frames.receive():
-                    for payload in payloads:
-                        port.submit(payload)
+                reason = self._run(port, frames)
             finally:
                 self.hub.close(port)
+            if reason or self._stopping.is_set():
+                _end(frames, reason or SHUTTING_DOWN)
         except (OSError, ValueError) as err:
             log.info("unix session ended: %s", err)
         finally:
             conn.close()
             with self._lock:
                 self._connections.pop(conn, None)
+
+    @staticmethod
+    def _run(port: SessionPort, frames: FrameSocket) -> str:
+        """Serve the session until the client or the server ends it; why the server did."""
+        if port.can_adopt:
+            return port.adopt(frames.sock, frames.unread())
+        port.start(frames.send, lambda reason: _end(frames, reason))
+        try:
+            while payloads := frames.receive():
+                for payload in payloads:
+                    port.submit(payload)
+        except ValueError as err:  # a malformed frame: nothing after it runs
+            log.info("unix session %d: %s", port.id, err)
+            return str(err)
+        return ""
 
     def _open(self, frames: FrameSocket) -> SessionPort | None:
         """Read the Hello and answer it: the new session, or None once refused."""

@@ -248,7 +248,8 @@ def test_the_socket_transport_answers_in_order_and_ends_a_session_on_a_bad_frame
     welcome, *rest = raw_socket_session(
         sim_server, socket_hello(), b"\xc1garbage", wire.pack(batch)
     )
-    assert rest == []  # the malformed frame ended that session, and nothing after it ran
+    # The malformed frame ended that session, saying why, and nothing after it ran.
+    assert [reply["error"][:15] for reply in rest] == ["malformed frame"]
     assert remote.cuDeviceGetCount() == (CUresult.CUDA_SUCCESS, 1)
     assert wait_until(lambda: len(sim_server.active_sessions()) <= 1)
 
@@ -262,7 +263,7 @@ def test_a_server_going_away_fails_the_next_call_with_device_unavailable(
     assert conn.request("cuDeviceGetCount") == [0, 1]
     server.stop()
     started = time.monotonic()
-    with pytest.raises(ConnectionLost):
+    with pytest.raises(ConnectionLost, match="the GPU server is shutting down"):
         conn.request("cuDeviceGetCount")
     assert time.monotonic() - started < 5
     conn.close()
