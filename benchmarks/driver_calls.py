@@ -85,11 +85,16 @@ def bandwidth(copy, dst, src, size: int, repeats: int) -> float:
     return size / median_seconds(lambda: check(copy(dst, src, size)), repeats) / 1e9
 
 
-def main() -> None:
+def open_device():
+    """cuInit, then make device 0's primary context current; the device."""
     check(driver.cuInit(0))
     dev = check(driver.cuDeviceGet(0))
-    ctx = check(driver.cuDevicePrimaryCtxRetain(dev))
-    check(driver.cuCtxSetCurrent(ctx))
+    check(driver.cuCtxSetCurrent(check(driver.cuDevicePrimaryCtxRetain(dev))))
+    return dev
+
+
+def main() -> None:
+    dev = open_device()
     module, kernel, saxpy = compile_kernels(dev)
     stream = check(driver.cuStreamCreate(0))
     x, y = check(driver.cuMemAlloc(4 * SAXPY_N)), check(driver.cuMemAlloc(4 * SAXPY_N))

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from driver_calls import check, compile_kernels
+from driver_calls import check, compile_kernels, open_device
 from server_process import ENV, REPO, console_script, gpu_server
 
 ITERATIONS = 3_000
@@ -28,11 +28,7 @@ def tenant() -> None:
     """One tenant: mean launch+sync microseconds after a start signal on stdin."""
     from cuda.bindings import driver
 
-    check(driver.cuInit(0))
-    dev = check(driver.cuDeviceGet(0))
-    ctx = check(driver.cuDevicePrimaryCtxRetain(dev))
-    check(driver.cuCtxSetCurrent(ctx))
-    _, kernel, _ = compile_kernels(dev)
+    _, kernel, _ = compile_kernels(open_device())
 
     def launch_and_sync() -> None:
         check(driver.cuLaunchKernel(kernel, 1, 1, 1, 1, 1, 1, 0, 0, None, 0))
