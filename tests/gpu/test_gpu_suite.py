@@ -57,11 +57,12 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _server_command(addr: str, isolation: str) -> list[str]:
+def _server_command(listen: list[str], isolation: str) -> list[str]:
     """gpu-server console script if installed, else `python -m gpu_server`."""
     script = shutil.which("gpu-server")
     base = [script] if script else [sys.executable, "-m", "gpu_server"]
-    return [*base, "--listen", addr, "--backend", "cuda", "--isolation", isolation]
+    addresses = [arg for address in listen for arg in ("--listen", address)]
+    return [*base, *addresses, "--backend", "cuda", "--isolation", isolation]
 
 
 def _remote_prefix(addr: str) -> list[str]:
@@ -125,20 +126,24 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_server(log_dir: Path, isolation: str) -> Iterator[Server]:
-    """A gpu-server with the CUDA backend on a free local port."""
+def running_server(log_dir: Path, isolation: str, transport: str = "tcp") -> Iterator[Server]:
+    """A gpu-server with the CUDA backend on a free local port, and for ``transport``
+    "unix" on a unix socket too, which clients then use (same-host sessions are handed
+    to the GPU worker; TCP sessions are relayed to it)."""
     port = _free_port()
-    addr = f"127.0.0.1:{port}"
+    listen = [f"127.0.0.1:{port}"]
+    if transport == "unix":
+        listen.append(f"unix:{log_dir / 'gpu.sock'}")
     log = log_dir / "server.log"
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
-            _server_command(addr, isolation),
+            _server_command(listen, isolation),
             cwd=REPO,
             env=_env(),
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    handle = Server(addr, port, proc, log)
+    handle = Server(listen[-1], port, proc, log)
     try:
         handle.wait_listening()
         yield handle
@@ -146,10 +151,15 @@ def running_server(log_dir: Path, isolation: str) -> Iterator[Server]:
         handle.stop()
 
 
-@pytest.fixture(scope="module", params=["shared", "process"])
+@pytest.fixture(
+    scope="module",
+    params=[("shared", "tcp"), ("shared", "unix"), ("process", "unix")],
+    ids=["shared-tcp", "shared-unix", "process-unix"],
+)
 def server(request, tmp_path_factory):
-    """A gpu-server for this module's tests, under each isolation mode that uses workers."""
-    with running_server(tmp_path_factory.mktemp("gpu_server"), request.param) as handle:
+    """A gpu-server for this module's tests, under each isolation mode that uses workers
+    and each way its sessions reach them."""
+    with running_server(tmp_path_factory.mktemp("gpu_server"), *request.param) as handle:
         yield handle
 
 
@@ -271,7 +281,7 @@ def _record(figure: dict) -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("isolation", ["shared", "process"])
 def test_a_kernel_fault_is_contained(tmp_path, isolation):
-    with running_server(tmp_path, isolation) as server:
+    with running_server(tmp_path, isolation, "unix") as server:
         bystander = _tenant(server, "bystander", stdin=subprocess.PIPE)
         assert bystander.stdout.readline().strip() == "ready"
         fault = _run("fault", [*_remote_command(server, TENANT), "fault"], server)
@@ -308,7 +318,7 @@ def test_a_killed_client_has_its_device_memory_freed_within_a_second(tmp_path, i
     driver.cuInit(0)
     ctx = driver.cuDevicePrimaryCtxRetain(driver.cuDeviceGet(0)[1])[1]
     driver.cuCtxSetCurrent(ctx)
-    with running_server(tmp_path, isolation) as server:
+    with running_server(tmp_path, isolation, "unix") as server:
         holder = _tenant(server, "hold", stdin=subprocess.PIPE)
         assert holder.stdout.readline().strip() == "ready"
         held = _free_device_memory()
