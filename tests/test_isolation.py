@@ -173,6 +173,17 @@ def test_a_fault_in_the_shared_worker_is_told_to_everyone_and_the_worker_replace
         session.conn.close()
 
 
+def test_a_killed_shared_worker_is_reported_and_replaced(shared_server: ServerProcess) -> None:
+    session = shared_server.session()
+    (worker,) = shared_server.workers()
+    os.kill(worker, signal.SIGKILL)
+    assert "the GPU worker process ended unexpectedly (signal 9)" in lost_reason(session)
+    fresh = shared_server.session()
+    assert fresh.read(fresh.stored(b"again"), 5) == b"again"
+    session.conn.close()
+    fresh.conn.close()
+
+
 def test_a_fault_under_process_isolation_reaches_only_its_session(
     process_server: ServerProcess,
 ) -> None:
