@@ -15,6 +15,7 @@ written to DIR/results.md and DIR/results.json. Exits non-zero when a program fa
 """
 
 import argparse
+import itertools
 import json
 import shlex
 import subprocess
@@ -36,6 +37,10 @@ LP_MAX_S = 3 * PROCESS_TIMEOUT_S
 MIN_LP_ALONE_S = 3.0
 #: Modes run again with a traced server (every launch timed) for the timeline picture.
 TIMELINE_MODES = ("hp-alone", "fifo", "priority", "fikit")
+#: Traced runs whose gap filling the report shows.
+SHARING_MODES = ("fifo", "priority", "fikit")
+#: GPU idle time between two HP kernels longer than this is a gap (us).
+GAP_MIN_US = 100.0
 # mode -> (server policy, or None for native; runs HP; runs LP), in the order they run
 MODES: dict[str, tuple[str | None, bool, bool]] = {
     "hp-alone-fifo": ("fifo", True, False),
@@ -107,6 +112,28 @@ def idle_fraction(trace: list[Json], kernels: int) -> float | None:
     return 1.0 - busy / (run_end - spans[0][0])
 
 
+def gap_filling(trace: list[Json]) -> tuple[float, float] | None:
+    """How LP work filled HP's idle gaps in a traced sharing run: the fraction of the gaps'
+    time with an LP kernel on the GPU, and the median time from a gap's start to its first
+    LP kernel (us). A gap is GPU time between two HP kernels longer than GAP_MIN_US."""
+    hp = sorted((k["start_us"], k["end_us"]) for k in trace if k["priority"] == HP_PRIORITY)
+    lp = sorted((k["start_us"], k["end_us"]) for k in trace if k["priority"] != HP_PRIORITY)
+    gaps = [
+        (end, start) for (_, end), (start, _) in itertools.pairwise(hp) if start - end > GAP_MIN_US
+    ]
+    if not gaps or not lp:
+        return None
+    filled, delays = 0.0, []
+    for gap_start, gap_end in gaps:
+        inside = [(s, e) for s, e in lp if e > gap_start and s < gap_end]
+        filled += sum(min(e, gap_end) - max(s, gap_start) for s, e in inside)
+        starts = [s for s, _ in inside if s >= gap_start]
+        if starts:
+            delays.append(min(starts) - gap_start)
+    total = sum(end - start for start, end in gaps)
+    return filled / total, float(np.median(delays)) if delays else float("nan")
+
+
 def ratio(value: float | None, reference: float | None) -> float | None:
     """value / reference, or None when either is missing."""
     return None if value is None or not reference else value / reference
@@ -130,8 +157,9 @@ def traced_idle_fraction(alone: ModeRun | None) -> float | None:
     return idle_fraction(alone.trace, alone.hp["requests"] * alone.hp["kernels_per_request"])
 
 
-def summarize(runs: dict[str, ModeRun], idle: float | None) -> Json:
-    """Per-mode rows with ratios, LP that fits (from HP's idle fraction), overhead, targets."""
+def summarize(runs: dict[str, ModeRun], idle: float | None, timeline: dict[str, ModeRun]) -> Json:
+    """Per-mode rows with ratios, LP that fits (from HP's idle fraction), overhead, targets,
+    and how LP filled HP's gaps in the traced runs."""
     rows = {mode: base_row(run) for mode, run in runs.items()}
 
     def ref(mode: str, key: str) -> float | None:
@@ -170,8 +198,14 @@ def summarize(runs: dict[str, ModeRun], idle: float | None) -> Json:
             "pass": None if overhead is None else abs(overhead) <= 0.02,
         },
     ]
+    filling = {
+        mode: gap_filling(timeline[mode].trace)
+        for mode in SHARING_MODES
+        if mode in timeline and timeline[mode].trace
+    }
     return {
         "modes": rows,
+        "gap_filling": {mode: value for mode, value in filling.items() if value is not None},
         "hp_idle_fraction": idle,
         "lp_fits_kps": fits,
         "scheduler_overhead": overhead,
@@ -201,6 +235,13 @@ def render(summary: Json, command: str, failures: list[str]) -> str:
         + ("n/a" if fits is None else f"{fits:.0f} kernels/s"),
         "Scheduler overhead (hp-alone mean / hp-alone-fifo mean - 1): "
         + ("n/a" if overhead is None else f"{overhead:+.2%}"),
+        "",
+        f"Gap filling (traced runs; gaps: HP GPU idle > {GAP_MIN_US:.0f} us):",
+        *(
+            f"- {mode}: LP kernels on the GPU {share:.1%} of HP's gap time; first LP kernel "
+            f"{delay:.0f} us into a gap (median)"
+            for mode, (share, delay) in summary["gap_filling"].items()
+        ),
         "",
         "Targets:",
     ]
@@ -434,7 +475,7 @@ def main() -> None:
         for mode in TIMELINE_MODES
         if mode in args.modes
     }
-    summary = summarize(runs, traced_idle_fraction(timeline.get("hp-alone")))
+    summary = summarize(runs, traced_idle_fraction(timeline.get("hp-alone")), timeline)
     command = shlex.join(sys.orig_argv)
     report = render(summary, command, failures)
     (args.out / "results.md").write_text(report)

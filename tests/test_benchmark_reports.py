@@ -1,0 +1,33 @@
+"""What the scheduling benchmark reports from a trace (benchmarks/ is not a package)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import scheduling
+
+
+def kernel(priority: int, start: float, end: float) -> dict[str, object]:
+    return {"priority": priority, "start_us": start, "end_us": end}
+
+
+def test_gap_filling_counts_lp_time_inside_hp_gaps_only() -> None:
+    trace = [
+        kernel(9, 0, 10),
+        kernel(9, 210, 220),  # one gap: 10..210
+        kernel(9, 250, 260),  # 30 us apart: not a gap
+        kernel(0, 50, 150),  # inside the gap: 100 us
+        kernel(0, 200, 300),  # 10 us of it inside
+        kernel(0, 400, 500),  # after the last HP kernel: outside any gap
+    ]
+    share, delay = scheduling.gap_filling(trace)
+    assert share == pytest.approx(110 / 200)
+    assert delay == pytest.approx(40)
+
+
+def test_gap_filling_without_lp_work_reports_nothing() -> None:
+    assert scheduling.gap_filling([kernel(9, 0, 10), kernel(9, 500, 510)]) is None
