@@ -58,6 +58,20 @@ def pack_end(reason: str) -> bytes:
     return msgpack.packb({"error": reason}, use_bin_type=True)
 
 
+def end_reason(payload: bytes) -> str | None:
+    """The reason in a ``pack_end`` frame; None for any other frame (only a frame that is
+    a msgpack map is decoded, so a batch of replies costs one byte's look)."""
+    if not payload or not (0x80 <= payload[0] <= 0x8F or payload[0] in (0xDE, 0xDF)):
+        return None
+    try:
+        unpack(payload)
+    except SessionEnded as ended:
+        return str(ended)
+    except ValueError:
+        return None
+    return None
+
+
 def unpack(data: bytes) -> list[Any]:
     """Decode a batch of calls or replies; raises ValueError on malformed input, and
     SessionEnded for a ``pack_end`` frame."""

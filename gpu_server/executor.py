@@ -112,8 +112,13 @@ class SessionRunner:
         self._thread.submit(self._run_batch, payload)
 
     def finish(self) -> None:
-        """Put FINISHED on ``frames`` after every batch submitted so far."""
-        self._thread.submit(self._loop.call_soon_threadsafe, self.frames.put_nowait, FINISHED)
+        """Put FINISHED on ``frames`` once every batch submitted so far has run and its
+        replies are on ``frames``."""
+        self._thread.submit(self._finished)
+
+    def _finished(self) -> None:
+        self.port.drain()
+        self._loop.call_soon_threadsafe(self.frames.put_nowait, FINISHED)
 
     async def close(self, cleanup: Callable[[SessionPort], None]) -> None:
         """Run ``cleanup(port)`` on the session's thread after all queued batches, then

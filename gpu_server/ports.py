@@ -65,6 +65,10 @@ class SessionPort(ABC):
     def close(self) -> None:
         """End the session: everything it held is freed."""
 
+    @abstractmethod
+    def drain(self) -> None:
+        """Wait until every frame submitted has run and its replies were emitted."""
+
     def adopt(self, sock: socket.socket, received: bytes) -> str:
         """Let the session be served straight from ``sock`` (``received``: bytes already
         read from it) instead of through ``start``/``submit``; wait for its end; return
@@ -105,6 +109,9 @@ class LocalPort(SessionPort):
     def submit(self, payload: bytes) -> None:
         assert self._emit is not None, "start() comes first"
         self.session.run_frame(payload, self._emit)
+
+    def drain(self) -> None:
+        """Frames run as they are submitted: nothing to wait for."""
 
     def close(self) -> None:
         session = self.session

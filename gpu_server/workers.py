@@ -29,6 +29,7 @@ from typing import Any
 import msgpack
 from cuda.bindings.driver import CUresult
 
+from fikit_wire import calls as wire
 from fikit_wire.frames import FrameSocket
 from gpu_server.errors import CudaError
 from gpu_server.ports import Emit, End, Placement, PlacementFailed, SessionPort, SessionSpec
@@ -312,12 +313,15 @@ class WorkerPort(SessionPort):
         with contextlib.suppress(OSError):  # the relay tells the client why
             self._frames.send(payload)
 
-    def close(self) -> None:
+    def drain(self) -> None:
         self._closing = True
         with contextlib.suppress(OSError):
-            self._frames.sock.shutdown(socket.SHUT_WR)
+            self._frames.sock.shutdown(socket.SHUT_WR)  # the worker runs what it has, then ends
         if self._relay is not None:
             self._relay.join()
+
+    def close(self) -> None:
+        self.drain()
         self._frames.sock.close()
 
     def adopt(self, sock: socket.socket, received: bytes) -> str:
@@ -333,7 +337,12 @@ class WorkerPort(SessionPort):
         try:
             while payloads := self._frames.receive():
                 for payload in payloads:
-                    emit(payload)
+                    reason = wire.end_reason(payload)
+                    if reason is None:
+                        emit(payload)
+                        continue
+                    end(reason)  # the worker ended the session (a malformed frame)
+                    return
         except (OSError, ValueError) as err:
             log.info("session %d: worker connection: %s", self.id, err)
         if not self._closing:

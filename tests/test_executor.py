@@ -27,6 +27,9 @@ class SlowPort(SessionPort):
         self.go.wait(10)
         self.ran.append(payload)
 
+    def drain(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

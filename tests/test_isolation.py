@@ -17,12 +17,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from cuda.bindings.driver import CUresult
 
 from client_stub.connection import Connection, ConnectionLost, connect
+from fikit_wire import calls as wire
+from fikit_wire import session_pb2
 from gpu_server.backends.sim import FAULT_KERNEL_PREFIX
-from tests.test_sessions import REPO, wait_until
+from tests.test_sessions import REPO, hello, open_raw, wait_until
 
 FAULT_PTX = f"""
 .version 9.0
@@ -265,3 +268,33 @@ def test_sigterm_ends_sessions_whose_launches_are_held(tmp_path: Path, isolation
     assert time.monotonic() - started < 5
     assert lost_reason(low)
     assert not server.workers()
+
+
+def test_a_malformed_grpc_frame_in_a_worker_ends_only_that_session_saying_why(
+    shared_server: ServerProcess,
+) -> None:
+    other = shared_server.session(transport=0)
+    batch = [["cuDeviceGetCount", True]]
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as ended:
+        open_raw(
+            shared_server.addresses[0],
+            hello(),
+            session_pb2.ClientFrame(calls=wire.pack(batch)),
+            session_pb2.ClientFrame(calls=b"\xc1garbage"),
+        )
+    assert "malformed frame" in ended.value.details()
+    assert time.monotonic() - started < 2
+    assert other.value("cuDeviceGetCount") == 1
+    other.conn.close()
+
+
+def test_replies_to_calls_sent_before_a_half_close_all_arrive_from_a_worker(
+    shared_server: ServerProcess,
+) -> None:
+    batch = [["cuDeviceGetCount", True], ["cuDeviceGet", True, 0]] * 50
+    frames = open_raw(
+        shared_server.addresses[0], hello(), session_pb2.ClientFrame(calls=wire.pack(batch))
+    )
+    replies = [reply for frame in frames[1:] for reply in wire.unpack(frame.replies)]
+    assert replies == [[0, 1], [0, 0]] * 50
