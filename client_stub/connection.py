@@ -295,10 +295,7 @@ class GrpcConnection(Connection):
         except (grpc.RpcError, StopIteration) as err:
             detail = err.details() if isinstance(err, grpc.RpcError) else "stream ended"
             raise self._lose(detail) from None
-        try:
-            return wire.unpack(frame.replies)
-        except ValueError as err:
-            raise self._lose(str(err)) from None
+        return wire.unpack(frame.replies)
 
     def _shut(self) -> None:
         """Half-close the stream and wait (up to CLOSE_TIMEOUT_S) for the server to finish
