@@ -68,7 +68,7 @@ def end_reason(payload: bytes) -> str | None:
     except SessionEnded as ended:
         return str(ended)
     except ValueError:
-        return None
+        pass
     return None
 
 

@@ -9,11 +9,16 @@ session in this process (``--isolation none``, and inside every GPU worker proce
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from fikit_wire import calls as wire
+from fikit_wire.frames import FrameSocket
 from gpu_server.backends.base import Backend
 from gpu_server.ownership import DeviceOwnership
 from gpu_server.session import Session, handle_counter
@@ -24,6 +29,10 @@ from scheduler.dispatcher import Dispatcher
 Emit = Callable[[bytes], None]
 #: Receives the reason a session was ended on the server's side.
 End = Callable[[str], None]
+#: Told (session id, CUresult) when a session's call found the process's GPU state lost.
+OnFault = Callable[[int, int], None]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,9 +107,10 @@ class Placement(ABC):
 class LocalPort(SessionPort):
     """A session executed on the thread that submits its frames."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, on_fault: OnFault | None = None) -> None:
         super().__init__(session.id, session.staging is not None)
         self.session = session
+        self._on_fault = on_fault
         self._emit: Emit | None = None
 
     def start(self, emit: Emit, end: End) -> None:
@@ -108,7 +118,10 @@ class LocalPort(SessionPort):
 
     def submit(self, payload: bytes) -> None:
         assert self._emit is not None, "start() comes first"
-        self.session.run_frame(payload, self._emit)
+        session = self.session
+        session.run_frame(payload, self._emit)
+        if session.fault and self._on_fault is not None:
+            self._on_fault(session.id, session.fault)
 
     def drain(self) -> None:
         """Frames run as they are submitted: nothing to wait for."""
@@ -123,13 +136,17 @@ class LocalPort(SessionPort):
 
 
 class InProcess(Placement):
-    """Sessions run in this process, on one backend and dispatcher."""
+    """Sessions run in this process, on one backend and dispatcher; ``on_fault`` hears of
+    a call that found the process's GPU state lost."""
 
     isolation = "none"
 
-    def __init__(self, backend: Backend, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self, backend: Backend, dispatcher: Dispatcher, on_fault: OnFault | None = None
+    ) -> None:
         self.backend = backend
         self.dispatcher = dispatcher
+        self.on_fault = on_fault
         #: Who owns which device memory, across the sessions of this process.
         self.ownership = DeviceOwnership()
         self._handle_ids = handle_counter()
@@ -147,11 +164,36 @@ class InProcess(Placement):
             spec.memory_quota,
             self.ownership,
         )
-        return LocalPort(session)
+        return LocalPort(session, self.on_fault)
 
     def describe(self) -> tuple[str, str]:
+        return self._description
+
+    @functools.cached_property
+    def _description(self) -> tuple[str, str]:
         backend = self.backend
         return backend.name, backend.device_name(0) if backend.device_count() else "no device"
 
     def close(self) -> None:
         """Nothing to stop: the backend and the dispatcher are the caller's."""
+
+
+def serve_frames(port: SessionPort, frames: FrameSocket) -> str:
+    """Run the frames of calls a socket brings, replies going back on it, until the client
+    ends the session (""), or sends a malformed frame (the reason; nothing after it runs)."""
+    port.start(frames.send, lambda reason: end_session(frames, reason))
+    try:
+        while payloads := frames.receive():
+            for payload in payloads:
+                port.submit(payload)
+    except ValueError as err:
+        log.info("session %d: %s", port.id, err)
+        return str(err)
+    return ""
+
+
+def end_session(frames: FrameSocket, reason: str) -> None:
+    """End a session on its socket from the server's side: say why, then stop both ways."""
+    with contextlib.suppress(OSError):
+        frames.send(wire.pack_end(reason))
+        frames.sock.shutdown(socket.SHUT_RDWR)

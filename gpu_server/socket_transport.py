@@ -26,7 +26,7 @@ import msgpack
 from fikit_wire import calls as wire
 from fikit_wire.frames import FrameSocket
 from gpu_server.hub import SHUTTING_DOWN, Hello, HelloRefused, SessionHub
-from gpu_server.ports import SessionPort
+from gpu_server.ports import SessionPort, end_session, serve_frames
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class SocketListener:
             finally:
                 self.hub.close(port)
             if reason or self._stopping.is_set():
-                _end(frames, reason or SHUTTING_DOWN)
+                end_session(frames, reason or SHUTTING_DOWN)
         except (OSError, ValueError) as err:
             log.info("unix session ended: %s", err)
         finally:
@@ -104,15 +104,7 @@ class SocketListener:
         """Serve the session until the client or the server ends it; why the server did."""
         if port.can_adopt:
             return port.adopt(frames.sock, frames.unread())
-        port.start(frames.send, lambda reason: _end(frames, reason))
-        try:
-            while payloads := frames.receive():
-                for payload in payloads:
-                    port.submit(payload)
-        except ValueError as err:  # a malformed frame: nothing after it runs
-            log.info("unix session %d: %s", port.id, err)
-            return str(err)
-        return ""
+        return serve_frames(port, frames)
 
     def _open(self, frames: FrameSocket) -> SessionPort | None:
         """Read the Hello and answer it: the new session, or None once refused."""
@@ -137,13 +129,6 @@ class SocketListener:
             return None
         frames.send(msgpack.packb(self.hub.welcome(port)))
         return port
-
-
-def _end(frames: FrameSocket, reason: str) -> None:
-    """End a session from the server's side: say why, then stop both directions."""
-    with contextlib.suppress(OSError):
-        frames.send(wire.pack_end(reason))
-        frames.sock.shutdown(socket.SHUT_RDWR)
 
 
 def _bind(path: str) -> socket.socket:

@@ -35,12 +35,12 @@ from typing import Any
 import msgpack
 from cuda.bindings.driver import CUresult
 
-from fikit_wire import calls as wire
 from fikit_wire.frames import FrameSocket
 from gpu_server.backends import BackendUnavailable, open_backend
+from gpu_server.backends.base import Backend
 from gpu_server.errors import CudaError
-from gpu_server.ports import InProcess, LocalPort, SessionSpec
-from scheduler.dispatcher import DispatcherClosed, IssueFn, LaunchProbe
+from gpu_server.ports import InProcess, SessionSpec, end_session, serve_frames
+from scheduler.dispatcher import Dispatcher, DispatcherClosed, IssueFn, LaunchProbe
 
 log = logging.getLogger("gpu_server.worker")
 
@@ -172,8 +172,14 @@ class DispatcherLink:
 class Worker:
     """Serves the sessions the front end places here, until told to go or the GPU is lost."""
 
-    def __init__(self, placement: InProcess, control: ControlSocket, one_session: bool) -> None:
-        self.placement = placement
+    def __init__(
+        self,
+        backend: Backend,
+        dispatcher: Dispatcher | DispatcherLink,
+        control: ControlSocket,
+        one_session: bool,
+    ) -> None:
+        self.placement = InProcess(backend, dispatcher, on_fault=self._lost)
         self.control = control
         self.one_session = one_session
 
@@ -212,7 +218,9 @@ class Worker:
                     for fd in fds:
                         os.close(fd)
                     frames = FrameSocket(conn, data)
-                self._serve(port, frames)
+                reason = serve_frames(port, frames)
+                if reason:
+                    end_session(frames, reason)
             finally:
                 port.close()
             if client is not None:
@@ -225,18 +233,6 @@ class Worker:
             conn.close()
         if self.one_session:
             self.exit(0)
-
-    def _serve(self, port: LocalPort, frames: FrameSocket) -> None:
-        port.start(frames.send, lambda reason: None)
-        try:
-            while payloads := frames.receive():
-                for payload in payloads:
-                    port.submit(payload)
-                    if port.session.fault:
-                        self._lost(port.id, port.session.fault)
-        except ValueError as err:
-            log.info("session %d: %s", port.id, err)
-            frames.send(wire.pack_end(str(err)))
 
     def _lost(self, session_id: int, code: int) -> None:
         """The GPU state of this process is gone: say who saw it, then exit."""
@@ -281,10 +277,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             scheduling = argparse.Namespace(**settings["scheduling"])
             dispatcher = stack.enter_context(open_dispatcher(scheduling))
-        placement = InProcess(backend, dispatcher)
-        worker = Worker(placement, control, settings["one_session"])
+        worker = Worker(backend, dispatcher, control, settings["one_session"])
         worker.serve(settings["socket"])
-        control.send("ready", *placement.describe())
+        control.send("ready", *worker.placement.describe())
         control.read()
         worker.exit(0)
 
