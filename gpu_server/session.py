@@ -192,6 +192,7 @@ class Session:
         ownership: DeviceOwnership | None = None,
     ) -> None:
         self.id = session_id
+        self.priority = priority
         #: Bytes of device memory the session may allocate (None: no limit), and in use.
         self.memory_quota = memory_quota
         self.memory_in_use = 0
@@ -227,17 +228,20 @@ class Session:
         ValueError."""
         replies: list[list[Any]] = []
         size = 0
-        for call in wire.unpack(payload):
-            reply = self.execute(call)
-            if reply is None:
-                continue
-            replies.append(reply)
-            size += sum(len(v) for v in reply if isinstance(v, (bytes, bytearray, memoryview)))
-            if size >= wire.FRAME_SOFT_LIMIT_BYTES:
+        dispatcher, priority = self.dispatcher, self.priority
+        with dispatcher.running(priority):
+            for call in wire.unpack(payload):
+                dispatcher.wait_turn(priority)
+                reply = self.execute(call)
+                if reply is None:
+                    continue
+                replies.append(reply)
+                size += sum(len(v) for v in reply if isinstance(v, (bytes, bytearray, memoryview)))
+                if size >= wire.FRAME_SOFT_LIMIT_BYTES:
+                    emit(wire.pack(replies))
+                    replies, size = [], 0
+            if replies:
                 emit(wire.pack(replies))
-                replies, size = [], 0
-        if replies:
-            emit(wire.pack(replies))
 
     def execute(self, call: Any) -> list[Any] | None:
         """Run one wire call; return its reply, or None when it asked for none."""

@@ -29,7 +29,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from typing import Any
 
 import msgpack
@@ -120,6 +120,14 @@ class DispatcherLink:
 
     def call_finished(self, task_id: int) -> None:
         self.control.send("finished", task_id)
+
+    @contextlib.contextmanager
+    def running(self, priority: int) -> Iterator[None]:
+        """The worker's one session has its CPU to itself: nothing to order."""
+        yield
+
+    def wait_turn(self, priority: int) -> None:
+        """Never waits (see ``running``)."""
 
     def launch(self, task_id: int, kernel_id: str, name: str, issue: IssueFn) -> None:
         """Wait for the front end's policy to release the launch, issue it, say so."""

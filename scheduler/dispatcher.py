@@ -17,6 +17,12 @@ policy about completions, records measured durations and idle gaps in the ``Prof
 and writes the optional trace. Kernels of new kernel IDs are timed on every launch
 (measurement stage), known ones on a sample (sharing stage); see ``profiles.py``.
 
+The priority policies also order the CPU of the process that runs the sessions: sessions
+of many tasks share one Python interpreter (a GPU worker under ``--isolation shared``), so
+a lower task's calls would take the interpreter from a higher task's. While a session of
+some task runs a frame of calls (``running``), sessions of lower tasks wait before each
+call (``wait_turn``): the higher task's calls never queue behind their Python work.
+
 Nothing here touches CUDA or gRPC: the backend is reached only through the ``issue``
 callables and the probes they return, so the dispatcher runs the same over the CPU test
 double and the real GPU.
@@ -24,13 +30,14 @@ double and the real GPU.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Hashable
+from collections import Counter, deque
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Protocol
 
@@ -99,6 +106,9 @@ class _TaskState:
     idle_since: tuple[float, str] | None = None
 
 
+#: Longest a session waits for its turn before one call while higher tasks run frames: a
+#: higher task's client that stops reading its replies cannot stall lower tasks for good.
+TURN_WAIT_S = 0.01
 #: How many of a stream's oldest launches the tracker checks per poll.
 POLL_DEPTH = 64
 
@@ -152,6 +162,10 @@ class Dispatcher:
         self._due: float | None = None
         self.launches = 0
         self.timed_launches = 0
+        self._cpu = threading.Condition()
+        #: Sessions running a frame now, by task priority; the highest such priority.
+        self._running: Counter[int] = Counter()
+        self._top_running = LOWEST_PRIORITY - 1
         self._tracker = threading.Thread(target=self._track, name="fikit-tracker", daemon=True)
         self._tracker.start()
 
@@ -189,6 +203,35 @@ class Dispatcher:
             priority = self._tasks[task_id].priority
         span = HIGHEST_PRIORITY - LOWEST_PRIORITY
         return least + round((greatest - least) * (priority - LOWEST_PRIORITY) / span)
+
+    # -- the CPU of the sessions' process --------------------------------------------
+    @contextlib.contextmanager
+    def running(self, priority: int) -> Iterator[None]:
+        """A session of a task at ``priority`` runs a frame of calls inside this block."""
+        if not self.holds:
+            yield
+            return
+        with self._cpu:
+            self._running[priority] += 1
+            self._top_running = max(self._top_running, priority)
+        try:
+            yield
+        finally:
+            with self._cpu:
+                self._running[priority] -= 1
+                if not self._running[priority]:
+                    del self._running[priority]
+                    self._top_running = max(self._running, default=LOWEST_PRIORITY - 1)
+                    self._cpu.notify_all()
+
+    def wait_turn(self, priority: int) -> None:
+        """Before each call of a session at ``priority``: wait while a session of a higher
+        task runs a frame, for up to TURN_WAIT_S (priority policies only; under FIFO the
+        sessions share the CPU as it comes)."""
+        if self._top_running <= priority:
+            return
+        with self._cpu:
+            self._cpu.wait_for(lambda: self._top_running <= priority, TURN_WAIT_S)
 
     # -- launches ------------------------------------------------------------------------
     def launch(self, task_id: int, kernel_id: str, name: str, issue: IssueFn) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 
 import pytest
 
 from gpu_server.errors import CudaError
-from scheduler.dispatcher import Dispatcher, DispatcherClosed
+from scheduler.dispatcher import TURN_WAIT_S, Dispatcher, DispatcherClosed
 from scheduler.policy import FifoPolicy, FikitPolicy, PriorityPolicy
 from tests.test_sessions import wait_until
 
@@ -145,3 +146,42 @@ def test_stream_priorities_follow_task_priorities_under_priority_policies() -> N
     assert fifo.stream_priority(2, -9, least, greatest) == -5
     fikit.close()
     fifo.close()
+
+
+def test_a_lower_task_waits_for_its_turn_while_a_higher_task_runs_a_frame() -> None:
+    dispatcher = Dispatcher(FikitPolicy())
+    order: list[str] = []
+
+    def lower_call() -> None:
+        dispatcher.wait_turn(0)
+        order.append("lp call")
+
+    with dispatcher.running(9):
+        dispatcher.wait_turn(9)  # the task itself, and its peers, never wait
+        with dispatcher.running(0):
+            thread = in_thread(lower_call)
+            thread.join(0.005)
+            assert order == []
+            order.append("hp frame done")
+    thread.join(1)
+    assert order == ["hp frame done", "lp call"]
+    dispatcher.close()
+
+
+def test_a_lower_task_waits_at_most_a_turn_for_a_higher_frame_that_does_not_end() -> None:
+    dispatcher = Dispatcher(PriorityPolicy())
+    with dispatcher.running(5):
+        start = time.perf_counter()
+        dispatcher.wait_turn(1)
+        waited = time.perf_counter() - start
+    assert TURN_WAIT_S <= waited < 1.0
+    dispatcher.close()
+
+
+def test_fifo_lets_every_session_run_its_calls_as_they_come() -> None:
+    dispatcher = Dispatcher(FifoPolicy())
+    with dispatcher.running(9):
+        thread = in_thread(dispatcher.wait_turn, 0)
+        thread.join(0.005)
+        assert not thread.is_alive()
+    dispatcher.close()
