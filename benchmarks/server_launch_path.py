@@ -1,18 +1,21 @@
 """The server's own cost per kernel launch, without transport or GPU: the launch hot path.
 
-Usage: python benchmarks/server_launch_path.py
-Drives Session.execute directly over the CPU test double with posted cuLaunchKernel calls
-(a 5-argument kernel with three pointers) and prints microseconds per launch for each
-policy, with profile sampling and with every launch timed. Run it before and after
-touching the launch path; it needs no GPU.
+Usage: python benchmarks/server_launch_path.py [--backend sim|cuda]
+Drives Session.execute directly with posted cuLaunchKernel calls (an empty 5-argument
+kernel with three pointers) and prints microseconds per launch for each policy, with
+profile sampling and with every launch timed. Run it before and after touching the launch
+path: over the CPU test double (the default) it needs no GPU; with ``--backend cuda`` it
+measures the server's whole launch path on the GPU, driver calls and completion tracking
+included.
 """
 
+import argparse
 import io
 import itertools
 import tempfile
 import time
 
-from gpu_server.backends.sim import SimBackend
+from gpu_server.backends import open_backend
 from gpu_server.session import Session
 from scheduler.dispatcher import Dispatcher
 from scheduler.policy import POLICIES
@@ -31,9 +34,9 @@ PTX = b"""
 """
 
 
-def per_launch_us(policy: str, timed_all: bool, profile_path: str) -> float:
+def per_launch_us(backend_name: str, policy: str, timed_all: bool, profile_path: str) -> float:
     """Microseconds per posted launch through one session."""
-    backend = SimBackend()
+    backend = open_backend(backend_name)
     with ProfileStore(profile_path) as profiles:
         trace = io.StringIO() if timed_all else None
         dispatcher = Dispatcher(POLICIES[policy](), profiles, trace=trace)
@@ -57,12 +60,16 @@ def per_launch_us(policy: str, timed_all: bool, profile_path: str) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=("sim", "cuda"), default="sim")
+    backend = parser.parse_args().backend
     with tempfile.TemporaryDirectory() as tmp:
+        print(f"backend: {backend}")
         print("| policy | sampled µs/launch | every launch timed µs/launch |")
         print("|---|---:|---:|")
         for i, policy in enumerate(sorted(POLICIES)):
-            sampled = per_launch_us(policy, False, f"{tmp}/{i}a.sqlite3")
-            timed = per_launch_us(policy, True, f"{tmp}/{i}b.sqlite3")
+            sampled = per_launch_us(backend, policy, False, f"{tmp}/{i}a.sqlite3")
+            timed = per_launch_us(backend, policy, True, f"{tmp}/{i}b.sqlite3")
             print(f"| {policy} | {sampled:.2f} | {timed:.2f} |")
 
 

@@ -114,7 +114,10 @@ POLL_DEPTH = 64
 
 
 def _done_prefix(records: list[_InFlight]) -> list[_InFlight]:
-    """The leading records whose launches finished (a stream completes in order)."""
+    """The leading records whose launches finished (a stream completes in order): when the
+    newest is done, all are, for one query instead of one per launch."""
+    if records[-1].probe.done():
+        return records
     for i, record in enumerate(records):
         if not record.probe.done():
             return records[:i]
