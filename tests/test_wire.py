@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from fikit_wire import calls as wire
+from fikit_wire.frames import FrameSocket
 
 REPO = Path(__file__).resolve().parents[1]
 GENERATED = ("session_pb2.py", "session_pb2_grpc.py", "session_pb2.pyi")
@@ -43,3 +48,26 @@ def test_codec_round_trip() -> None:
 def test_codec_refuses_malformed_frames(data: bytes) -> None:
     with pytest.raises(ValueError, match="malformed frame"):
         wire.unpack(data)
+
+
+def test_frames_of_any_size_arrive_whole_and_in_order_from_a_stream_socket() -> None:
+    ours, theirs = socket.socketpair()
+    payloads = [b"a" * 10, os.urandom(5 << 20), b"", b"b" * 70_000, b"c"]
+    sender = threading.Thread(target=lambda: [FrameSocket(theirs).send(p) for p in payloads])
+    sender.start()
+    frames = FrameSocket(ours)
+    received: list[bytes] = []
+    while len(received) < len(payloads):
+        received += frames.receive()
+    sender.join()
+    theirs.close()
+    assert received == payloads
+    assert frames.receive() == []
+
+
+def test_a_stream_that_ends_inside_a_long_frame_is_refused() -> None:
+    ours, theirs = socket.socketpair()
+    theirs.sendall(struct.pack("<I", 1 << 20) + b"x" * 1000)
+    theirs.close()
+    with pytest.raises(ValueError, match="ended inside a frame"):
+        FrameSocket(ours).receive()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install FIKIT on a GPU machine without network, run the GPU and CPU suites, then the
-# benchmarks: forwarding (native vs TCP vs same host, with the transport floors, and the
+# benchmarks: the server's own launch path, forwarding (native vs TCP vs same host, with the transport floors, and the
 # cost of each isolation mode), tenant switching, and priority scheduling (skipped with
 # FIKIT_SKIP_SCHEDULING=1; its results as $OUT/sched.tar.gz). The fault-containment
 # figures go to $OUT/isolation.jsonl. About 7 minutes on an H200. Wheels
@@ -18,6 +18,7 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 status=0
 python3 -m pytest -v -p no:cacheprovider tests/gpu 2>&1 | tee "$out/pytest-gpu.log" || status=1
 python3 -m pytest -q -p no:cacheprovider --ignore=tests/gpu tests 2>&1 | tee "$out/pytest.log" || status=1
+python3 benchmarks/server_launch_path.py --backend cuda 2>&1 | tee "$out/launch_path.log" || status=1
 python3 benchmarks/forwarding.py 2>&1 | tee "$out/benchmark.log" || status=1
 python3 benchmarks/tenant_switch.py 2>&1 | tee "$out/switch.log" || status=1
 if [ "${FIKIT_SKIP_SCHEDULING:-}" != 1 ]; then
