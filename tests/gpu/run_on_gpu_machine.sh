@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install FIKIT on a GPU machine without network, run the GPU and CPU suites, then the
-# benchmarks: the server's own launch path, forwarding (native vs TCP vs same host, with the transport floors, and the
-# cost of each isolation mode), tenant switching, and priority scheduling (skipped with
+# benchmarks: the server's own launch path, forwarding (native vs TCP vs same host, with
+# the transport floors, and the cost of each isolation mode), tenant switching, and
+# priority scheduling (skipped with
 # FIKIT_SKIP_SCHEDULING=1; its results as $OUT/sched.tar.gz). The fault-containment
 # figures go to $OUT/isolation.jsonl. About 7 minutes on an H200. Wheels
 # missing there (hatchling and its needs, grpcio-health-checking) are taken from .whl/
