@@ -37,6 +37,8 @@ from typing import Protocol
 
 LOWEST_PRIORITY = 0
 HIGHEST_PRIORITY = 9
+#: Marks the key of a gap in which a synchronizing call ended (see ``_Task.gap_key``).
+GAP_AFTER_CALL = "+call"
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,18 @@ class _Task:
     idle_since: float | None = None
     #: Idle time of the current gap before its current stretch (calls split a gap).
     idle_before: float = 0.0
-    #: The kernel whose completion opened the current gap (its key), until the next launch.
+    #: The kernel whose completion opened the current gap, until the next launch.
     idle_after_kernel: str = ""
+    #: Whether a synchronizing call ended since the task's last launch (a request's result
+    #: copy): the long gap between requests then stands apart from the short ones after
+    #: the same kernel within a request.
+    called_since_launch: bool = False
+
+    @property
+    def gap_key(self) -> str:
+        """The current gap's key: the kernel that opened it, and whether a call ended in it."""
+        kernel = self.idle_after_kernel
+        return f"{kernel}{GAP_AFTER_CALL}" if self.called_since_launch else kernel
 
     @property
     def busy(self) -> bool:
@@ -205,6 +217,7 @@ class _QueuedPolicy:
         task = self._tasks.get(task_id)
         if task is not None:
             task.in_call = False
+            task.called_since_launch = True
             task.went_idle(now)
 
     def next_event(self, now: float) -> float | None:
@@ -236,13 +249,15 @@ class _QueuedPolicy:
     def _end_gap(self, task_id: int, task: _Task, now: float) -> None:
         """The task launches again: report the gap a kernel's completion opened, if any."""
         if task.idle_after_kernel and (task.idle_since is not None or task.idle_before):
-            self._gap_ended(task_id, task.idle_after_kernel, task.idle_for(now))
+            self._gap_ended(task_id, task.gap_key, task.idle_for(now))
         task.idle_since = None
         task.idle_before = 0.0
         task.idle_after_kernel = ""
+        task.called_since_launch = False
 
-    def _gap_ended(self, task_id: int, after_kernel: str, gap_us: float) -> None:
-        """A task launched again after ``gap_us`` of idle time since ``after_kernel``."""
+    def _gap_ended(self, task_id: int, key: str, gap_us: float) -> None:
+        """A task launched again after ``gap_us`` of idle time in the gap ``key``
+        (``_Task.gap_key``)."""
 
     def _hand_out(self, task: _Task) -> PendingLaunch:
         """Take the task's head launch out of its queue and count it in flight."""
@@ -274,9 +289,12 @@ class GapPredictor:
     A gap is keyed by its task and by the kernel whose completion opened it: an inference
     step repeats the same kernels with the same host work after each, so the gap after a given
     kernel is much more regular than the task's gaps overall (the FIKIT paper predicts gaps per
-    kernel too). Each key keeps its last ``window`` samples; the prediction is their
-    ``percentile`` (low, so that mistakes protect the high-priority task), and 0 (nothing
-    fits) for a key without samples.
+    kernel too). The key also says whether a synchronizing call ended in the gap: a model
+    often ends a request with the same kernel it uses inside it (a layer norm), and the long
+    pause after the request's result copy must not share samples with the short host work
+    after that kernel mid-request. Each key keeps its last ``window`` samples; the
+    prediction is their ``percentile`` (low, so that mistakes protect the high-priority
+    task), and 0 (nothing fits) for a key without samples.
     """
 
     def __init__(self, window: int = 64, percentile: float = 0.25) -> None:
@@ -374,8 +392,8 @@ class FikitPolicy(PriorityPolicy):
         """The duration used for fitting: the prediction, or ``default_unknown_us``."""
         return self.default_unknown_us if launch.predicted_us is None else launch.predicted_us
 
-    def _gap_ended(self, task_id: int, after_kernel: str, gap_us: float) -> None:
-        self.gaps.record(task_id, after_kernel, gap_us)
+    def _gap_ended(self, task_id: int, key: str, gap_us: float) -> None:
+        self.gaps.record(task_id, key, gap_us)
 
     def _fill(self, floor: int, now: float) -> list[PendingLaunch]:
         if not any(task.held for task in self._tasks.values() if task.priority < floor):
@@ -388,8 +406,7 @@ class FikitPolicy(PriorityPolicy):
         if not top or any(task.busy for _, task in top):
             return []
         remaining = min(
-            self.gaps.predict(task_id, task.idle_after_kernel) - task.idle_for(now)
-            for task_id, task in top
+            self.gaps.predict(task_id, task.gap_key) - task.idle_for(now) for task_id, task in top
         )
         lp_in_flight = sum(
             self.cost_us(launch)

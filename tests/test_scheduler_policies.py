@@ -8,6 +8,7 @@ that keep 8 launches each outstanding, with kernels of 30..160 us.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Callable
 from itertools import pairwise
@@ -401,7 +402,35 @@ def test_a_gap_runs_from_a_completion_to_the_next_launch_without_the_calls_betwe
         policy.call_finished(1, end + 300.0)
     # Idle stretches of each gap: completion to the result copy (100), then from its end to
     # the next input copy (580, 1580); the copies' own time does not count.
-    assert policy.gap_samples(1) == {"k": (680.0, 1680.0)}
+    assert policy.gap_samples(1) == {"k+call": (680.0, 1680.0)}
     lp = PendingLaunch(9, 2, "lp", 150.0)
     policy.arrive(lp, 3400.0)  # 100 + 80 idle so far: 500 left of the prediction (680)
     assert policy.take_issuable(3400.0) == [lp]
+
+
+def test_gaps_with_a_call_are_learnt_apart_from_short_gaps_after_the_same_kernel() -> None:
+    # A request: kernel k, 150 us of host work, k again, then the result copy and a long
+    # pause. The same kernel opens both gaps; a low percentile over both would predict the
+    # short one and leave the long gap between requests almost empty.
+    policy = FikitPolicy(max_lp_inflight_us=1000.0, gap_margin=1.0)
+    policy.add_task(1, 9, 0.0)
+    policy.add_task(2, 0, 0.0)
+    seq = itertools.count()
+    now = 0.0
+    for _ in range(3):
+        for host_us in (150.0, 0.0):
+            launch = PendingLaunch(next(seq), 1, "k", 20.0)
+            policy.arrive(launch, now)
+            policy.take_issuable(now)
+            now += 20.0
+            policy.completed(launch, now)
+            now += host_us
+        policy.call_started(1, now)
+        now += 50.0
+        policy.call_finished(1, now)
+        now += 2000.0
+    assert policy.gap_samples(1) == {"k": (150.0,) * 3, "k+call": (2000.0,) * 2}
+    lp = [PendingLaunch(next(seq), 2, "lp", 300.0) for _ in range(4)]
+    for launch in lp:
+        policy.arrive(launch, now - 2000.0)
+    assert policy.take_issuable(now - 2000.0) == lp[:3]  # 1000 us of room, not 150
