@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 LOWEST_PRIORITY = 0
 HIGHEST_PRIORITY = 9
@@ -41,9 +41,8 @@ HIGHEST_PRIORITY = 9
 GAP_AFTER_CALL = "+call"
 
 
-@dataclass(frozen=True)
-class PendingLaunch:
-    """A kernel launch that a task wants to make."""
+class PendingLaunch(NamedTuple):
+    """A kernel launch that a task wants to make (a tuple: made on every launch)."""
 
     #: Global arrival order, unique.
     seq: int
@@ -151,6 +150,10 @@ class _QueuedPolicy:
             raise ValueError("quiet_after_us must be >= 0")
         self.quiet_after_us = quiet_after_us
         self._tasks: dict[int, _Task] = {}
+        #: The tasks, highest priority first (in order of arrival within a level).
+        self._ordered: list[_Task] = []
+        #: Launches held, over all tasks.
+        self._held_count = 0
         #: seq -> (priority of its task, the launch), from hand-out to completion.
         self._in_flight: dict[int, tuple[int, PendingLaunch]] = {}
 
@@ -162,7 +165,9 @@ class _QueuedPolicy:
             )
         if task_id in self._tasks:
             raise ValueError(f"task {task_id} was already added")
-        self._tasks[task_id] = _Task(priority)
+        task = self._tasks[task_id] = _Task(priority)
+        self._ordered.append(task)
+        self._ordered.sort(key=lambda t: -t.priority)
 
     def remove_task(self, task_id: int, now: float) -> tuple[PendingLaunch, ...]:
         """Forget a task at once; its held launches are dropped and returned.
@@ -170,7 +175,11 @@ class _QueuedPolicy:
         Its launches already in flight still count as in flight until they complete.
         """
         task = self._tasks.pop(task_id, None)
-        return () if task is None else tuple(task.held)
+        if task is None:
+            return ()
+        self._ordered.remove(task)
+        self._held_count -= len(task.held)
+        return tuple(task.held)
 
     def arrive(self, launch: PendingLaunch, now: float) -> None:
         """Queue a launch behind the task's earlier ones; the task must have been added."""
@@ -178,16 +187,22 @@ class _QueuedPolicy:
         self._end_gap(launch.task_id, task, now)
         task.launched = True
         task.held.append(launch)
+        self._held_count += 1
 
     def take_issuable(self, now: float) -> list[PendingLaunch]:
         """Hand out every launch at or above the free floor, then what ``_fill`` releases."""
         floor = self._free_floor(now)
         free: list[PendingLaunch] = []
-        for task in self._tasks.values():
-            while task.priority >= floor and task.held:
+        for task in self._ordered:
+            if task.priority < floor:
+                break
+            while task.held:
                 free.append(self._hand_out(task))
-        free.sort(key=lambda launch: launch.seq)
-        return free + self._fill(floor, now)
+        if len(free) > 1:
+            free.sort(key=lambda launch: launch.seq)
+        if self._held_count:
+            free += self._fill(floor, now)
+        return free
 
     def issued(self, launch: PendingLaunch, now: float) -> None:
         """Nothing to do: a launch counts as in flight from the moment it is handed out."""
@@ -222,7 +237,7 @@ class _QueuedPolicy:
 
     def next_event(self, now: float) -> float | None:
         """While launches are held, the earliest time an idle active task goes quiet."""
-        if not any(task.held for task in self._tasks.values()):
+        if not self._held_count:
             return None
         times = [
             at
@@ -233,17 +248,18 @@ class _QueuedPolicy:
 
     def active_priority(self, now: float) -> int | None:
         """The highest priority among active tasks, or None when every task is quiet."""
-        return max(
-            (t.priority for t in self._tasks.values() if t.active(now, self.quiet_after_us)),
-            default=None,
-        )
+        for task in self._ordered:
+            if task.active(now, self.quiet_after_us):
+                return task.priority
+        return None
 
     def _free_floor(self, now: float) -> int:
         """Tasks at or above this priority have all their launches issued at once."""
         return LOWEST_PRIORITY
 
     def _fill(self, floor: int, now: float) -> list[PendingLaunch]:
-        """Head launches from below ``floor`` released now, handed out with ``_hand_out``."""
+        """Head launches from below ``floor`` released now, handed out with ``_hand_out``;
+        asked only while some are held."""
         return []
 
     def _end_gap(self, task_id: int, task: _Task, now: float) -> None:
@@ -262,6 +278,7 @@ class _QueuedPolicy:
     def _hand_out(self, task: _Task) -> PendingLaunch:
         """Take the task's head launch out of its queue and count it in flight."""
         launch = task.held.popleft()
+        self._held_count -= 1
         task.in_flight += 1
         self._in_flight[launch.seq] = (task.priority, launch)
         return launch
@@ -396,8 +413,6 @@ class FikitPolicy(PriorityPolicy):
         self.gaps.record(task_id, key, gap_us)
 
     def _fill(self, floor: int, now: float) -> list[PendingLaunch]:
-        if not any(task.held for task in self._tasks.values() if task.priority < floor):
-            return []
         top = [
             (task_id, task)
             for task_id, task in self._tasks.items()
