@@ -3,11 +3,10 @@
 Usage: python benchmarks/server_launch_path.py [--backend sim|cuda]
 Drives Session.execute directly with posted cuLaunchKernel calls (an empty 5-argument
 kernel with three pointers) and prints microseconds per launch (fastest of 5 rounds) for
-each policy, with
-profile sampling and with every launch timed. Run it before and after touching the launch
-path: over the CPU test double (the default) it needs no GPU; with ``--backend cuda`` it
-measures the server's whole launch path on the GPU, driver calls and completion tracking
-included.
+each policy, with profile sampling and with every launch timed. Run it before and after
+touching the launch path: over the CPU test double (the default) it needs no GPU; with
+``--backend cuda`` it measures the server's whole launch path on the GPU, driver calls
+and completion tracking included.
 """
 
 import argparse
