@@ -20,6 +20,9 @@ class DeviceOwnership:
         self._lock = threading.Lock()
         self._bases: list[int] = []
         self._ranges: dict[int, tuple[int, int]] = {}
+        #: Changes whenever a range is added or removed: a check made at the same
+        #: generation still holds.
+        self.generation = 0
 
     def add(self, base: int, size: int, session: int) -> None:
         """Record that ``session`` owns [base, base + size)."""
@@ -27,12 +30,14 @@ class DeviceOwnership:
             if base not in self._ranges:
                 bisect.insort(self._bases, base)
             self._ranges[base] = (base + size, session)
+            self.generation += 1
 
     def remove(self, base: int) -> None:
         """Forget the range at ``base``."""
         with self._lock:
             if self._ranges.pop(base, None) is not None:
                 del self._bases[bisect.bisect_left(self._bases, base)]
+                self.generation += 1
 
     def owner(self, address: int) -> int | None:
         """The session owning ``address``, or None."""

@@ -148,6 +148,8 @@ class FunctionEntry:
     per_context: dict[int, Any] = field(default_factory=dict)
     #: Kernel IDs by (grid, block, dynamic shared memory), computed once each.
     kernel_ids: dict[tuple[Any, ...], str] = field(default_factory=dict)
+    #: (ownership generation, parameters) of the last launch whose pointers were checked.
+    checked: tuple[int, bytes] | None = None
 
     def kernel_id(self, grid: list[int], block: list[int], shared_mem_bytes: int) -> str:
         """The kernel ID of a launch of this function with this geometry."""
@@ -863,7 +865,10 @@ class Session:
         fn, entry = self._function(handle, ctx)
         if len(params) < entry.layout.total_size:
             raise invalid_value("kernel parameters shorter than the kernel's layout")
-        self._check_pointers(entry.layout, params)
+        checked = (self.ownership.generation, params)
+        if entry.checked != checked:  # a launch loop passes the same buffers every time
+            self._check_pointers(entry.layout, params)
+            entry.checked = checked
         kid = entry.kernel_id(grid, block, shared_mem_bytes)
         context, backend_stream = self._work_stream(stream, ctx if entry.ctx is None else entry.ctx)
         config = LaunchConfig(

@@ -13,7 +13,11 @@ from cuda.bindings.driver import CUresult
 from client_stub import driver as impl
 from client_stub.connection import connect
 from fikit_wire.calls import CLIENT_HANDLE_BIT
+from gpu_server.backends.sim import SimBackend
 from gpu_server.ownership import DeviceOwnership
+from gpu_server.session import Session, handle_counter
+from scheduler.dispatcher import Dispatcher
+from scheduler.policy import FifoPolicy
 from tests.ptx_samples import SAXPY_PTX
 
 OK = CUresult.CUDA_SUCCESS
@@ -490,3 +494,22 @@ def test_ownership_lookups_stay_right_while_other_sessions_allocate_and_free() -
     finally:
         stop.set()
         worker.join()
+
+
+def test_a_pointer_check_is_made_again_once_the_memory_changes_owner() -> None:
+    ownership = DeviceOwnership()
+    dispatcher = Dispatcher(FifoPolicy())
+    session = Session(1, SimBackend(), dispatcher, handle_counter(), 0, ownership=ownership)
+    ctx = session.execute(["cuDevicePrimaryCtxRetain", True, 0])[1]
+    module = session.execute(["cuModuleLoadData", True, ctx, SAXPY_PTX, {}])[1]
+    saxpy = session.execute(["cuModuleGetFunction", True, module, "saxpy"])[1]
+    address = 0x7F00_0000_0000
+    params = bytes(8) + address.to_bytes(8, "little") * 3 + bytes(4)
+    launch = ["cuLaunchKernel", True, ctx, saxpy, [1, 1, 1], [64, 1, 1], 0, 0, params]
+    assert session.execute(launch) == [0]  # nobody owns it (the kernel would fault)
+    ownership.add(address, 4096, session=2)  # another session's allocation lands there
+    assert session.execute(launch) == [CUresult.CUDA_ERROR_INVALID_VALUE]
+    ownership.remove(address)
+    assert session.execute(launch) == [0]
+    session.close()
+    dispatcher.close()
