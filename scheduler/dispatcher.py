@@ -211,7 +211,7 @@ class Dispatcher:
     @contextlib.contextmanager
     def running(self, priority: int) -> Iterator[None]:
         """A session of a task at ``priority`` runs a frame of calls inside this block."""
-        if not self.holds:
+        if not self.holds or len(self._tasks) < 2:  # nobody to keep waiting
             yield
             return
         with self._cpu:

@@ -150,6 +150,8 @@ def test_stream_priorities_follow_task_priorities_under_priority_policies() -> N
 
 def test_a_lower_task_waits_for_its_turn_while_a_higher_task_runs_a_frame() -> None:
     dispatcher = Dispatcher(FikitPolicy())
+    dispatcher.add_task(1, 9)
+    dispatcher.add_task(2, 0)
     order: list[str] = []
 
     def lower_call() -> None:
@@ -170,6 +172,8 @@ def test_a_lower_task_waits_for_its_turn_while_a_higher_task_runs_a_frame() -> N
 
 def test_a_lower_task_waits_at_most_a_turn_for_a_higher_frame_that_does_not_end() -> None:
     dispatcher = Dispatcher(PriorityPolicy())
+    dispatcher.add_task(1, 5)
+    dispatcher.add_task(2, 1)
     with dispatcher.running(5):
         start = time.perf_counter()
         dispatcher.wait_turn(1)
@@ -180,6 +184,8 @@ def test_a_lower_task_waits_at_most_a_turn_for_a_higher_frame_that_does_not_end(
 
 def test_fifo_lets_every_session_run_its_calls_as_they_come() -> None:
     dispatcher = Dispatcher(FifoPolicy())
+    dispatcher.add_task(1, 9)
+    dispatcher.add_task(2, 0)
     with dispatcher.running(9):
         thread = in_thread(dispatcher.wait_turn, 0)
         thread.join(0.005)
