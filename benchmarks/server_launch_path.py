@@ -1,17 +1,20 @@
 """The server's own cost per kernel launch, without transport or GPU: the launch hot path.
 
-Usage: python benchmarks/server_launch_path.py [--backend sim|cuda]
+Usage: python benchmarks/server_launch_path.py [--backend sim|cuda] [--profile N]
 Drives Session.execute directly with posted cuLaunchKernel calls (an empty 5-argument
 kernel with three pointers) and prints microseconds per launch (fastest of 5 rounds) for
 each policy, with profile sampling and with every launch timed. Run it before and after
 touching the launch path: over the CPU test double (the default) it needs no GPU; with
 ``--backend cuda`` it measures the server's whole launch path on the GPU, driver calls
-and completion tracking included.
+and completion tracking included. ``--profile N`` then lists the N functions of the
+session's thread with the most own time in one more run (fikit, sampled).
 """
 
 import argparse
+import cProfile
 import io
 import itertools
+import pstats
 import tempfile
 import time
 
@@ -36,8 +39,14 @@ PTX = b"""
 """
 
 
-def per_launch_us(backend_name: str, policy: str, timed_all: bool, profile_path: str) -> float:
-    """Microseconds per posted launch through one session."""
+def per_launch_us(
+    backend_name: str,
+    policy: str,
+    timed_all: bool,
+    profile_path: str,
+    profiler: cProfile.Profile | None = None,
+) -> float:
+    """Microseconds per posted launch through one session; ``profiler`` runs meanwhile."""
     backend = open_backend(backend_name)
     with ProfileStore(profile_path) as profiles:
         trace = io.StringIO() if timed_all else None
@@ -52,12 +61,16 @@ def per_launch_us(backend_name: str, policy: str, timed_all: bool, profile_path:
         for _ in range(500):
             session.execute(call)
         fastest = float("inf")
+        if profiler is not None:
+            profiler.enable()
         for _ in range(ROUNDS):
             start = time.perf_counter()
             for _ in range(ROUND_LAUNCHES):
                 session.execute(call)
             fastest = min(fastest, time.perf_counter() - start)
             assert session.execute(["cuCtxSynchronize", True, ctx]) == [0]
+        if profiler is not None:
+            profiler.disable()
         session.close()
         dispatcher.close()
     return fastest / ROUND_LAUNCHES * 1e6
@@ -66,7 +79,9 @@ def per_launch_us(backend_name: str, policy: str, timed_all: bool, profile_path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=("sim", "cuda"), default="sim")
-    backend = parser.parse_args().backend
+    parser.add_argument("--profile", type=int, default=0, metavar="N")
+    args = parser.parse_args()
+    backend = args.backend
     with tempfile.TemporaryDirectory() as tmp:
         print(f"backend: {backend}")
         print("| policy | sampled µs/launch | every launch timed µs/launch |")
@@ -75,6 +90,10 @@ def main() -> None:
             sampled = per_launch_us(backend, policy, False, f"{tmp}/{i}a.sqlite3")
             timed = per_launch_us(backend, policy, True, f"{tmp}/{i}b.sqlite3")
             print(f"| {policy} | {sampled:.2f} | {timed:.2f} |")
+        if args.profile:
+            profiler = cProfile.Profile()
+            per_launch_us(backend, "fikit", False, f"{tmp}/profiled.sqlite3", profiler)
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Protocol
+from typing import IO, NamedTuple, Protocol
 
 from scheduler.policy import (
     HIGHEST_PRIORITY,
@@ -89,8 +89,9 @@ class _Held:
     error: BaseException | None = None
 
 
-@dataclass
-class _InFlight:
+class _InFlight(NamedTuple):
+    """An issued launch until its probe says it finished (made on every launch)."""
+
     launch: PendingLaunch
     name: str
     probe: LaunchProbe
