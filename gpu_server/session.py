@@ -202,6 +202,10 @@ class Session:
         self.ownership = DeviceOwnership() if ownership is None else ownership
         #: The client's staging area for bulk copies, when it is on this host.
         self.staging = staging
+        #: The staging area's page-locked registration, made at its first copy (None: not
+        #: yet, or refused); ``_unpinned`` once refused, so it is asked only once.
+        self._pinned: object | None = None
+        self._unpinned = False
         self.backend = backend
         self.dispatcher = dispatcher
         self._ids = handle_ids
@@ -289,6 +293,9 @@ class Session:
 
     def close(self) -> None:
         """Free everything the session still holds; errors are logged, never raised."""
+        if self._pinned is not None:
+            self._quietly(self.backend.host_unregister, self._pinned)
+            self._pinned = None
         for handle in list(self.contexts):
             self._release_context(handle, destroy=True)
         for handle, lib in list(self.libraries.items()):
@@ -658,11 +665,7 @@ class Session:
         whole: int,
         stream: int | None,
     ) -> tuple[()]:
-        target = self._copy_range(dst, offset, len(data), whole)
-        entry, backend_stream = self._work_stream(stream, ctx)
-        self.backend.memcpy_htod(entry.backend_ctx, target, data, backend_stream)
-        if stream is None:
-            self.backend.stream_synchronize(entry.backend_ctx, backend_stream)
+        self._copy_in(ctx, self._copy_range(dst, offset, len(data), whole), data, stream, False)
         return ()
 
     @handler("cuMemcpyDtoH", synchronizing=True)
@@ -685,7 +688,22 @@ class Session:
         whole: int,
         stream: int | None,
     ) -> tuple[()]:
-        return self.cu_memcpy_htod(ctx, dst, offset, self._staged(staged_at, size), whole, stream)
+        data = self._staged(staged_at, size)
+        target = self._copy_range(dst, offset, size, whole)
+        # From page-locked staging the DMA reads on after an asynchronous copy returns, and
+        # the client reuses the space once this call is done: wait for it.
+        self._copy_in(ctx, target, data, stream, self._pinned is not None)
+        return ()
+
+    def _copy_in(
+        self, ctx: int, target: int, data: bytes | memoryview, stream: int | None, wait: bool
+    ) -> None:
+        """Copy ``data`` to ``target`` (a checked range) in stream order; a synchronous copy
+        (``stream`` None), or ``wait``, returns once it is done."""
+        entry, backend_stream = self._work_stream(stream, ctx)
+        self.backend.memcpy_htod(entry.backend_ctx, target, data, backend_stream)
+        if stream is None or wait:
+            self.backend.stream_synchronize(entry.backend_ctx, backend_stream)
 
     @handler("cuMemcpyDtoHStaged", synchronizing=True)
     def cu_memcpy_dtoh_staged(
@@ -708,6 +726,9 @@ class Session:
             raise CudaError(CUresult.CUDA_ERROR_NOT_SUPPORTED, "this session has no staging")
         if not 0 <= at <= at + size <= len(self.staging):
             raise invalid_value(f"staging range [{at}, +{size}) outside the staging area")
+        if self._pinned is None and not self._unpinned:
+            self._pinned = self.backend.host_register(self.staging)
+            self._unpinned = self._pinned is None
         return self.staging[at : at + size]
 
     def _copy_out(self, ctx: int, source: int, out: memoryview, stream: int | None) -> None:

@@ -17,6 +17,7 @@ from fikit_wire import calls as wire
 from gpu_server.staging import map_staging
 from tests.conftest import ServerThread
 from tests.test_remote_driver import ok
+from tests.test_sessions import wait_until
 
 
 def test_ring_space_comes_back_once_the_calls_using_it_ran() -> None:
@@ -95,3 +96,20 @@ def test_a_client_reaches_a_unix_socket_server_and_stages_through_it(tmp_path: P
         connection.close()
     finally:
         server.stop()
+
+
+def test_the_staging_area_is_page_locked_once_and_unlocked_with_its_session(
+    remote: ModuleType, sim_server: ServerThread
+) -> None:
+    registered = sim_server.backend.registered
+    assert registered == {}
+    ok(remote.cuInit(0))
+    ok(remote.cuCtxSetCurrent(ok(remote.cuDevicePrimaryCtxRetain(0))))
+    staging_size = impl.REMOTE.session().staging.size
+    dptr = ok(remote.cuMemAlloc(1 << 20))
+    for _ in range(3):
+        ok(remote.cuMemcpyHtoD(dptr, bytes(1 << 20), 1 << 20))
+        ok(remote.cuMemcpyDtoH(bytearray(1 << 20), dptr, 1 << 20))
+    assert list(registered.values()) == [staging_size]
+    impl.REMOTE.close()
+    assert wait_until(lambda: registered == {})

@@ -114,6 +114,17 @@ class Backend(ABC):
     def mem_free(self, ctx: Context, ptr: int) -> None: ...
 
     @abstractmethod
+    def host_register(self, memory: memoryview) -> object | None:
+        """Page-lock writable host memory (a client's staging area) for every context, so
+        that copies from and to it run at DMA speed; a handle for ``host_unregister``, or
+        None when it cannot be done (copies then stay pageable). While registered, an
+        asynchronous copy from it may still read it after returning."""
+
+    @abstractmethod
+    def host_unregister(self, handle: object) -> None:
+        """Undo ``host_register`` before the memory goes away."""
+
+    @abstractmethod
     def memcpy_htod(
         self, ctx: Context, dst: int, data: bytes | memoryview, stream: Stream | None
     ) -> None:

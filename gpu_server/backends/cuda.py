@@ -12,6 +12,7 @@ current context differs (or a context has been destroyed since).
 from __future__ import annotations
 
 import ctypes
+import logging
 import threading
 from typing import Any
 
@@ -30,6 +31,8 @@ from gpu_server.backends.base import (
     Stream,
 )
 from gpu_server.errors import CudaError, invalid_handle, invalid_value
+
+log = logging.getLogger(__name__)
 
 _ATTR = driver.CUdevice_attribute
 
@@ -371,6 +374,25 @@ class CudaBackend(Backend):
         """Free device memory from ``mem_alloc``."""
         self._use(ctx)
         _check(driver.cuMemFree(driver.CUdeviceptr(ptr)))
+
+    def host_register(self, memory: memoryview) -> object | None:
+        """Register ``memory`` as portable page-locked memory, in device 0's primary context
+        (retained for the backend's lifetime, so the registration outlives any session's
+        contexts); None, logged, when the driver refuses."""
+        holder = ctypes.c_char.from_buffer(memory)
+        address = ctypes.addressof(holder)
+        del holder  # no export may outlive this call: the caller releases ``memory`` later
+        self._use(self.primary_context(0))
+        (err,) = driver.cuMemHostRegister(address, len(memory), driver.CU_MEMHOSTREGISTER_PORTABLE)
+        if err:
+            log.info("staging area stays pageable: cuMemHostRegister gave %s", err.name)
+            return None
+        return address
+
+    def host_unregister(self, handle: object) -> None:
+        """Unregister memory from ``host_register``."""
+        self._use(self.primary_context(0))
+        _check(driver.cuMemHostUnregister(handle))
 
     def memcpy_htod(
         self, ctx: Context, dst: int, data: bytes | memoryview, stream: Stream | None

@@ -16,6 +16,7 @@ are never reused, so a use after free is always caught.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import threading
@@ -341,6 +342,9 @@ class SimBackend(Backend):
         self._used = 0
         #: Set once a kernel faulted: every later call in any context fails with it.
         self.fault: CudaError | None = None
+        #: Host memory registered, by handle: its size.
+        self.registered: dict[int, int] = {}
+        self._registration_ids = itertools.count(1)
 
     def _live(self, ctx: SimContext) -> None:
         if self.fault is not None:
@@ -426,6 +430,19 @@ class SimBackend(Backend):
             if allocation is None or allocation.is_variable:
                 raise invalid_value(f"{ptr:#x} is not the start of a live allocation")
             self._release(allocation)
+
+    def host_register(self, memory: memoryview) -> object | None:
+        """Count the memory as registered (nothing to pin: copies are CPU copies here)."""
+        with self._lock:
+            handle = next(self._registration_ids)
+            self.registered[handle] = len(memory)
+            return handle
+
+    def host_unregister(self, handle: object) -> None:
+        """Forget a registration; an unknown handle is CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED."""
+        with self._lock:
+            if self.registered.pop(handle, None) is None:
+                raise CudaError(_R.CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED, str(handle))
 
     def memcpy_htod(
         self, ctx: Context, dst: int, data: bytes | memoryview, stream: Stream | None
