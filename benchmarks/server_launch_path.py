@@ -6,7 +6,8 @@ kernel with three pointers) and prints microseconds per launch (fastest of 5 rou
 each policy, with profile sampling and with every launch timed. Run it before and after
 touching the launch path: over the CPU test double (the default) it needs no GPU; with
 ``--backend cuda`` it measures the server's whole launch path on the GPU, driver calls
-and completion tracking included. ``--profile N`` then lists the N functions of the
+and completion tracking included; a second table varies how often the completion tracker
+polls. ``--profile N`` then lists the N functions of the
 session's thread with the most own time in one more run (fikit, sampled).
 """
 
@@ -27,6 +28,9 @@ from scheduler.profiles import ProfileStore
 #: Rounds of ROUND_LAUNCHES each; the fastest round counts (the others met interference).
 ROUNDS = 5
 ROUND_LAUNCHES = 4_000
+#: Tracker poll intervals compared (the first is the server's): how much the thread that
+#: watches for completions costs the thread that launches.
+POLL_INTERVALS_S = (20e-6, 200e-6, 2e-3)
 PTX = b"""
 .version 8.0
 .target sm_90
@@ -45,12 +49,16 @@ def per_launch_us(
     timed_all: bool,
     profile_path: str,
     profiler: cProfile.Profile | None = None,
+    poll_interval_s: float = POLL_INTERVALS_S[0],
 ) -> float:
-    """Microseconds per posted launch through one session; ``profiler`` runs meanwhile."""
+    """Microseconds per posted launch through one session; ``profiler`` runs meanwhile;
+    the dispatcher's tracker polls every ``poll_interval_s``."""
     backend = open_backend(backend_name)
     with ProfileStore(profile_path) as profiles:
         trace = io.StringIO() if timed_all else None
-        dispatcher = Dispatcher(POLICIES[policy](), profiles, trace=trace)
+        dispatcher = Dispatcher(
+            POLICIES[policy](), profiles, trace=trace, poll_interval_s=poll_interval_s
+        )
         session = Session(1, backend, dispatcher, itertools.count(0x1000, 0x10), 5)
         ctx = session.execute(["cuDevicePrimaryCtxRetain", True, 0])[1]
         module = session.execute(["cuModuleLoadData", True, ctx, PTX, {}])[1]
@@ -90,6 +98,10 @@ def main() -> None:
             sampled = per_launch_us(backend, policy, False, f"{tmp}/{i}a.sqlite3")
             timed = per_launch_us(backend, policy, True, f"{tmp}/{i}b.sqlite3")
             print(f"| {policy} | {sampled:.2f} | {timed:.2f} |")
+        print("\n| tracker poll interval | fifo, sampled µs/launch |\n|---|---:|")
+        for i, interval in enumerate(POLL_INTERVALS_S):
+            cost = per_launch_us(backend, "fifo", False, f"{tmp}/poll{i}.sqlite3", None, interval)
+            print(f"| {interval * 1e6:.0f} µs | {cost:.2f} |")
         if args.profile:
             profiler = cProfile.Profile()
             per_launch_us(backend, "fikit", False, f"{tmp}/profiled.sqlite3", profiler)

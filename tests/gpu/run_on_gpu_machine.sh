@@ -19,7 +19,7 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 status=0
 python3 -m pytest -v -p no:cacheprovider tests/gpu 2>&1 | tee "$out/pytest-gpu.log" || status=1
 python3 -m pytest -q -p no:cacheprovider --ignore=tests/gpu tests 2>&1 | tee "$out/pytest.log" || status=1
-python3 benchmarks/server_launch_path.py --backend cuda 2>&1 | tee "$out/launch_path.log" || status=1
+python3 benchmarks/server_launch_path.py --backend cuda --profile 30 2>&1 | tee "$out/launch_path.log" || status=1
 python3 benchmarks/forwarding.py 2>&1 | tee "$out/benchmark.log" || status=1
 python3 benchmarks/tenant_switch.py 2>&1 | tee "$out/switch.log" || status=1
 if [ "${FIKIT_SKIP_SCHEDULING:-}" != 1 ]; then
