@@ -86,9 +86,9 @@ class Policy(Protocol):
         """That work ended."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Task:
-    """What a policy knows about one task."""
+    """What a policy knows about one task (compared by identity: two tasks may look alike)."""
 
     priority: int
     held: deque[PendingLaunch] = field(default_factory=deque)

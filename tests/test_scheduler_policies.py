@@ -434,3 +434,17 @@ def test_gaps_with_a_call_are_learnt_apart_from_short_gaps_after_the_same_kernel
     for launch in lp:
         policy.arrive(launch, now - 2000.0)
     assert policy.take_issuable(now - 2000.0) == lp[:3]  # 1000 us of room, not 150
+
+
+@pytest.mark.parametrize("policy", [FifoPolicy, PriorityPolicy, FikitPolicy])
+def test_a_task_that_leaves_takes_nothing_from_a_task_that_looks_the_same(
+    policy: Callable[..., Policy],
+) -> None:
+    pol = policy()
+    for task_id in (1, 2, 3):
+        pol.add_task(task_id, 0, 0.0)
+    pol.remove_task(2, 0.0)  # tasks 1 and 3 are in the very same state as task 2 was
+    launches = [PendingLaunch(seq, task_id, "k", 10.0) for seq, task_id in enumerate((1, 3))]
+    for launch in launches:
+        pol.arrive(launch, 1.0)
+    assert pol.take_issuable(1.0) == launches
