@@ -29,7 +29,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from typing import Any
 
 import msgpack
@@ -40,7 +40,13 @@ from gpu_server.backends import BackendUnavailable, open_backend
 from gpu_server.backends.base import Backend
 from gpu_server.errors import CudaError
 from gpu_server.ports import InProcess, SessionSpec, end_session, serve_frames
-from scheduler.dispatcher import Dispatcher, DispatcherClosed, IssueFn, LaunchProbe
+from scheduler.dispatcher import (
+    NOTHING_TO_ORDER,
+    Dispatcher,
+    DispatcherClosed,
+    IssueFn,
+    LaunchProbe,
+)
 
 log = logging.getLogger("gpu_server.worker")
 
@@ -121,10 +127,9 @@ class DispatcherLink:
     def call_finished(self, task_id: int) -> None:
         self.control.send("finished", task_id)
 
-    @contextlib.contextmanager
-    def running(self, priority: int) -> Iterator[None]:
+    def running(self, priority: int) -> contextlib.AbstractContextManager[object]:
         """The worker's one session has its CPU to itself: nothing to order."""
-        yield
+        return NOTHING_TO_ORDER
 
     def wait_turn(self, priority: int) -> None:
         """Never waits (see ``running``)."""

@@ -110,6 +110,8 @@ class _TaskState:
 #: Longest a session waits for its turn before one call while higher tasks run frames: a
 #: higher task's client that stops reading its replies cannot stall lower tasks for good.
 TURN_WAIT_S = 0.01
+#: What ``running`` gives when no session has to wait for another.
+NOTHING_TO_ORDER = contextlib.nullcontext()
 #: How many of a stream's oldest launches the tracker checks per poll.
 POLL_DEPTH = 64
 
@@ -209,12 +211,15 @@ class Dispatcher:
         return least + round((greatest - least) * (priority - LOWEST_PRIORITY) / span)
 
     # -- the CPU of the sessions' process --------------------------------------------
+    def running(self, priority: int) -> contextlib.AbstractContextManager[object]:
+        """A session of a task at ``priority`` runs a frame of calls inside this block
+        (entered for every frame: a shared no-op while there is nobody to keep waiting)."""
+        if not self.holds or len(self._tasks) < 2:
+            return NOTHING_TO_ORDER
+        return self._ordered_frame(priority)
+
     @contextlib.contextmanager
-    def running(self, priority: int) -> Iterator[None]:
-        """A session of a task at ``priority`` runs a frame of calls inside this block."""
-        if not self.holds or len(self._tasks) < 2:  # nobody to keep waiting
-            yield
-            return
+    def _ordered_frame(self, priority: int) -> Iterator[None]:
         with self._cpu:
             self._running[priority] += 1
             self._top_running = max(self._top_running, priority)
