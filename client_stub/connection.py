@@ -19,7 +19,7 @@ import sys
 import threading
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,21 +117,48 @@ class Connection(ABC):
             self.staging.view[offset : offset + len(data)] = data
             return self._exchange([_placed(call, offset)])
 
-    def request_staged(
-        self, calls: list[tuple[list[Any], int]]
-    ) -> list[tuple[list[Any], memoryview]]:
+    def read_staged(
+        self, calls: list[tuple[list[Any], int]], consume: Callable[[int, memoryview], None]
+    ) -> int:
         """Send ``(call, size)`` pairs whose calls write ``size`` bytes at their ``STAGED``
-        offset; return each reply with a view of the bytes written (valid until the next
-        call on this connection)."""
+        offset, as many at a time as the staging area holds, and hand each call's bytes to
+        ``consume(index, view)`` in call order as its reply comes (the view is valid during
+        the callback). Stops sending at the first failing call; returns its status, or 0.
+
+        While the client consumes one call's bytes, the server fills the space of the next.
+        """
+        pending: deque[tuple[int, int, int]] = deque()  # index, offset, size in flight
+        failed = 0
         with self._lock:
             assert self.staging is not None
-            offsets = self._reserve([size for _, size in calls])
-            replies = self._exchange([_placed(c, o) for (c, _), o in zip(calls, offsets)])
-            view = self.staging.view
-            return [
-                (reply, view[offset : offset + size])
-                for reply, offset, (_, size) in zip(replies, offsets, calls)
-            ]
+            try:
+                for index, (call, size) in enumerate(calls):
+                    while (offsets := self.staging.reserve([size], self._numbered + 1)) is None:
+                        if not pending:
+                            offsets = self._reserve([size])
+                            break
+                        failed = self._consume_oldest(pending, consume)
+                        if failed:
+                            return failed
+                    self._number_and_send([_placed(call, offsets[0])])
+                    pending.append((index, offsets[0], size))
+                while pending and not failed:
+                    failed = self._consume_oldest(pending, consume)
+                return failed
+            finally:
+                for _ in pending:  # replies of calls sent after a failure keep their order
+                    self._next_reply()
+
+    def _consume_oldest(
+        self, pending: deque[tuple[int, int, int]], consume: Callable[[int, memoryview], None]
+    ) -> int:
+        """Wait for the oldest pending staged read; consume its bytes; return its status."""
+        index, offset, size = pending.popleft()
+        status = self._next_reply()[0]
+        if not status:
+            assert self.staging is not None
+            consume(index, self.staging.view[offset : offset + size])
+        return status
 
     def close(self) -> None:
         """End the session; the server frees everything it held. Closing again does nothing."""
@@ -146,15 +173,21 @@ class Connection(ABC):
 
     def _exchange(self, calls: list[list[Any]]) -> list[list[Any]]:
         """Send numbered calls; wait for the replies wanted. Call with the lock held."""
+        wanted = self._number_and_send(calls)
+        return [self._next_reply() for _ in range(wanted)]
+
+    def _number_and_send(self, calls: list[list[Any]]) -> int:
+        """Send numbered calls; return how many replies they want. Call with the lock held."""
         if self._lost is not None:
             raise ConnectionLost(self._lost)
+        wanted = 0
         for call in calls:
             self._numbered += 1
             if call[1]:
                 self._awaiting.append(self._numbered)
+                wanted += 1
         self._send(calls)
-        wanted = sum(1 for call in calls if call[1])
-        return [self._next_reply() for _ in range(wanted)]
+        return wanted
 
     def _reserve(self, sizes: list[int]) -> list[int]:
         """Staging space for the next numbered calls; waits for the server to free some."""

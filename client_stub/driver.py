@@ -484,19 +484,17 @@ def _copy_to_host(dst: Any, src: Any, size: int, stream: int | None) -> None:
                 raise DriverFailure(status)
             write_host(dst, offset, values[0])
         return
-    # Chunks of a quarter of the ring, two per round trip: half the ring in flight.
-    step = staging.size // 4
-    for first in range(0, size, 2 * step):
-        offsets = range(first, min(size, first + 2 * step), step)
-        chunks = [(o, min(step, size - o)) for o in offsets]
-        group = [
-            (["cuMemcpyDtoHStaged", True, ctx, base, o, n, size, stream, STAGED], n)
-            for o, n in chunks
-        ]
-        for offset, ((status, *_), view) in zip(offsets, connection.request_staged(group)):
-            if status:
-                raise DriverFailure(status)
-            write_host(dst, offset, view)
+    # Chunks of an eighth of the ring, as many in flight as it holds: the server fills
+    # the next chunks while this thread copies one out.
+    step = staging.size // 8
+    calls = [
+        (["cuMemcpyDtoHStaged", True, ctx, base, o, n, size, stream, STAGED], n)
+        for o in range(0, size, step)
+        for n in (min(step, size - o),)
+    ]
+    status = connection.read_staged(calls, lambda i, view: write_host(dst, i * step, view))
+    if status:
+        raise DriverFailure(status)
 
 
 @_driver_function(0)

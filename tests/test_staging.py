@@ -113,3 +113,23 @@ def test_the_staging_area_is_page_locked_once_and_unlocked_with_its_session(
     assert list(registered.values()) == [staging_size]
     impl.REMOTE.close()
     assert wait_until(lambda: registered == {})
+
+
+def test_a_failed_pipelined_copy_leaves_later_calls_their_own_replies(
+    remote: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(staging, "DEFAULT_STAGING_BYTES", 64 * 1024)
+    ok(remote.cuInit(0))
+    ok(remote.cuCtxSetCurrent(ok(remote.cuDevicePrimaryCtxRetain(0))))
+    size = 1 << 20  # 128 chunks of the tiny ring, eight of them in flight at the failure
+    dptr = ok(remote.cuMemAlloc(size))
+    ok(remote.cuMemFree(dptr))
+    (err,) = remote.cuMemcpyDtoH(np.zeros(size, np.uint8), dptr, size)
+    assert err == remote.CUresult.CUDA_ERROR_INVALID_VALUE
+    assert ok(remote.cuDeviceGetCount()) == 1
+    data = np.arange(size, dtype=np.uint32).view(np.uint8)[:size]
+    dptr = ok(remote.cuMemAlloc(size))
+    ok(remote.cuMemcpyHtoD(dptr, data, size))
+    back = np.zeros(size, np.uint8)
+    ok(remote.cuMemcpyDtoH(back, dptr, size))
+    assert np.array_equal(back, data)
