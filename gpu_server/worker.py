@@ -29,7 +29,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import msgpack
@@ -62,6 +62,11 @@ ENDED = b"E"
 _FIRST_READ_BYTES = 1 << 20
 
 
+#: Messages the front end sends a one-session worker unasked: ``lease`` (whether its
+#: launches may go without asking) and ``time`` (time its next launch of a kernel ID).
+NOTICES = frozenset({"lease", "time"})
+
+
 def stream_key(key: Hashable) -> int:
     """A probe's stream key as an int that can cross the control socket."""
     return key if isinstance(key, int) else hash(key)
@@ -75,6 +80,8 @@ class ControlSocket:
         self._lock = threading.Lock()
         #: Replies from the front end to a ``DispatcherLink`` request; None once it is gone.
         self.replies: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
+        #: Takes the messages the front end sends unasked (named in ``NOTICES``).
+        self.on_notice: Callable[[list[Any]], None] = lambda message: None
 
     def send(self, *message: Any) -> None:
         """Send one message; a front end that is gone is noticed by ``read``."""
@@ -85,7 +92,11 @@ class ControlSocket:
         """Pass replies on until the front end closes the socket."""
         try:
             while (data := self.frames.receive_one()) is not None:
-                self.replies.put(msgpack.unpackb(data))
+                message = msgpack.unpackb(data)
+                if message[0] in NOTICES:
+                    self.on_notice(message)
+                else:
+                    self.replies.put(message)
         except (OSError, ValueError) as err:
             log.error("control socket: %s", err)
         self.replies.put(None)
@@ -93,11 +104,24 @@ class ControlSocket:
 
 class DispatcherLink:
     """The front end's dispatcher as a worker of one session uses it (same methods as
-    ``scheduler.dispatcher.Dispatcher``): every launch waits for the front end's go."""
+    ``scheduler.dispatcher.Dispatcher``).
+
+    A launch waits for the front end's go, unless the session holds a lease: while no other
+    task has a higher priority (any task under FIFO), the policy would issue every launch
+    of it at arrival, so the worker issues at once and reports the launch afterwards, with
+    no round trip. The front end grants and revokes the lease as tasks come and go; a
+    launch issued just before a revocation arrives counts as already in flight. A leased
+    worker times the first launch of each kernel ID, then those the front end asks for.
+    """
 
     def __init__(self, control: ControlSocket) -> None:
         self.control = control
         self.profiles = None
+        self.leased = False
+        #: Kernel IDs launched here, and those whose next launch the front end wants timed.
+        self._seen: set[str] = set()
+        self._to_time: set[str] = set()
+        control.on_notice = self._notice
         self._ids = itertools.count(1)
         self._probes: list[tuple[int, LaunchProbe]] = []
         self._wake = threading.Condition()
@@ -134,8 +158,25 @@ class DispatcherLink:
     def wait_turn(self, priority: int) -> None:
         """Never waits (see ``running``)."""
 
+    def _notice(self, message: list[Any]) -> None:
+        if message[0] == "lease":
+            self.leased = bool(message[1])
+        else:
+            self._to_time.add(message[1])
+
     def launch(self, task_id: int, kernel_id: str, name: str, issue: IssueFn) -> None:
-        """Wait for the front end's policy to release the launch, issue it, say so."""
+        """Issue the launch at once under a lease, else once the front end's policy
+        releases it; either way the front end learns of it."""
+        if self.leased:
+            timed = kernel_id in self._to_time or kernel_id not in self._seen
+            self._seen.add(kernel_id)
+            self._to_time.discard(kernel_id)
+            probe = issue(timed)
+            probe_id = next(self._ids)
+            key = stream_key(probe.stream_key)
+            self.control.send("leased", task_id, kernel_id, name, probe_id, key, timed)
+            self._follow(probe_id, probe)
+            return
         self.control.send("launch", task_id, kernel_id, name)
         grant = self._reply()
         if grant[0] != "issue":
@@ -150,6 +191,10 @@ class DispatcherLink:
             raise
         probe_id = next(self._ids)
         self.control.send("issued", probe_id, stream_key(probe.stream_key), 0)
+        self._follow(probe_id, probe)
+
+    def _follow(self, probe_id: int, probe: LaunchProbe) -> None:
+        """Report the probe's completion once it is done."""
         with self._wake:
             self._probes.append((probe_id, probe))
             self._wake.notify()

@@ -81,7 +81,8 @@ class WorkerProcess:
     """One worker process: its control socket, its sessions' socket, and its fate.
 
     ``dispatcher``: the front end's, for a worker of one session whose launches it orders;
-    ``on_exit`` runs (on the control thread) once the process is gone.
+    ``on_tasks`` runs once its task came or went, in that dispatcher (the leases may
+    change); ``on_exit`` runs (on the control thread) once the process is gone.
     """
 
     def __init__(
@@ -89,10 +90,14 @@ class WorkerProcess:
         settings: WorkerSettings,
         *,
         dispatcher: Dispatcher | None = None,
+        on_tasks: Callable[[], None] = lambda: None,
         on_exit: Callable[[WorkerProcess], None] | None = None,
     ) -> None:
         self.dispatcher = dispatcher
+        self._on_tasks = on_tasks
         self._on_exit = on_exit
+        #: Whether the worker was told its session holds a lease (``DispatcherLink``).
+        self._leased = False
         self._dir = tempfile.mkdtemp(prefix="fikit-worker-")
         self.socket_path = os.path.join(self._dir, "sessions.sock")
         ours, theirs = socket.socketpair()
@@ -181,6 +186,14 @@ class WorkerProcess:
             return f"signal {-code}"
         return f"exit status {code}"
 
+    def lease(self, leased: set[int]) -> None:
+        """Tell the worker whether its session may launch without asking, if that changed
+        (``leased``: the dispatcher's leased tasks)."""
+        lease = bool(self._tasks) and self._tasks <= leased
+        if lease != self._leased:
+            self._leased = lease
+            self._send("lease", lease)
+
     def _send(self, *message: Any) -> None:
         with self._send_lock, contextlib.suppress(OSError):
             self._control.send(msgpack.packb(message))
@@ -211,11 +224,13 @@ class WorkerProcess:
         assert self.dispatcher is not None
         self._tasks.add(task_id)
         self.dispatcher.add_task(task_id, priority, client)
+        self._on_tasks()
 
     def _on_remove(self, task_id: int) -> None:
         assert self.dispatcher is not None
         self._tasks.discard(task_id)
         self.dispatcher.remove_task(task_id)
+        self._on_tasks()
 
     def _on_priority(self, task_id: int, requested: int, least: int, greatest: int) -> None:
         assert self.dispatcher is not None
@@ -231,6 +246,14 @@ class WorkerProcess:
 
     def _on_launch(self, task_id: int, kernel_id: str, name: str) -> None:
         self._launches.put([task_id, kernel_id, name])
+
+    def _on_leased(
+        self, task_id: int, kernel_id: str, name: str, probe_id: int, stream_key: int, timed: bool
+    ) -> None:
+        assert self.dispatcher is not None
+        probe = self._probes[probe_id] = RemoteProbe((self.pid, stream_key))
+        if self.dispatcher.launched(task_id, kernel_id, name, probe, timed):
+            self._send("time", kernel_id)
 
     def _on_issued(self, probe_id: int, stream_key: int, error: int) -> None:
         self._issued.put([probe_id, stream_key, error])
@@ -251,6 +274,8 @@ class WorkerProcess:
         if self.dispatcher is not None:
             for task_id in list(self._tasks):
                 self.dispatcher.remove_task(task_id)
+            self._tasks.clear()
+            self._on_tasks()
             for probe in self._probes.values():
                 probe.finish(None)
             self._probes.clear()
@@ -407,9 +432,22 @@ class WorkerPerSession(Placement):
 
     def _start(self) -> WorkerProcess:
         """A new worker (call with the lock held)."""
-        worker = WorkerProcess(self.settings, dispatcher=self.dispatcher, on_exit=self._forget)
+        worker = WorkerProcess(
+            self.settings,
+            dispatcher=self.dispatcher,
+            on_tasks=self._update_leases,
+            on_exit=self._forget,
+        )
         self._workers.add(worker)
         return worker
+
+    def _update_leases(self) -> None:
+        """A task came or went: grant and revoke leases (see ``DispatcherLink``). Under the
+        lock, so that the last change's view is the one that stays."""
+        with self._lock:
+            leased = self.dispatcher.leased_tasks()
+            for worker in self._workers:
+                worker.lease(leased)
 
     def _restock(self) -> None:
         """Start a spare worker unless one is there."""

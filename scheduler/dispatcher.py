@@ -255,13 +255,7 @@ class Dispatcher:
             if self._closed:
                 raise DispatcherClosed("the server is shutting down")
             now = self.clock()
-            task = self._tasks[task_id]
-            if task.idle_since is not None:
-                since, after = task.idle_since
-                task.idle_since = None
-                if profiles is not None:
-                    profiles.record_gap(after, now - since)
-            launch = PendingLaunch(next(self._seq), task_id, kernel_id, predicted)
+            task, launch = self._arriving(task_id, kernel_id, predicted, now)
             self.policy.arrive(launch, now)
             mine = False
             for released in self.policy.take_issuable(now):
@@ -282,6 +276,42 @@ class Dispatcher:
         held.issued.wait()
         if held.error is not None:
             raise held.error
+
+    def leased_tasks(self) -> set[int]:
+        """Tasks whose launches the policy issues at arrival until a task comes or goes:
+        a worker of one such session may issue without asking, then report ``launched``."""
+        with self._lock:
+            return self.policy.leased()
+
+    def launched(
+        self, task_id: int, kernel_id: str, name: str, probe: LaunchProbe, timed: bool
+    ) -> bool:
+        """A launch that a leased task issued without asking (see ``leased_tasks``): it
+        counts and is tracked like any other. Returns whether
+        the profiles want the task's next launch of ``kernel_id`` timed."""
+        profiles = self.profiles
+        measure, predicted = (False, None) if profiles is None else profiles.launch_plan(kernel_id)
+        with self._lock:
+            if self._closed:
+                return False
+            now = self.clock()
+            task, launch = self._arriving(task_id, kernel_id, predicted, now)
+            self.policy.issue_now(launch, now)
+            task.in_flight += 1
+        self._follow(_InFlight(launch, name, probe, timed))
+        return measure or self.trace is not None
+
+    def _arriving(
+        self, task_id: int, kernel_id: str, predicted: float | None, now: float
+    ) -> tuple[_TaskState, PendingLaunch]:
+        """A launch of the task arrives now: its gap ends (call with the lock held)."""
+        task = self._tasks[task_id]
+        if task.idle_since is not None:
+            since, after = task.idle_since
+            task.idle_since = None
+            if self.profiles is not None:
+                self.profiles.record_gap(after, now - since)
+        return task, PendingLaunch(next(self._seq), task_id, kernel_id, predicted)
 
     def call_started(self, task_id: int) -> None:
         """The task's session began a synchronizing call (a copy, a synchronization)."""
@@ -317,7 +347,11 @@ class Dispatcher:
             with self._lock:
                 self._complete(launch, self.clock())
             raise
-        record = _InFlight(launch, name, probe, timed)
+        self._follow(_InFlight(launch, name, probe, timed))
+
+    def _follow(self, record: _InFlight) -> None:
+        """Track an issued launch's probe until it says the launch finished."""
+        probe, timed = record.probe, record.timed
         with self._lock:
             self.launches += 1
             self.timed_launches += timed

@@ -70,6 +70,14 @@ class Policy(Protocol):
     def take_issuable(self, now: float) -> list[PendingLaunch]:
         """The launches allowed to go to the GPU now, in issue order, no longer held."""
 
+    def issue_now(self, launch: PendingLaunch, now: float) -> None:
+        """A launch that went to the GPU without being held (a task with a lease, see
+        ``leased``): it arrives and is in flight at once."""
+
+    def leased(self) -> set[int]:
+        """The tasks whose launches this policy issues at arrival whatever else happens,
+        until a task is added or removed: they may launch without asking."""
+
     def issued(self, launch: PendingLaunch, now: float) -> None:
         """A launch handed out by ``take_issuable`` went to the GPU."""
 
@@ -189,6 +197,18 @@ class _QueuedPolicy:
         task.held.append(launch)
         self._held_count += 1
 
+    def issue_now(self, launch: PendingLaunch, now: float) -> None:
+        """A launch issued without being held: it arrives and counts in flight at once."""
+        task = self._tasks[launch.task_id]
+        self._end_gap(launch.task_id, task, now)
+        task.launched = True
+        self._count_in_flight(task, launch)
+
+    def leased(self) -> set[int]:
+        """Every task: launches of tasks at or above the free floor go at arrival, and
+        the floor is the lowest priority unless a subclass raises it."""
+        return set(self._tasks)
+
     def take_issuable(self, now: float) -> list[PendingLaunch]:
         """Hand out every launch at or above the free floor, then what ``_fill`` releases."""
         floor = self._free_floor(now)
@@ -279,9 +299,12 @@ class _QueuedPolicy:
         """Take the task's head launch out of its queue and count it in flight."""
         launch = task.held.popleft()
         self._held_count -= 1
+        self._count_in_flight(task, launch)
+        return launch
+
+    def _count_in_flight(self, task: _Task, launch: PendingLaunch) -> None:
         task.in_flight += 1
         self._in_flight[launch.seq] = (task.priority, launch)
-        return launch
 
 
 class FifoPolicy(_QueuedPolicy):
@@ -298,6 +321,11 @@ class PriorityPolicy(_QueuedPolicy):
     def _free_floor(self, now: float) -> int:
         top = self.active_priority(now)
         return LOWEST_PRIORITY if top is None else top
+
+    def leased(self) -> set[int]:
+        """The tasks at the highest priority there is: the floor never rises above them."""
+        top = max((task.priority for task in self._ordered), default=LOWEST_PRIORITY)
+        return {task_id for task_id, task in self._tasks.items() if task.priority == top}
 
 
 class GapPredictor:

@@ -6,12 +6,14 @@ import io
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from gpu_server.errors import CudaError
 from scheduler.dispatcher import TURN_WAIT_S, Dispatcher, DispatcherClosed
 from scheduler.policy import FifoPolicy, FikitPolicy, PriorityPolicy
+from scheduler.profiles import ProfileStore
 from tests.test_sessions import wait_until
 
 
@@ -91,6 +93,31 @@ def test_held_launches_are_issued_in_order_when_the_high_task_finishes() -> None
     assert [name for name, _ in gpu.issued] == ["hp", "lp0", "lp1", "lp2"]
     assert wait_until(lambda: all(probe.released for probe in gpu.probes))
     dispatcher.close()
+
+
+def test_a_launch_made_under_a_lease_is_tracked_and_sets_the_timing_of_the_next(
+    tmp_path: Path,
+) -> None:
+    profiles = ProfileStore(tmp_path / "p.sqlite3", measure_count=1, sample_every=2)
+    dispatcher, gpu = Dispatcher(PriorityPolicy(quiet_after_us=0), profiles), FakeGpu()
+    dispatcher.add_task(1, 9)
+    dispatcher.add_task(2, 0)
+    assert dispatcher.leased_tasks() == {1}
+    timed = FakeProbe("hp", (10.0, 35.0))
+    assert dispatcher.launched(1, "k", "hp", timed, True)  # new kernel: time the next too
+    waiter = in_thread(dispatcher.launch, 2, "k2", "lp", gpu.issuer("lp"))
+    waiter.join(0.2)
+    assert waiter.is_alive() and gpu.issued == []  # held behind the leased launch
+    timed.finished.set()
+    waiter.join(5)
+    assert gpu.issued == [("lp", True)]
+    assert wait_until(lambda: profiles.get("k") is not None)
+    assert profiles.get("k").duration.count == 1  # the leased launch's time was recorded
+    plans = [dispatcher.launched(1, "k", "hp", FakeProbe("hp", None), False) for _ in range(4)]
+    assert plans == [False, True, False, True]  # measured: one launch in two
+    assert dispatcher.launches == 6
+    dispatcher.close()
+    profiles.close()
 
 
 def test_closing_fails_launches_still_held() -> None:

@@ -233,9 +233,13 @@ def test_the_scheduler_orders_launches_across_worker_processes(
         tmp_path, "--isolation", "process", "--policy", policy, "--quiet-after-us", "6e7"
     )
     try:
+        low = server.session(priority=0)
+        low.launch("fill")  # alone, the low task holds a lease: its launch goes at once
+        low.value("cuCtxSynchronize", low.ctx)
         high = server.session(priority=9)
         high.launch("fill")
-        low = server.session(priority=0)
+        high.value("cuCtxSynchronize", high.ctx)
+        time.sleep(0.5)  # the front end revokes the low task's lease (a message away)
         synced = threading.Event()
 
         def low_work() -> None:

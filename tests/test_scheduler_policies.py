@@ -448,3 +448,34 @@ def test_a_task_that_leaves_takes_nothing_from_a_task_that_looks_the_same(
     for launch in launches:
         pol.arrive(launch, 1.0)
     assert pol.take_issuable(1.0) == launches
+
+
+@pytest.mark.parametrize(
+    ("make", "leased"),
+    [(FifoPolicy, {1, 2, 3}), (PriorityPolicy, {1, 3}), (FikitPolicy, {1, 3})],
+    ids=["fifo", "priority", "fikit"],
+)
+def test_a_lease_goes_to_the_tasks_no_policy_state_can_hold(
+    make: Callable[[], Policy], leased: set[int]
+) -> None:
+    policy = make()
+    for task_id, priority in ((1, 7), (2, 3), (3, 7)):
+        policy.add_task(task_id, priority, 0.0)
+    assert policy.leased() == leased
+    policy.remove_task(1, 0.0)
+    policy.remove_task(3, 0.0)
+    assert policy.leased() == {2}
+
+
+def test_a_launch_issued_under_a_lease_counts_in_flight_and_ends_its_task_gap() -> None:
+    policy = FikitPolicy(max_lp_inflight_us=1000.0, quiet_after_us=10_000.0)
+    policy.add_task(1, 9, 0.0)
+    policy.add_task(2, 0, 0.0)
+    first = PendingLaunch(0, 1, "k", 50.0)
+    policy.issue_now(first, 0.0)
+    policy.arrive(PendingLaunch(1, 2, "lp", 100.0), 10.0)
+    assert policy.take_issuable(10.0) == []  # the leased task is busy: LP is held
+    policy.completed(first, 60.0)
+    policy.issue_now(PendingLaunch(2, 1, "k", 50.0), 460.0)  # a 400 us gap after "k"
+    assert policy.gap_samples(1) == {"k": (400.0,)}
+    assert policy.take_issuable(470.0) == []  # busy again
