@@ -15,7 +15,9 @@ Every issued launch comes back as a ``LaunchProbe`` (a completion marker the bac
 the launch's stream). The tracker thread polls the oldest probe of each stream and tells the
 policy about completions, records measured durations and idle gaps in the ``ProfileStore``,
 and writes the optional trace. Kernels of new kernel IDs are timed on every launch
-(measurement stage), known ones on a sample (sharing stage); see ``profiles.py``.
+(measurement stage), known ones on a sample (sharing stage); see ``profiles.py``. A probe
+is not asked before its launch is predicted to finish (its profile's duration after those
+ahead of it on its stream): every poll takes the interpreter from the sessions' threads.
 
 The priority policies also order the CPU of the process that runs the sessions: sessions
 of many tasks share one Python interpreter (a GPU worker under ``--isolation shared``), so
@@ -34,6 +36,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import threading
 import time
 from collections import Counter, deque
@@ -96,6 +99,9 @@ class _InFlight(NamedTuple):
     name: str
     probe: LaunchProbe
     timed: bool
+    #: When the launch should finish (host microseconds): its predicted duration after
+    #: those ahead of it on its stream; the tracker checks it no sooner.
+    due_us: float
 
 
 @dataclass
@@ -114,6 +120,8 @@ TURN_WAIT_S = 0.01
 NOTHING_TO_ORDER = contextlib.nullcontext()
 #: How many of a stream's oldest launches the tracker checks per poll.
 POLL_DEPTH = 64
+#: Longest the tracker waits for a launch predicted to run long before asking its probe.
+MAX_POLL_WAIT_S = 0.002
 
 
 def _done_prefix(records: list[_InFlight]) -> list[_InFlight]:
@@ -136,8 +144,9 @@ class Dispatcher:
     """Runs one policy over the launches of all sessions; thread-safe.
 
     ``trace``: an open text file that receives one JSON line per completed launch (all
-    launches are then timed). ``poll_interval_s``: how long the tracker sleeps between
-    polls while launches are in flight.
+    launches are then timed). ``poll_interval_s``: how long the tracker waits at least
+    between polls while launches are in flight (longer while the oldest unfinished launch
+    of every stream is predicted to run on).
     """
 
     def __init__(
@@ -292,13 +301,13 @@ class Dispatcher:
         profiles = self.profiles
         measure, predicted = (False, None) if profiles is None else profiles.launch_plan(kernel_id)
         with self._lock:
-            if self._closed:
+            if self._closed or task_id not in self._tasks:  # the report outran the task's end
                 return False
             now = self.clock()
             task, launch = self._arriving(task_id, kernel_id, predicted, now)
             self.policy.issue_now(launch, now)
             task.in_flight += 1
-        self._follow(_InFlight(launch, name, probe, timed))
+        self._follow(launch, name, probe, timed)
         return measure or self.trace is not None
 
     def _arriving(
@@ -347,18 +356,20 @@ class Dispatcher:
             with self._lock:
                 self._complete(launch, self.clock())
             raise
-        self._follow(_InFlight(launch, name, probe, timed))
+        self._follow(launch, name, probe, timed)
 
-    def _follow(self, record: _InFlight) -> None:
+    def _follow(self, launch: PendingLaunch, name: str, probe: LaunchProbe, timed: bool) -> None:
         """Track an issued launch's probe until it says the launch finished."""
-        probe, timed = record.probe, record.timed
         with self._lock:
             self.launches += 1
             self.timed_launches += timed
+            now = self.clock()
             queue = self._streams.get(probe.stream_key)
             if queue is None:
                 queue = self._streams[probe.stream_key] = deque()
-            queue.append(record)
+            starts = max(queue[-1].due_us, now) if queue else now
+            due = starts + (launch.predicted_us or 0.0)
+            queue.append(_InFlight(launch, name, probe, timed, due))
             if len(queue) == 1:
                 self._wake.notify()
 
@@ -388,15 +399,36 @@ class Dispatcher:
                 to_issue, self._to_issue = self._to_issue, deque()
             for waiting in to_issue:
                 self._issue_held(waiting)
-            finished = [record for queue in oldest for record in _done_prefix(queue)]
+            finished: list[_InFlight] = []
+            next_due = math.inf
+            for records in oldest:
+                done = _done_prefix(records)
+                finished += done
+                if len(done) < len(records):
+                    next_due = min(next_due, records[len(done)].due_us)
             if finished:
                 self._finish(finished)
             if not to_issue:
                 # Also after completions: they are then handled in batches, and the tracker
-                # does not contend for the lock with every launch of a busy session.
-                time.sleep(self.poll_interval_s)
+                # does not contend for the lock (or the interpreter) with every launch of a
+                # busy session; a launch predicted to run long is not asked until it should
+                # be done.
+                with self._lock:
+                    if not (self._to_issue or self._closed):
+                        self._wake.wait(self._poll_wait(next_due))
         for record in remaining:
             record.probe.release()
+
+    def _poll_wait(self, next_due: float) -> float:
+        """Seconds until the next poll: ``poll_interval_s``, or longer until the earliest
+        unfinished launch is due, at most until the policy's next timed event."""
+        now = self.clock()
+        wait = self.poll_interval_s
+        if next_due != math.inf:
+            wait = min(max(wait, (next_due - now) / 1e6), MAX_POLL_WAIT_S)
+        if self._due is not None:
+            wait = min(wait, max(0.0, (self._due - now) / 1e6))
+        return wait
 
     def _timer(self) -> float | None:
         """Seconds until the policy's next timed event; None when none is due."""
