@@ -181,6 +181,10 @@ class Dispatcher:
         #: Sessions running a frame now, by task priority; the highest such priority.
         self._running: Counter[int] = Counter()
         self._top_running = LOWEST_PRIORITY - 1
+        self._poll_interval_us = poll_interval_s * 1e6
+        #: When the tracker will poll next: -inf while it polls, inf while nothing is in
+        #: flight (a launch that should finish sooner wakes it).
+        self._poll_at = math.inf
         self._tracker = threading.Thread(target=self._track, name="fikit-tracker", daemon=True)
         self._tracker.start()
 
@@ -370,7 +374,7 @@ class Dispatcher:
             starts = max(queue[-1].due_us, now) if queue else now
             due = starts + (launch.predicted_us or 0.0)
             queue.append(_InFlight(launch, name, probe, timed, due))
-            if len(queue) == 1:
+            if due + self._poll_interval_us < self._poll_at:  # the tracker would ask too late
                 self._wake.notify()
 
     def _complete(self, launch: PendingLaunch, now: float) -> None:
@@ -388,7 +392,9 @@ class Dispatcher:
         while True:
             with self._lock:
                 while not (self._closed or self._streams or self._to_issue):
+                    self._poll_at = math.inf
                     self._wake.wait(self._timer())
+                    self._poll_at = -math.inf
                     self._release_if_due()
                 self._release_if_due()
                 if self._closed:
@@ -399,13 +405,7 @@ class Dispatcher:
                 to_issue, self._to_issue = self._to_issue, deque()
             for waiting in to_issue:
                 self._issue_held(waiting)
-            finished: list[_InFlight] = []
-            next_due = math.inf
-            for records in oldest:
-                done = _done_prefix(records)
-                finished += done
-                if len(done) < len(records):
-                    next_due = min(next_due, records[len(done)].due_us)
+            finished = [record for queue in oldest for record in _done_prefix(queue)]
             if finished:
                 self._finish(finished)
             if not to_issue:
@@ -413,18 +413,28 @@ class Dispatcher:
                 # does not contend for the lock (or the interpreter) with every launch of a
                 # busy session; a launch predicted to run long is not asked until it should
                 # be done.
+                # A short wait sleeps (cheaper); a long one can be cut short by a launch
+                # that should finish sooner.
                 with self._lock:
-                    if not (self._to_issue or self._closed):
-                        self._wake.wait(self._poll_wait(next_due))
+                    wait = 0.0 if self._to_issue or self._closed else self._poll_wait()
+                    if wait > self.poll_interval_s:
+                        self._poll_at = self.clock() + wait * 1e6
+                        self._wake.wait(wait)
+                        self._poll_at = -math.inf
+                        wait = 0.0
+                if wait:
+                    time.sleep(wait)
         for record in remaining:
             record.probe.release()
 
-    def _poll_wait(self, next_due: float) -> float:
-        """Seconds until the next poll: ``poll_interval_s``, or longer until the earliest
-        unfinished launch is due, at most until the policy's next timed event."""
+    def _poll_wait(self) -> float:
+        """Seconds until the next poll: ``poll_interval_s``, or longer until the oldest
+        launch of every stream is due, at most until the policy's next timed event (call
+        with the lock held)."""
         now = self.clock()
         wait = self.poll_interval_s
-        if next_due != math.inf:
+        next_due = min((queue[0].due_us for queue in self._streams.values()), default=now)
+        if next_due > now:
             wait = min(max(wait, (next_due - now) / 1e6), MAX_POLL_WAIT_S)
         if self._due is not None:
             wait = min(wait, max(0.0, (self._due - now) / 1e6))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gpu_server.errors import CudaError
+from scheduler import dispatcher as dispatcher_module
 from scheduler.dispatcher import TURN_WAIT_S, Dispatcher, DispatcherClosed
 from scheduler.policy import FifoPolicy, FikitPolicy, PriorityPolicy
 from scheduler.profiles import ProfileStore
@@ -116,6 +117,33 @@ def test_a_launch_made_under_a_lease_is_tracked_and_sets_the_timing_of_the_next(
     plans = [dispatcher.launched(1, "k", "hp", FakeProbe("hp", None), False) for _ in range(4)]
     assert plans == [False, True, False, True]  # measured: one launch in two
     assert dispatcher.launches == 6
+    dispatcher.close()
+    profiles.close()
+
+
+def test_a_probe_is_not_asked_before_its_launch_should_finish_and_others_still_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dispatcher_module, "MAX_POLL_WAIT_S", 5.0)
+    profiles = ProfileStore(tmp_path / "p.sqlite3", min_samples=1, measure_count=1)
+    profiles.record_duration("long", "long", 10e6)  # predicted: 10 s
+    dispatcher, gpu = Dispatcher(FifoPolicy(), profiles), FakeGpu()
+    dispatcher.add_task(1, 0)
+    asked = 0
+    probe = FakeProbe("a", None)
+
+    def done() -> bool:
+        nonlocal asked
+        asked += 1
+        return False
+
+    probe.done = done
+    dispatcher.launch(1, "long", "long", lambda timed: probe)
+    time.sleep(0.3)
+    assert asked <= 2  # not polled every 20 us while it should still run
+    gpu.instant = True
+    dispatcher.launch(1, "short", "short", gpu.issuer("short", stream="b"))
+    assert wait_until(lambda: gpu.probes[0].released, timeout=2.0)  # seen without waiting 5 s
     dispatcher.close()
     profiles.close()
 
