@@ -114,7 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quiet-after-us",
         type=float,
         default=2000.0,
-        help="priority, fikit: a task idle this long stops holding back lower ones (2000)",
+        help="priority, fikit: a task idle this long stops holding back lower ones (fikit: "
+        "and 1.25x longer than its recent gaps of the same kind) (2000)",
     )
     parser.add_argument(
         "--tokens",

@@ -24,8 +24,9 @@ Every policy keeps each task's launches in arrival order: a held launch blocks a
 launches of its task. Priorities go from 0 (lowest) to 9 (highest).
 
 A task is *busy* while it has a launch held or in flight or a call under way. It is *active*
-from its first launch until it has not been busy for ``quiet_after_us``; only active tasks
-hold back lower priorities. A task that is not active is *quiet*.
+from its first launch until it has not been busy for ``quiet_after_us`` (under FIKIT, or for
+longer than the gaps of that kind it came back from); only active tasks hold back lower
+priorities. A task that is not active is *quiet*.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ LOWEST_PRIORITY = 0
 HIGHEST_PRIORITY = 9
 #: Marks the key of a gap in which a synchronizing call ended (see ``_Task.gap_key``).
 GAP_AFTER_CALL = "+call"
+#: Under FIKIT a task goes quiet only once idle this many times the longest recent gap of
+#: the kind it is in (``FikitPolicy._quiet_after``).
+QUIET_GAP_MARGIN = 1.25
 
 
 class PendingLaunch(NamedTuple):
@@ -98,6 +102,7 @@ class Policy(Protocol):
 class _Task:
     """What a policy knows about one task (compared by identity: two tasks may look alike)."""
 
+    task_id: int
     priority: int
     held: deque[PendingLaunch] = field(default_factory=deque)
     in_flight: int = 0
@@ -128,11 +133,6 @@ class _Task:
         """Open an idle gap now, unless the task is busy or never launched."""
         if not self.busy and self.launched:
             self.idle_since = now
-
-    def active(self, now: float, quiet_after_us: float) -> bool:
-        if self.busy:
-            return True
-        return self.idle_since is not None and now - self.idle_since < quiet_after_us
 
     def idle_for(self, now: float) -> float:
         """Idle time of the current gap so far, its calls not counted."""
@@ -173,7 +173,7 @@ class _QueuedPolicy:
             )
         if task_id in self._tasks:
             raise ValueError(f"task {task_id} was already added")
-        task = self._tasks[task_id] = _Task(priority)
+        task = self._tasks[task_id] = _Task(task_id, priority)
         self._ordered.append(task)
         self._ordered.sort(key=lambda t: -t.priority)
 
@@ -262,16 +262,26 @@ class _QueuedPolicy:
         times = [
             at
             for task in self._tasks.values()
-            if (at := task.quiet_at(self.quiet_after_us)) is not None and at > now
+            if (at := task.quiet_at(self._quiet_after(task))) is not None and at > now
         ]
         return min(times, default=None)
 
     def active_priority(self, now: float) -> int | None:
         """The highest priority among active tasks, or None when every task is quiet."""
         for task in self._ordered:
-            if task.active(now, self.quiet_after_us):
+            if self._active(task, now):
                 return task.priority
         return None
+
+    def _active(self, task: _Task, now: float) -> bool:
+        """Busy, or idle for less than its quiet threshold."""
+        if task.busy:
+            return True
+        return task.idle_since is not None and now - task.idle_since < self._quiet_after(task)
+
+    def _quiet_after(self, task: _Task) -> float:
+        """How long the task may stay idle and still hold lower priorities back."""
+        return self.quiet_after_us
 
     def _free_floor(self, now: float) -> int:
         """Tasks at or above this priority have all their launches issued at once."""
@@ -348,27 +358,36 @@ class GapPredictor:
         self.window = window
         self.percentile = percentile
         self._samples: dict[int, dict[str, deque[float]]] = {}
-        #: Predictions already computed since the last sample of their key.
-        self._predictions: dict[tuple[int, str], float] = {}
+        #: (prediction, longest sample) already computed since the last sample of their key.
+        self._stats: dict[tuple[int, str], tuple[float, float]] = {}
 
     def record(self, task_id: int, after_kernel: str, gap_us: float) -> None:
         """Add one observed gap."""
         by_kernel = self._samples.setdefault(task_id, {})
         by_kernel.setdefault(after_kernel, deque(maxlen=self.window)).append(gap_us)
-        self._predictions.pop((task_id, after_kernel), None)
+        self._stats.pop((task_id, after_kernel), None)
 
     def predict(self, task_id: int, after_kernel: str) -> float:
         """The predicted length of the gap opened by ``after_kernel``'s completion."""
-        prediction = self._predictions.get((task_id, after_kernel))
-        if prediction is not None:
-            return prediction
+        return self._stats_of(task_id, after_kernel)[0]
+
+    def longest(self, task_id: int, after_kernel: str) -> float:
+        """The longest kept gap opened by ``after_kernel``'s completion (0 without any)."""
+        return self._stats_of(task_id, after_kernel)[1]
+
+    def _stats_of(self, task_id: int, after_kernel: str) -> tuple[float, float]:
+        stats = self._stats.get((task_id, after_kernel))
+        if stats is not None:
+            return stats
         samples = self._samples.get(task_id, {}).get(after_kernel)
         if not samples:
-            return 0.0
+            return (0.0, 0.0)
         ordered = sorted(samples)
-        prediction = ordered[int(self.percentile * (len(ordered) - 1))]
-        self._predictions[(task_id, after_kernel)] = prediction
-        return prediction
+        stats = self._stats[(task_id, after_kernel)] = (
+            ordered[int(self.percentile * (len(ordered) - 1))],
+            ordered[-1],
+        )
+        return stats
 
     def samples(self, task_id: int) -> dict[str, tuple[float, ...]]:
         """The task's kept samples, oldest first, by the kernel that opened the gap."""
@@ -377,7 +396,7 @@ class GapPredictor:
     def forget(self, task_id: int) -> None:
         """Drop a task's samples."""
         self._samples.pop(task_id, None)
-        self._predictions = {k: v for k, v in self._predictions.items() if k[0] != task_id}
+        self._stats = {k: v for k, v in self._stats.items() if k[0] != task_id}
 
 
 class FikitPolicy(PriorityPolicy):
@@ -393,7 +412,9 @@ class FikitPolicy(PriorityPolicy):
     a correct duration prediction lets lower-priority work delay an H launch that arrives
     early; a duration ``k`` times too short raises it to ``k * max_lp_inflight_us``. The bound
     does not cover work issued while no task at H was active (before its first launch, or
-    after it went quiet), when lower levels run freely.
+    after it went quiet), when lower levels run freely. So a task goes quiet only once idle
+    for ``quiet_after_us`` and for ``QUIET_GAP_MARGIN`` times the longest kept gap of the
+    kind it is in: within pauses it has come back from, lower levels stay bounded.
 
     Launches never measured (``predicted_us`` None) count as ``default_unknown_us``, by
     default ``max_lp_inflight_us``: they fit only a gap of at least
@@ -440,11 +461,19 @@ class FikitPolicy(PriorityPolicy):
     def _gap_ended(self, task_id: int, key: str, gap_us: float) -> None:
         self.gaps.record(task_id, key, gap_us)
 
+    def _quiet_after(self, task: _Task) -> float:
+        """``quiet_after_us``, or longer for a task in a gap of a kind it has come back
+        from after longer (``QUIET_GAP_MARGIN`` times the longest kept): a server whose
+        requests come 3 ms apart is not quiet 2 ms into each pause, and lower priorities,
+        fitted into the pause by prediction, do not run unbounded into its next request."""
+        longest = self.gaps.longest(task.task_id, task.gap_key)
+        return max(self.quiet_after_us, QUIET_GAP_MARGIN * longest)
+
     def _fill(self, floor: int, now: float) -> list[PendingLaunch]:
         top = [
             (task_id, task)
             for task_id, task in self._tasks.items()
-            if task.priority == floor and task.active(now, self.quiet_after_us)
+            if task.priority == floor and self._active(task, now)
         ]
         if not top or any(task.busy for _, task in top):
             return []

@@ -479,3 +479,29 @@ def test_a_launch_issued_under_a_lease_counts_in_flight_and_ends_its_task_gap() 
     policy.issue_now(PendingLaunch(2, 1, "k", 50.0), 460.0)  # a 400 us gap after "k"
     assert policy.gap_samples(1) == {"k": (400.0,)}
     assert policy.take_issuable(470.0) == []  # busy again
+
+
+def test_under_fikit_a_task_is_not_quiet_within_pauses_it_has_come_back_from() -> None:
+    policy = FikitPolicy(max_lp_inflight_us=100.0, quiet_after_us=2000.0)
+    policy.add_task(1, 9, 0.0)
+    policy.add_task(2, 0, 0.0)
+    seq = itertools.count()
+    now = 0.0
+    for _ in range(3):  # requests 3 ms apart: a 3000 us pause after kernel "k" each time
+        launch = PendingLaunch(next(seq), 1, "k", 10.0)
+        policy.arrive(launch, now)
+        assert policy.take_issuable(now) == [launch]
+        policy.completed(launch, now + 10.0)
+        now += 3010.0
+    last = PendingLaunch(next(seq), 1, "k", 10.0)
+    policy.arrive(last, now)
+    policy.take_issuable(now)
+    policy.completed(last, now + 10.0)
+    pause_start = now + 10.0
+    for _ in range(10):
+        policy.arrive(PendingLaunch(next(seq), 2, "lp", 50.0), pause_start + 2500.0)
+    # 2.5 ms into the pause: past quiet_after_us, but the task came back later before.
+    released = policy.take_issuable(pause_start + 2500.0)
+    assert len(released) == 2  # only the fitted bound (100 us of LP), not all ten
+    assert policy.next_event(pause_start + 2500.0) == pytest.approx(pause_start + 3750.0)
+    assert len(policy.take_issuable(pause_start + 3760.0)) == 8  # quiet now: LP runs freely
