@@ -300,8 +300,8 @@ class Dispatcher:
         self, task_id: int, kernel_id: str, name: str, probe: LaunchProbe, timed: bool
     ) -> bool:
         """A launch that a leased task issued without asking (see ``leased_tasks``): it
-        counts and is tracked like any other. Returns whether
-        the profiles want the task's next launch of ``kernel_id`` timed."""
+        counts and is tracked like any other. Returns whether the profiles want the task's
+        next launch of ``kernel_id`` timed."""
         profiles = self.profiles
         measure, predicted = (False, None) if profiles is None else profiles.launch_plan(kernel_id)
         with self._lock:
@@ -411,10 +411,9 @@ class Dispatcher:
             if not to_issue:
                 # Also after completions: they are then handled in batches, and the tracker
                 # does not contend for the lock (or the interpreter) with every launch of a
-                # busy session; a launch predicted to run long is not asked until it should
-                # be done.
-                # A short wait sleeps (cheaper); a long one can be cut short by a launch
-                # that should finish sooner.
+                # busy session. A short wait sleeps (cheaper); a long one, until launches
+                # predicted to run long should be done, is cut short by a launch that
+                # should finish sooner.
                 with self._lock:
                     wait = 0.0 if self._to_issue or self._closed else self._poll_wait()
                     if wait > self.poll_interval_s:
