@@ -46,7 +46,9 @@ from scheduler.dispatcher import (
     DispatcherClosed,
     IssueFn,
     LaunchProbe,
+    clock_us,
 )
+from scheduler.policy import NO_CREDIT, Credit
 
 log = logging.getLogger("gpu_server.worker")
 
@@ -110,14 +112,19 @@ class DispatcherLink:
     task has a higher priority (any task under FIFO), the policy would issue every launch
     of it at arrival, so the worker issues at once and reports the launch afterwards, with
     no round trip. The front end grants and revokes the lease as tasks come and go; a
-    launch issued just before a revocation arrives counts as already in flight. A leased
-    worker times the first launch of each kernel ID, then those the front end asks for.
+    launch issued just before a revocation arrives counts as already in flight. A go may
+    carry a credit: that many more launches of the same kernel ID may go unasked until a
+    deadline (the policy reserved room for them in a higher task's gap; the deadline is on
+    the host's monotonic clock, which worker and front end share). A worker launching
+    unasked times the first launch of each kernel ID, then those the front end asks for.
     """
 
     def __init__(self, control: ControlSocket) -> None:
         self.control = control
         self.profiles = None
         self.leased = False
+        #: The last go's credit: launches of one kernel ID that may go unasked until when.
+        self._credit = NO_CREDIT
         #: Kernel IDs launched here, and those whose next launch the front end wants timed.
         self._seen: set[str] = set()
         self._to_time: set[str] = set()
@@ -146,6 +153,7 @@ class DispatcherLink:
         return int(self._reply()[1])
 
     def call_started(self, task_id: int) -> None:
+        self._credit = NO_CREDIT  # the front end's policy drops it at this report
         self.control.send("started", task_id)
 
     def call_finished(self, task_id: int) -> None:
@@ -167,7 +175,7 @@ class DispatcherLink:
     def launch(self, task_id: int, kernel_id: str, name: str, issue: IssueFn) -> None:
         """Issue the launch at once under a lease, else once the front end's policy
         releases it; either way the front end learns of it."""
-        if self.leased:
+        if self.leased or self._on_credit(kernel_id):
             timed = kernel_id in self._to_time or kernel_id not in self._seen
             self._seen.add(kernel_id)
             self._to_time.discard(kernel_id)
@@ -181,8 +189,10 @@ class DispatcherLink:
         grant = self._reply()
         if grant[0] != "issue":
             raise DispatcherClosed(str(grant[1]))
+        _, timed, count, until = grant
+        self._credit = Credit(kernel_id, count, 0.0, until)
         try:
-            probe = issue(bool(grant[1]))
+            probe = issue(bool(timed))
         except CudaError as err:
             self.control.send("issued", 0, 0, err.code)
             raise
@@ -192,6 +202,14 @@ class DispatcherLink:
         probe_id = next(self._ids)
         self.control.send("issued", probe_id, stream_key(probe.stream_key), 0)
         self._follow(probe_id, probe)
+
+    def _on_credit(self, kernel_id: str) -> bool:
+        """Whether the last go's credit covers a launch of ``kernel_id`` now; uses it."""
+        credit = self._credit
+        if credit.kernel_id != kernel_id or not credit.count or clock_us() >= credit.until:
+            return False
+        self._credit = credit._replace(count=credit.count - 1)
+        return True
 
     def _follow(self, probe_id: int, probe: LaunchProbe) -> None:
         """Report the probe's completion once it is done."""

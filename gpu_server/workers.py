@@ -12,6 +12,7 @@ session does not wait for CUDA to initialise. Each session is a connection to it
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -296,15 +297,19 @@ class WorkerProcess:
         while (request := self._launches.get()) is not None:
             task_id, kernel_id, name = request
             try:
-                self.dispatcher.launch(task_id, kernel_id, name, self._issue)
+                issue = functools.partial(self._issue, task_id, kernel_id)
+                self.dispatcher.launch(task_id, kernel_id, name, issue)
             except DispatcherClosed as err:
                 self._send("closed", str(err))
             except CudaError:
                 pass  # issuing failed in the worker, which has the error already
 
-    def _issue(self, timed: bool) -> RemoteProbe:
-        """Tell the worker to issue the launch now; its probe, or the worker's error."""
-        self._send("issue", timed)
+    def _issue(self, task_id: int, kernel_id: str, timed: bool) -> RemoteProbe:
+        """Tell the worker to issue the launch now, with the credit the policy grants for
+        more of the same; the launch's probe, or the worker's error."""
+        assert self.dispatcher is not None
+        credit = self.dispatcher.credit(task_id, kernel_id)
+        self._send("issue", timed, credit.count, credit.until)
         answer = self._issued.get()
         if answer is None:
             raise CudaError(CUresult.CUDA_ERROR_DEVICE_UNAVAILABLE, "the GPU worker is gone")

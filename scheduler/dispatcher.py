@@ -47,6 +47,8 @@ from typing import IO, NamedTuple, Protocol
 from scheduler.policy import (
     HIGHEST_PRIORITY,
     LOWEST_PRIORITY,
+    NO_CREDIT,
+    Credit,
     FifoPolicy,
     PendingLaunch,
     Policy,
@@ -299,9 +301,9 @@ class Dispatcher:
     def launched(
         self, task_id: int, kernel_id: str, name: str, probe: LaunchProbe, timed: bool
     ) -> bool:
-        """A launch that a leased task issued without asking (see ``leased_tasks``): it
-        counts and is tracked like any other. Returns whether the profiles want the task's
-        next launch of ``kernel_id`` timed."""
+        """A launch that a task issued without asking (under a lease, ``leased_tasks``, or
+        on credit, ``credit``): it counts and is tracked like any other. Returns whether
+        the profiles want the task's next launch of ``kernel_id`` timed."""
         profiles = self.profiles
         measure, predicted = (False, None) if profiles is None else profiles.launch_plan(kernel_id)
         with self._lock:
@@ -313,6 +315,19 @@ class Dispatcher:
             task.in_flight += 1
         self._follow(launch, name, probe, timed)
         return measure or self.trace is not None
+
+    def credit(self, task_id: int, kernel_id: str) -> Credit:
+        """After a launch of ``kernel_id`` by the task went out: how many more of it the
+        task may issue without asking, and until when (``Policy.credit``); each reported
+        with ``launched``."""
+        profiles = self.profiles
+        predicted = None if profiles is None else profiles.predicted_duration_us(kernel_id)
+        if predicted is None:
+            return NO_CREDIT
+        with self._lock:
+            if task_id not in self._tasks:
+                return NO_CREDIT
+            return self.policy.credit(task_id, kernel_id, predicted, self.clock())
 
     def _arriving(
         self, task_id: int, kernel_id: str, predicted: float | None, now: float

@@ -57,6 +57,19 @@ class PendingLaunch(NamedTuple):
     predicted_us: float | None
 
 
+class Credit(NamedTuple):
+    """Launches of one kernel ID a task may issue without asking, reserved by the policy."""
+
+    kernel_id: str
+    count: int
+    cost_us: float
+    #: Host time (microseconds) after which the credit is void.
+    until: float
+
+
+NO_CREDIT = Credit("", 0, 0.0, 0.0)
+
+
 class Policy(Protocol):
     """Decides when each task's launches may go to the GPU."""
 
@@ -81,6 +94,11 @@ class Policy(Protocol):
     def leased(self) -> set[int]:
         """The tasks whose launches this policy issues at arrival whatever else happens,
         until a task is added or removed: they may launch without asking."""
+
+    def credit(self, task_id: int, kernel_id: str, cost_us: float, now: float) -> Credit:
+        """After a launch of the task went out: how many more launches of ``kernel_id``
+        (``cost_us`` each) it may issue without asking, until when. They count as in
+        flight from now on; each, once issued, arrives with ``issue_now``."""
 
     def issued(self, launch: PendingLaunch, now: float) -> None:
         """A launch handed out by ``take_issuable`` went to the GPU."""
@@ -208,6 +226,10 @@ class _QueuedPolicy:
         """Every task: launches of tasks at or above the free floor go at arrival, and
         the floor is the lowest priority unless a subclass raises it."""
         return set(self._tasks)
+
+    def credit(self, task_id: int, kernel_id: str, cost_us: float, now: float) -> Credit:
+        """None: a launch either goes at arrival or waits for the policy."""
+        return NO_CREDIT
 
     def take_issuable(self, now: float) -> list[PendingLaunch]:
         """Hand out every launch at or above the free floor, then what ``_fill`` releases."""
@@ -444,6 +466,8 @@ class FikitPolicy(PriorityPolicy):
             max_lp_inflight_us if default_unknown_us is None else default_unknown_us
         )
         self.gaps = GapPredictor(gap_window, gap_percentile)
+        #: Credits granted to lower tasks (``credit``), by task, until used or void.
+        self._credits: dict[int, Credit] = {}
 
     def gap_samples(self, task_id: int) -> dict[str, tuple[float, ...]]:
         """The task's learnt gap samples, by the kernel that opened the gap."""
@@ -452,7 +476,42 @@ class FikitPolicy(PriorityPolicy):
     def remove_task(self, task_id: int, now: float) -> tuple[PendingLaunch, ...]:
         """Forget the task and its gap samples; its held launches are dropped and returned."""
         self.gaps.forget(task_id)
+        self._credits.pop(task_id, None)
         return super().remove_task(task_id, now)
+
+    def arrive(self, launch: PendingLaunch, now: float) -> None:
+        """A task that asks again has no use for what is left of its credit: it goes."""
+        self._credits.pop(launch.task_id, None)
+        super().arrive(launch, now)
+
+    def call_started(self, task_id: int, now: float) -> None:
+        """A synchronizing call ends the task's credit (its worker drops it too)."""
+        self._credits.pop(task_id, None)
+        super().call_started(task_id, now)
+
+    def issue_now(self, launch: PendingLaunch, now: float) -> None:
+        """A launch issued without being held; one made on credit uses the credit up."""
+        credit = self._credits.get(launch.task_id)
+        if credit is not None and credit.kernel_id == launch.kernel_id and credit.count:
+            self._credits[launch.task_id] = credit._replace(count=credit.count - 1)
+        super().issue_now(launch, now)
+
+    def credit(self, task_id: int, kernel_id: str, cost_us: float, now: float) -> Credit:
+        """While the top level sits in a gap and the task is below it: as many launches
+        of ``kernel_id`` as the room left in the gap holds (what ``_fill`` would release
+        if they were held), until the gap is predicted to end; else none."""
+        task = self._tasks.get(task_id)
+        self._credits.pop(task_id, None)  # a new credit replaces what is left of the old
+        floor = self._free_floor(now)
+        fit = self._room(floor, now)
+        if task is None or task.priority >= floor or fit is None or cost_us <= 0:
+            return NO_CREDIT
+        room, remaining = fit
+        count = int(room // cost_us)
+        if count <= 0:
+            return NO_CREDIT
+        credit = self._credits[task_id] = Credit(kernel_id, count, cost_us, now + remaining)
+        return credit
 
     def cost_us(self, launch: PendingLaunch) -> float:
         """The duration used for fitting: the prediction, or ``default_unknown_us``."""
@@ -469,14 +528,16 @@ class FikitPolicy(PriorityPolicy):
         longest = self.gaps.longest(task.task_id, task.gap_key)
         return max(self.quiet_after_us, QUIET_GAP_MARGIN * longest)
 
-    def _fill(self, floor: int, now: float) -> list[PendingLaunch]:
+    def _room(self, floor: int, now: float) -> tuple[float, float] | None:
+        """While every active task at ``floor`` is idle: (predicted work below the floor
+        that may still go, in microseconds; the predicted rest of the gap). Else None."""
         top = [
             (task_id, task)
             for task_id, task in self._tasks.items()
             if task.priority == floor and self._active(task, now)
         ]
         if not top or any(task.busy for _, task in top):
-            return []
+            return None
         remaining = min(
             self.gaps.predict(task_id, task.gap_key) - task.idle_for(now) for task_id, task in top
         )
@@ -485,7 +546,19 @@ class FikitPolicy(PriorityPolicy):
             for priority, launch in self._in_flight.values()
             if priority < floor
         )
+        for task_id, credit in list(self._credits.items()):
+            if credit.until <= now or not credit.count:
+                del self._credits[task_id]
+            elif self._tasks[task_id].priority < floor:
+                lp_in_flight += credit.count * credit.cost_us
         room = min(remaining * self.gap_margin, self.max_lp_inflight_us) - lp_in_flight
+        return room, remaining
+
+    def _fill(self, floor: int, now: float) -> list[PendingLaunch]:
+        fit = self._room(floor, now)
+        if fit is None:
+            return []
+        room = fit[0]
         released: list[PendingLaunch] = []
         for level in range(floor - 1, LOWEST_PRIORITY - 1, -1):
             tasks = [task for task in self._tasks.values() if task.priority == level]

@@ -8,6 +8,7 @@ CUDA_ERROR_ILLEGAL_ADDRESS, as after a real kernel's illegal write.
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -25,6 +26,8 @@ from client_stub.connection import Connection, ConnectionLost, connect
 from fikit_wire import calls as wire
 from fikit_wire import session_pb2
 from gpu_server.backends.sim import FAULT_KERNEL_PREFIX
+from gpu_server.worker import DispatcherLink
+from scheduler.dispatcher import clock_us
 from tests.test_sessions import REPO, hello, open_raw, wait_until
 
 FAULT_PTX = f"""
@@ -302,3 +305,50 @@ def test_replies_to_calls_sent_before_a_half_close_all_arrive_from_a_worker(
     )
     replies = [reply for frame in frames[1:] for reply in wire.unpack(frame.replies)]
     assert replies == [[0, 1], [0, 0]] * 50
+
+
+class RunningProbe:
+    """A launch that never finishes, on stream 7."""
+
+    stream_key = 7
+
+    def done(self) -> bool:
+        return False
+
+
+class FakeControl:
+    """The worker's end of a control socket, with the front end played by the test."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[object, ...]] = []
+        self.replies: queue.SimpleQueue[list[object] | None] = queue.SimpleQueue()
+        self.on_notice = lambda message: None
+
+    def send(self, *message: object) -> None:
+        self.sent.append(message)
+
+
+def test_a_worker_launches_unasked_on_credit_and_under_a_lease_then_asks_again() -> None:
+    control = FakeControl()
+    link = DispatcherLink(control)  # type: ignore[arg-type]
+    probe = RunningProbe()
+
+    def asked() -> list[object]:
+        return [m[0] for m in control.sent if m[0] in ("launch", "leased")]
+
+    control.replies.put(["issue", False, 2, clock_us() + 60e6])  # a go with a credit of two
+    for _ in range(3):
+        link.launch(1, "k", "k", lambda timed: probe)
+    assert asked() == ["launch", "leased", "leased"]
+    control.replies.put(["issue", False, 0, 0.0])
+    link.launch(1, "other", "other", lambda timed: probe)  # credit used up: ask
+    control.on_notice(["lease", True])
+    link.launch(1, "other", "other", lambda timed: probe)
+    assert asked() == ["launch", "leased", "leased", "launch", "leased"]
+    control.on_notice(["lease", False])
+    control.replies.put(["issue", False, 5, clock_us() - 1.0])  # a credit already void
+    control.replies.put(["issue", False, 0, 0.0])
+    link.launch(1, "k", "k", lambda timed: probe)
+    link.launch(1, "k", "k", lambda timed: probe)
+    assert asked()[-2:] == ["launch", "launch"]
+    link.close()

@@ -16,6 +16,7 @@ from itertools import pairwise
 import pytest
 
 from scheduler.policy import (
+    NO_CREDIT,
     FifoPolicy,
     FikitPolicy,
     GapPredictor,
@@ -505,3 +506,68 @@ def test_under_fikit_a_task_is_not_quiet_within_pauses_it_has_come_back_from() -
     assert len(released) == 2  # only the fitted bound (100 us of LP), not all ten
     assert policy.next_event(pause_start + 2500.0) == pytest.approx(pause_start + 3750.0)
     assert len(policy.take_issuable(pause_start + 3760.0)) == 8  # quiet now: LP runs freely
+
+
+def test_fikit_credits_a_lower_task_with_the_room_left_in_the_gap_and_counts_it() -> None:
+    policy = FikitPolicy(max_lp_inflight_us=300.0, quiet_after_us=1e6)
+    for task_id, priority in ((1, 9), (2, 0), (3, 0)):
+        policy.add_task(task_id, priority, 0.0)
+    seq = itertools.count()
+    now = 0.0
+    for _ in range(2):  # gaps of 1000 us after "k"
+        hp = PendingLaunch(next(seq), 1, "k", 10.0)
+        policy.arrive(hp, now)
+        policy.take_issuable(now)
+        policy.completed(hp, now + 10.0)
+        now += 1010.0
+    hp = PendingLaunch(next(seq), 1, "k", 10.0)
+    policy.arrive(hp, now)
+    policy.take_issuable(now)
+    assert policy.credit(2, "lp", 50.0, now) == NO_CREDIT  # HP busy: no gap, no credit
+    policy.completed(hp, now + 10.0)
+    now += 20.0
+    first = PendingLaunch(next(seq), 2, "lp", 50.0)
+    policy.arrive(first, now)
+    assert policy.take_issuable(now) == [first]
+    credit = policy.credit(2, "lp", 50.0, now)  # 300 us of room, 50 us of it in flight
+    assert (credit.count, credit.until) == (5, pytest.approx(now + 990.0))
+    other = PendingLaunch(next(seq), 3, "lp", 50.0)
+    policy.arrive(other, now)
+    assert policy.take_issuable(now) == []  # the credit holds the rest of the room
+    policy.issue_now(PendingLaunch(next(seq), 2, "lp", 50.0), now)
+    policy.completed(first, now + 50.0)
+    assert policy.take_issuable(now + 50.0) == [other]  # 5 x 50 in flight or credited
+    again = policy.credit(2, "lp", 50.0, now + 50.0)  # replaces the unused rest (4)
+    assert again.count == 4  # 300 us less the two launches in flight
+    policy.arrive(PendingLaunch(next(seq), 3, "lp", 50.0), now + 50.0)
+    assert policy.take_issuable(now + 50.0) == []
+    assert policy.take_issuable(now + 2000.0) == []  # past the predicted gap: nothing goes
+
+
+def test_a_credit_goes_when_its_task_asks_again_or_synchronizes() -> None:
+    policy = FikitPolicy(max_lp_inflight_us=300.0, quiet_after_us=1e6)
+    policy.add_task(1, 9, 0.0)
+    policy.add_task(2, 0, 0.0)
+    seq = itertools.count()
+    now = 0.0
+    for _ in range(3):  # gaps of 1000 us after "k"
+        hp = PendingLaunch(next(seq), 1, "k", 10.0)
+        policy.arrive(hp, now)
+        policy.take_issuable(now)
+        policy.completed(hp, now + 10.0)
+        now += 1010.0
+    now -= 990.0  # 20 us into the third gap
+    first = PendingLaunch(next(seq), 2, "lp", 50.0)
+    policy.arrive(first, now)
+    assert policy.take_issuable(now) == [first]
+    assert policy.credit(2, "lp", 50.0, now).count == 5  # the whole room, reserved
+    again = PendingLaunch(next(seq), 2, "other", 50.0)
+    policy.arrive(again, now)  # asks for another kernel: the credit is no use to it
+    assert policy.take_issuable(now) == [again]
+    assert policy.credit(2, "other", 50.0, now).count == 4
+    policy.add_task(3, 0, now)
+    third = PendingLaunch(next(seq), 3, "lp", 50.0)
+    policy.arrive(third, now)
+    assert policy.take_issuable(now) == []  # task 2's credit holds the room
+    policy.call_started(2, now)  # task 2 synchronizes: its credit goes
+    assert policy.take_issuable(now) == [third]
