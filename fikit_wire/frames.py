@@ -19,19 +19,57 @@ _HEADER = struct.Struct("<I")
 _READ_BYTES = 1 << 16
 
 
+def header(payload: bytes) -> bytes:
+    """The header that goes before ``payload`` on the stream."""
+    return _HEADER.pack(len(payload))
+
+
+class FrameDecoder:
+    """Cuts the bytes of a stream into frames as they arrive."""
+
+    def __init__(self, received: bytes = b"") -> None:
+        #: Bytes received that do not make a whole frame yet.
+        self.buffer = bytearray(received)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Take more of the stream; every frame now complete. Raises ValueError on a frame
+        over the size limit."""
+        self.buffer += data
+        return self.frames()
+
+    def frames(self) -> list[bytes]:
+        """The complete frames at the start of the buffer, taken out of it."""
+        frames = []
+        offset = 0
+        buffer = self.buffer
+        while len(buffer) - offset >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(buffer, offset)
+            if size > wire.MAX_MESSAGE_BYTES:
+                raise ValueError(f"a frame of {size} bytes is over the limit")
+            end = offset + _HEADER.size + size
+            if len(buffer) < end:
+                break
+            frames.append(bytes(buffer[offset + _HEADER.size : end]))
+            offset = end
+        if offset:
+            del buffer[:offset]
+        return frames
+
+
 class FrameSocket:
     """Sends and receives frames on a connected stream socket."""
 
     def __init__(self, sock: socket.socket, received: bytes = b"") -> None:
         """``received``: bytes already read from ``sock`` (by another ``FrameSocket``)."""
         self.sock = sock
-        self._buffer = bytearray(received)
+        self._decoder = FrameDecoder(received)
+        self._buffer = self._decoder.buffer
         self._pending: list[bytes] = []
         self._chunk = memoryview(bytearray(_READ_BYTES))
 
     def unread(self) -> bytes:
         """What was read from the socket and not handed out yet, as it arrived."""
-        frames = [_HEADER.pack(len(frame)) + frame for frame in self._pending]
+        frames = [header(frame) + frame for frame in self._pending]
         return b"".join(frames) + bytes(self._buffer)
 
     def send(self, payload: bytes) -> None:
@@ -56,7 +94,7 @@ class FrameSocket:
             frames, self._pending = self._pending, []
             return frames
         while True:
-            frames = self._complete_frames()
+            frames = self._decoder.frames()
             if frames:
                 return frames
             if len(self._buffer) >= _HEADER.size:
@@ -83,20 +121,3 @@ class FrameSocket:
                 raise ValueError("the stream ended inside a frame")
             have += n
         return bytes(frame)
-
-    def _complete_frames(self) -> list[bytes]:
-        frames = []
-        offset = 0
-        buffer = self._buffer
-        while len(buffer) - offset >= _HEADER.size:
-            (size,) = _HEADER.unpack_from(buffer, offset)
-            if size > wire.MAX_MESSAGE_BYTES:
-                raise ValueError(f"a frame of {size} bytes is over the limit")
-            end = offset + _HEADER.size + size
-            if len(buffer) < end:
-                break
-            frames.append(bytes(buffer[offset + _HEADER.size : end]))
-            offset = end
-        if offset:
-            del buffer[:offset]
-        return frames

@@ -1,18 +1,28 @@
-"""A gRPC session's frames of calls, run on a dedicated thread per session, off the event loop.
+"""A gRPC session's frames of calls, on their way to where they run.
 
-The service only talks to ``SessionRunner``: frames of calls go in, in order, to the
-session's port; reply frames come out on an asyncio queue as soon as each fills up, so a
-long batch (a large device-to-host copy) streams its replies while the rest of it still
-runs.
+The service only talks to a ``Runner`` (``open_runner``): frames of calls go in, in order;
+reply frames come out on an asyncio queue as soon as each fills up, so a long batch (a large
+device-to-host copy) streams its replies while the rest of it still runs.
+
+- ``SessionRunner``: the calls run in this process (``--isolation none``), on a dedicated
+  thread per session, off the event loop.
+- ``WorkerRelay``: the calls run in a GPU worker process; the event loop itself relays the
+  frames to the worker's socket and its replies back, with no thread in between (each
+  thread hop cost tens of microseconds per round trip).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
+from fikit_wire import calls as wire
 from fikit_wire import session_pb2
+from fikit_wire.frames import FrameDecoder, header
 from gpu_server.ports import SessionPort
 
 #: Batches a session may have queued before the server stops reading its stream.
@@ -56,6 +66,32 @@ class ReceiveBudget:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+#: Bytes the relay reads from a worker's socket at once.
+RELAY_READ_BYTES = 1 << 16
+
+
+class Runner(Protocol):
+    """One gRPC session's way to where its calls run."""
+
+    #: Reply frames, then FINISHED (or an Exception that ends the session).
+    frames: asyncio.Queue[session_pb2.ServerFrame | Exception | None]
+
+    async def submit(self, payload: bytes) -> None:
+        """Pass a frame of calls on after the earlier ones; waits while too much is queued."""
+
+    def finish(self) -> None:
+        """The client half-closed: FINISHED follows the replies to what it sent."""
+
+    async def close(self, cleanup: Callable[[SessionPort], None]) -> None:
+        """Stop, then run ``cleanup(port)`` off the event loop."""
+
+
+def open_runner(port: SessionPort, budget: ReceiveBudget) -> Runner:
+    """A relay for a session that runs in another process, else a thread of its own."""
+    sock = port.relay_socket()
+    return SessionRunner(port, budget) if sock is None else WorkerRelay(port, sock)
 
 
 class SessionRunner:
@@ -125,3 +161,76 @@ class SessionRunner:
         stop the thread."""
         await asyncio.get_running_loop().run_in_executor(self._thread, cleanup, self.port)
         self._thread.shutdown(wait=False)
+
+
+class WorkerRelay:
+    """Relays one session's frames to the GPU worker that runs it, and its replies back,
+    on the event loop. A frame waits for the worker's socket to take it before the next is
+    read from the client, so gRPC's flow control holds a client back that sends faster
+    than its worker reads."""
+
+    def __init__(self, port: SessionPort, sock: socket.socket) -> None:
+        self.port = port
+        self.frames: asyncio.Queue[session_pb2.ServerFrame | Exception | None] = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+        self._sock = sock
+        self._decoder = FrameDecoder()
+        self._finishing = False
+        self._ended = False
+        sock.setblocking(False)
+        self._loop.add_reader(sock.fileno(), self._readable)
+
+    async def submit(self, payload: bytes) -> None:
+        try:
+            if len(payload) <= RELAY_READ_BYTES:
+                await self._loop.sock_sendall(self._sock, header(payload) + payload)
+            else:
+                await self._loop.sock_sendall(self._sock, header(payload))
+                await self._loop.sock_sendall(self._sock, payload)
+        except OSError:
+            pass  # the reader tells the client why the worker went away
+
+    def finish(self) -> None:
+        self._finishing = True
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)  # the worker runs what it has, then ends
+
+    async def close(self, cleanup: Callable[[SessionPort], None]) -> None:
+        self._stop_reading()
+        await asyncio.to_thread(cleanup, self.port)
+
+    def _readable(self) -> None:
+        try:
+            data = self._sock.recv(RELAY_READ_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._stop_reading()
+            if self._finishing:
+                self.frames.put_nowait(FINISHED)
+            else:
+                self._loop.create_task(self._lost())
+            return
+        try:
+            payloads = self._decoder.feed(data)
+        except ValueError as err:
+            self._stop_reading()
+            self.frames.put_nowait(SessionLost(f"the GPU worker's replies: {err}"))
+            return
+        for payload in payloads:
+            reason = wire.end_reason(payload)
+            if reason is not None:  # the worker ended the session (a malformed frame)
+                self._stop_reading()
+                self.frames.put_nowait(ValueError(reason))
+                return
+            self.frames.put_nowait(session_pb2.ServerFrame(replies=payload))
+
+    async def _lost(self) -> None:
+        self.frames.put_nowait(SessionLost(await asyncio.to_thread(self.port.lost)))
+
+    def _stop_reading(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._loop.remove_reader(self._sock.fileno())

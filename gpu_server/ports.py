@@ -84,6 +84,18 @@ class SessionPort(ABC):
         why the server ended it, or "" when the client did. Only when ``can_adopt``."""
         raise NotImplementedError
 
+    def relay_socket(self) -> socket.socket | None:
+        """The socket to the process that runs the session's calls, when they run in
+        another one: a transport on an event loop may then relay frames on it itself (both
+        ways, unparsed, replies ended by a ``wire.pack_end`` frame or the stream's end)
+        instead of through ``start``/``submit``/``drain``. None when they run here."""
+        return None
+
+    def lost(self) -> str:
+        """Why the relay socket ended without the transport closing it (may wait a
+        moment for the other process to say)."""
+        return "the session ended"
+
 
 class Placement(ABC):
     """Decides where sessions run and opens them there."""

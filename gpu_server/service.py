@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from fikit_wire import session_pb2, session_pb2_grpc
-from gpu_server.executor import FINISHED, ReceiveBudget, SessionLost, SessionRunner
+from gpu_server.executor import FINISHED, ReceiveBudget, Runner, SessionLost, open_runner
 from gpu_server.hub import SHUTTING_DOWN, Hello, HelloRefused, SessionHub
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
         self.hub = hub
         self.budget = ReceiveBudget()
         self._closing: set[asyncio.Future[None]] = set()
-        self._runners: set[SessionRunner] = set()
+        self._runners: set[Runner] = set()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -54,7 +54,7 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
             port = await asyncio.to_thread(self.hub.open, hello, context.peer())
         except HelloRefused as refused:
             await context.abort(_STATUS[refused.kind], str(refused))
-        runner = SessionRunner(port, self.budget)
+        runner = open_runner(port, self.budget)
         self._runners.add(runner)
         self._idle.clear()
         reader = asyncio.create_task(self._read_batches(request_iterator, runner))
@@ -104,7 +104,7 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
 
     @staticmethod
     async def _read_batches(
-        request_iterator: AsyncIterator[session_pb2.ClientFrame], runner: SessionRunner
+        request_iterator: AsyncIterator[session_pb2.ClientFrame], runner: Runner
     ) -> None:
         """Feed the runner until the client half-closes; a bad frame ends the session."""
         try:

@@ -354,6 +354,12 @@ class WorkerPort(SessionPort):
         self.drain()
         self._frames.sock.close()
 
+    def relay_socket(self) -> socket.socket:
+        return self._frames.sock
+
+    def lost(self) -> str:
+        return self.worker.ending(self.id)
+
     def adopt(self, sock: socket.socket, received: bytes) -> str:
         lifeline = self._frames.sock
         try:
@@ -376,7 +382,7 @@ class WorkerPort(SessionPort):
         except (OSError, ValueError) as err:
             log.info("session %d: worker connection: %s", self.id, err)
         if not self._closing:
-            end(self.worker.ending(self.id))
+            end(self.lost())
 
 
 class SharedWorker(Placement):

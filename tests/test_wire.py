@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fikit_wire import calls as wire
-from fikit_wire.frames import FrameSocket
+from fikit_wire.frames import FrameDecoder, FrameSocket, header
 
 REPO = Path(__file__).resolve().parents[1]
 GENERATED = ("session_pb2.py", "session_pb2_grpc.py", "session_pb2.pyi")
@@ -71,3 +71,16 @@ def test_a_stream_that_ends_inside_a_long_frame_is_refused() -> None:
     theirs.close()
     with pytest.raises(ValueError, match="ended inside a frame"):
         FrameSocket(ours).receive()
+
+
+def test_a_decoder_cuts_a_stream_that_arrives_in_any_pieces_into_its_frames() -> None:
+    payloads = [b"", b"a", os.urandom(70_000), b"xyz" * 10]
+    stream = b"".join(header(p) + p for p in payloads)
+    for piece in (1, 3, 4096, len(stream)):
+        decoder = FrameDecoder()
+        got = []
+        for at in range(0, len(stream), piece):
+            got += decoder.feed(stream[at : at + piece])
+        assert got == payloads and not decoder.buffer
+    with pytest.raises(ValueError):
+        FrameDecoder().feed(struct.pack("<I", wire.MAX_MESSAGE_BYTES + 1))
