@@ -332,7 +332,7 @@ class Worker:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: ``python -m gpu_server.worker SETTINGS`` (JSON, from the front end)."""
-    from gpu_server.cli import GIL_SWITCH_INTERVAL_S, open_dispatcher
+    from gpu_server.cli import GIL_SWITCH_INTERVAL_S, open_dispatcher, settle_interpreter
 
     settings = json.loads((argv or sys.argv[1:])[0])
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
@@ -355,6 +355,7 @@ def main(argv: list[str] | None = None) -> None:
             dispatcher = stack.enter_context(open_dispatcher(scheduling))
         worker = Worker(backend, dispatcher, control, settings["one_session"])
         worker.serve(settings["socket"])
+        settle_interpreter()
         control.send("ready", *worker.placement.describe())
         control.read()
         worker.exit(0)
