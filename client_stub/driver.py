@@ -487,10 +487,9 @@ def _copy_to_host(dst: Any, src: Any, size: int, stream: int | None) -> None:
     # Chunks of an eighth of the ring, as many in flight as it holds: the server fills
     # the next chunks while this thread copies one out.
     step = staging.size // 8
+    chunks = [(o, min(step, size - o)) for o in range(0, size, step)]
     calls = [
-        (["cuMemcpyDtoHStaged", True, ctx, base, o, n, size, stream, STAGED], n)
-        for o in range(0, size, step)
-        for n in (min(step, size - o),)
+        (["cuMemcpyDtoHStaged", True, ctx, base, o, n, size, stream, STAGED], n) for o, n in chunks
     ]
     status = connection.read_staged(calls, lambda i, view: write_host(dst, i * step, view))
     if status:

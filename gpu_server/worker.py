@@ -74,21 +74,29 @@ def stream_key(key: Hashable) -> int:
     return key if isinstance(key, int) else hash(key)
 
 
-class ControlSocket:
-    """The worker's end of the control socket: messages are msgpack arrays."""
+class ControlChannel:
+    """One end of the control socket between the front end and a worker: messages are
+    msgpack arrays, each sent whole from any thread."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.frames = FrameSocket(sock)
         self._lock = threading.Lock()
+
+    def send(self, *message: Any) -> None:
+        """Send one message; a peer that is gone is noticed by the reader."""
+        with self._lock, contextlib.suppress(OSError):
+            self.frames.send(msgpack.packb(message))
+
+
+class ControlSocket(ControlChannel):
+    """The worker's end of the control socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
         #: Replies from the front end to a ``DispatcherLink`` request; None once it is gone.
         self.replies: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
         #: Takes the messages the front end sends unasked (named in ``NOTICES``).
         self.on_notice: Callable[[list[Any]], None] = lambda message: None
-
-    def send(self, *message: Any) -> None:
-        """Send one message; a front end that is gone is noticed by ``read``."""
-        with self._lock, contextlib.suppress(OSError):
-            self.frames.send(msgpack.packb(message))
 
     def read(self) -> None:
         """Pass replies on until the front end closes the socket."""

@@ -34,7 +34,7 @@ from fikit_wire import calls as wire
 from fikit_wire.frames import FrameSocket
 from gpu_server.errors import CudaError
 from gpu_server.ports import Emit, End, Placement, PlacementFailed, SessionPort, SessionSpec
-from gpu_server.worker import ADOPT, ENDED, FAULT_EXIT
+from gpu_server.worker import ADOPT, ENDED, FAULT_EXIT, ControlChannel
 from scheduler.dispatcher import Dispatcher, DispatcherClosed
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,7 @@ class WorkerProcess:
             env={k: v for k, v in os.environ.items() if k != "FIKIT_SERVER"},  # CUDA, not a stub
         )
         theirs.close()
-        self._control = FrameSocket(ours)
-        self._send_lock = threading.Lock()
+        self._control = ControlChannel(ours)
         self.ready = threading.Event()
         self.exited = threading.Event()
         #: (backend name, device name), once ready.
@@ -178,7 +177,7 @@ class WorkerProcess:
     def stop(self) -> None:
         """Close the control socket (the worker then exits) and wait for the process."""
         with contextlib.suppress(OSError):
-            self._control.sock.shutdown(socket.SHUT_RDWR)
+            self._control.frames.sock.shutdown(socket.SHUT_RDWR)
         self.exited.wait(10)
 
     def _status(self) -> str:
@@ -193,16 +192,12 @@ class WorkerProcess:
         lease = bool(self._tasks) and self._tasks <= leased
         if lease != self._leased:
             self._leased = lease
-            self._send("lease", lease)
-
-    def _send(self, *message: Any) -> None:
-        with self._send_lock, contextlib.suppress(OSError):
-            self._control.send(msgpack.packb(message))
+            self._control.send("lease", lease)
 
     # -- the control thread ----------------------------------------------------------------
     def _read_control(self) -> None:
         try:
-            while (data := self._control.receive_one()) is not None:
+            while (data := self._control.frames.receive_one()) is not None:
                 message = msgpack.unpackb(data)
                 getattr(self, f"_on_{message[0]}")(*message[1:])
         except (OSError, ValueError, TypeError, AttributeError) as err:
@@ -235,7 +230,8 @@ class WorkerProcess:
 
     def _on_priority(self, task_id: int, requested: int, least: int, greatest: int) -> None:
         assert self.dispatcher is not None
-        self._send("priority", self.dispatcher.stream_priority(task_id, requested, least, greatest))
+        priority = self.dispatcher.stream_priority(task_id, requested, least, greatest)
+        self._control.send("priority", priority)
 
     def _on_started(self, task_id: int) -> None:
         assert self.dispatcher is not None
@@ -254,7 +250,7 @@ class WorkerProcess:
         assert self.dispatcher is not None
         probe = self._probes[probe_id] = RemoteProbe((self.pid, stream_key))
         if self.dispatcher.launched(task_id, kernel_id, name, probe, timed):
-            self._send("time", kernel_id)
+            self._control.send("time", kernel_id)
 
     def _on_issued(self, probe_id: int, stream_key: int, error: int) -> None:
         self._issued.put([probe_id, stream_key, error])
@@ -266,7 +262,7 @@ class WorkerProcess:
 
     def _gone(self) -> None:
         """The worker exited or its control socket broke: account for what it had."""
-        self._control.sock.close()
+        self._control.frames.sock.close()
         try:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
@@ -300,7 +296,7 @@ class WorkerProcess:
                 issue = functools.partial(self._issue, task_id, kernel_id)
                 self.dispatcher.launch(task_id, kernel_id, name, issue)
             except DispatcherClosed as err:
-                self._send("closed", str(err))
+                self._control.send("closed", str(err))
             except CudaError:
                 pass  # issuing failed in the worker, which has the error already
 
@@ -309,7 +305,7 @@ class WorkerProcess:
         more of the same; the launch's probe, or the worker's error."""
         assert self.dispatcher is not None
         credit = self.dispatcher.credit(task_id, kernel_id)
-        self._send("issue", timed, credit.count, credit.until)
+        self._control.send("issue", timed, credit.count, credit.until)
         answer = self._issued.get()
         if answer is None:
             raise CudaError(CUresult.CUDA_ERROR_DEVICE_UNAVAILABLE, "the GPU worker is gone")

@@ -209,18 +209,13 @@ class _QueuedPolicy:
 
     def arrive(self, launch: PendingLaunch, now: float) -> None:
         """Queue a launch behind the task's earlier ones; the task must have been added."""
-        task = self._tasks[launch.task_id]
-        self._end_gap(launch.task_id, task, now)
-        task.launched = True
+        task = self._arrived(launch, now)
         task.held.append(launch)
         self._held_count += 1
 
     def issue_now(self, launch: PendingLaunch, now: float) -> None:
         """A launch issued without being held: it arrives and counts in flight at once."""
-        task = self._tasks[launch.task_id]
-        self._end_gap(launch.task_id, task, now)
-        task.launched = True
-        self._count_in_flight(task, launch)
+        self._count_in_flight(self._arrived(launch, now), launch)
 
     def leased(self) -> set[int]:
         """Every task: launches of tasks at or above the free floor go at arrival, and
@@ -314,14 +309,18 @@ class _QueuedPolicy:
         asked only while some are held."""
         return []
 
-    def _end_gap(self, task_id: int, task: _Task, now: float) -> None:
-        """The task launches again: report the gap a kernel's completion opened, if any."""
+    def _arrived(self, launch: PendingLaunch, now: float) -> _Task:
+        """The launch's task launches again: report the gap a kernel's completion opened,
+        if any; the task is launching from now on."""
+        task = self._tasks[launch.task_id]
+        task.launched = True
         if task.idle_after_kernel and (task.idle_since is not None or task.idle_before):
-            self._gap_ended(task_id, task.gap_key, task.idle_for(now))
+            self._gap_ended(task.task_id, task.gap_key, task.idle_for(now))
         task.idle_since = None
         task.idle_before = 0.0
         task.idle_after_kernel = ""
         task.called_since_launch = False
+        return task
 
     def _gap_ended(self, task_id: int, key: str, gap_us: float) -> None:
         """A task launched again after ``gap_us`` of idle time in the gap ``key``
@@ -356,8 +355,8 @@ class PriorityPolicy(_QueuedPolicy):
 
     def leased(self) -> set[int]:
         """The tasks at the highest priority there is: the floor never rises above them."""
-        top = max((task.priority for task in self._ordered), default=LOWEST_PRIORITY)
-        return {task_id for task_id, task in self._tasks.items() if task.priority == top}
+        top = self._ordered[0].priority if self._ordered else LOWEST_PRIORITY
+        return {task.task_id for task in self._ordered if task.priority == top}
 
 
 class GapPredictor:

@@ -488,17 +488,13 @@ def test_under_fikit_a_task_is_not_quiet_within_pauses_it_has_come_back_from() -
     policy.add_task(2, 0, 0.0)
     seq = itertools.count()
     now = 0.0
-    for _ in range(3):  # requests 3 ms apart: a 3000 us pause after kernel "k" each time
+    for _ in range(4):  # requests 3 ms apart: a 3000 us pause after kernel "k" each time
         launch = PendingLaunch(next(seq), 1, "k", 10.0)
         policy.arrive(launch, now)
         assert policy.take_issuable(now) == [launch]
         policy.completed(launch, now + 10.0)
         now += 3010.0
-    last = PendingLaunch(next(seq), 1, "k", 10.0)
-    policy.arrive(last, now)
-    policy.take_issuable(now)
-    policy.completed(last, now + 10.0)
-    pause_start = now + 10.0
+    pause_start = now - 3000.0  # the fourth pause, three learnt before it
     for _ in range(10):
         policy.arrive(PendingLaunch(next(seq), 2, "lp", 50.0), pause_start + 2500.0)
     # 2.5 ms into the pause: past quiet_after_us, but the task came back later before.
