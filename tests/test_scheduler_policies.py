@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import pairwise
 
 import pytest
@@ -82,6 +82,20 @@ def assert_per_task_order(result: SimResult) -> None:
         for earlier, later in pairwise(runs):
             assert earlier.issue_us <= later.issue_us
             assert earlier.end_us <= later.start_us
+
+
+def learn_pauses(policy: Policy, seq: Iterator[int], count: int, pause_us: float) -> float:
+    """Task 1 at the top makes ``count`` launches of a 10 us kernel "k" from time 0, each
+    issued at once and followed by ``pause_us`` of idle time; returns when the last pause
+    ends."""
+    now = 0.0
+    for _ in range(count):
+        launch = PendingLaunch(next(seq), 1, "k", 10.0)
+        policy.arrive(launch, now)
+        assert policy.take_issuable(now) == [launch]
+        policy.completed(launch, now + 10.0)
+        now += 10.0 + pause_us
+    return now
 
 
 def lp_issue_times(result: SimResult) -> list[float]:
@@ -487,13 +501,7 @@ def test_under_fikit_a_task_is_not_quiet_within_pauses_it_has_come_back_from() -
     policy.add_task(1, 9, 0.0)
     policy.add_task(2, 0, 0.0)
     seq = itertools.count()
-    now = 0.0
-    for _ in range(4):  # requests 3 ms apart: a 3000 us pause after kernel "k" each time
-        launch = PendingLaunch(next(seq), 1, "k", 10.0)
-        policy.arrive(launch, now)
-        assert policy.take_issuable(now) == [launch]
-        policy.completed(launch, now + 10.0)
-        now += 3010.0
+    now = learn_pauses(policy, seq, 4, 3000.0)  # requests 3 ms apart
     pause_start = now - 3000.0  # the fourth pause, three learnt before it
     for _ in range(10):
         policy.arrive(PendingLaunch(next(seq), 2, "lp", 50.0), pause_start + 2500.0)
@@ -509,13 +517,7 @@ def test_fikit_credits_a_lower_task_with_the_room_left_in_the_gap_and_counts_it(
     for task_id, priority in ((1, 9), (2, 0), (3, 0)):
         policy.add_task(task_id, priority, 0.0)
     seq = itertools.count()
-    now = 0.0
-    for _ in range(2):  # gaps of 1000 us after "k"
-        hp = PendingLaunch(next(seq), 1, "k", 10.0)
-        policy.arrive(hp, now)
-        policy.take_issuable(now)
-        policy.completed(hp, now + 10.0)
-        now += 1010.0
+    now = learn_pauses(policy, seq, 2, 1000.0)  # gaps of 1000 us after "k"
     hp = PendingLaunch(next(seq), 1, "k", 10.0)
     policy.arrive(hp, now)
     policy.take_issuable(now)
@@ -545,13 +547,7 @@ def test_a_credit_goes_when_its_task_asks_again_or_synchronizes() -> None:
     policy.add_task(1, 9, 0.0)
     policy.add_task(2, 0, 0.0)
     seq = itertools.count()
-    now = 0.0
-    for _ in range(3):  # gaps of 1000 us after "k"
-        hp = PendingLaunch(next(seq), 1, "k", 10.0)
-        policy.arrive(hp, now)
-        policy.take_issuable(now)
-        policy.completed(hp, now + 10.0)
-        now += 1010.0
+    now = learn_pauses(policy, seq, 3, 1000.0)  # gaps of 1000 us after "k"
     now -= 990.0  # 20 us into the third gap
     first = PendingLaunch(next(seq), 2, "lp", 50.0)
     policy.arrive(first, now)
