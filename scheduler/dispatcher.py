@@ -42,7 +42,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, NamedTuple, Protocol
+from typing import IO, Protocol
 
 from scheduler.policy import (
     HIGHEST_PRIORITY,
@@ -94,16 +94,44 @@ class _Held:
     error: BaseException | None = None
 
 
-class _InFlight(NamedTuple):
-    """An issued launch until its probe says it finished (made on every launch)."""
+class _InFlight:
+    """Issued launches until their probe says they finished: one launch, or a run of
+    untimed launches of one leased task on one stream (``join``), which finishes with its
+    newest launch, whose probe ``probe`` then is."""
 
-    launch: PendingLaunch
-    name: str
-    probe: LaunchProbe
-    timed: bool
-    #: When the launch should finish (host microseconds): its predicted duration after
-    #: those ahead of it on its stream; the tracker checks it no sooner.
-    due_us: float
+    __slots__ = ("due_us", "last_kernel_id", "launch", "name", "probe", "replaced", "timed")
+
+    def __init__(
+        self, launch: PendingLaunch, name: str, probe: LaunchProbe, timed: bool, due_us: float
+    ) -> None:
+        self.launch = launch
+        self.name = name
+        self.probe = probe
+        self.timed = timed
+        #: When the newest launch should finish (host microseconds): the predicted
+        #: durations after those ahead of it on its stream; the tracker checks no sooner.
+        self.due_us = due_us
+        #: The kernel ID of the run's newest launch.
+        self.last_kernel_id = launch.kernel_id
+        #: Probes of the run's earlier launches, released with the record.
+        self.replaced: list[LaunchProbe] = []
+
+    def join(self, kernel_id: str, probe: LaunchProbe, predicted_us: float, now: float) -> None:
+        """The task's next launch on the stream, issued before the run was seen done."""
+        self.replaced.append(self.probe)
+        self.probe = probe
+        self.last_kernel_id = kernel_id
+        self.due_us = max(self.due_us, now) + predicted_us
+
+    def release(self) -> None:
+        """Give back every probe of the run."""
+        for probe in self.replaced:
+            probe.release()
+        self.probe.release()
+
+
+#: A record and the probe it had when the tracker looked at it.
+_Seen = tuple[_InFlight, LaunchProbe]
 
 
 @dataclass
@@ -122,19 +150,23 @@ TURN_WAIT_S = 0.01
 NOTHING_TO_ORDER = contextlib.nullcontext()
 #: How many of a stream's oldest launches the tracker checks per poll.
 POLL_DEPTH = 64
+#: How long the tracker waits at least between polls while no launch is held: completions
+#: then only feed the accounting (in flight, idle gaps, durations), so a poll gathers
+#: several, and the tracker takes the interpreter from launching sessions less often.
+IDLE_POLL_INTERVAL_S = 100e-6
 #: Longest the tracker waits for a launch predicted to run long before asking its probe.
 MAX_POLL_WAIT_S = 0.002
 
 
-def _done_prefix(records: list[_InFlight]) -> list[_InFlight]:
+def _done_prefix(seen: list[_Seen]) -> list[_Seen]:
     """The leading records whose launches finished (a stream completes in order): when the
     newest is done, all are, for one query instead of one per launch."""
-    if records[-1].probe.done():
-        return records
-    for i, record in enumerate(records):
-        if not record.probe.done():
-            return records[:i]
-    return records
+    if seen[-1][1].done():
+        return seen
+    for i, (_, probe) in enumerate(seen):
+        if not probe.done():
+            return seen[:i]
+    return seen
 
 
 def clock_us() -> float:
@@ -171,6 +203,8 @@ class Dispatcher:
         self._wake = threading.Condition(self._lock)
         self._seq = itertools.count()
         self._tasks: dict[int, _TaskState] = {}
+        #: The tasks the policy leases (``Policy.leased``), renewed as tasks come and go.
+        self._leased: frozenset[int] = frozenset()
         self._held: dict[int, _Held] = {}
         self._to_issue: deque[_Held] = deque()
         self._streams: dict[Hashable, deque[_InFlight]] = {}
@@ -183,7 +217,8 @@ class Dispatcher:
         #: Sessions running a frame now, by task priority; the highest such priority.
         self._running: Counter[int] = Counter()
         self._top_running = LOWEST_PRIORITY - 1
-        self._poll_interval_us = poll_interval_s * 1e6
+        #: How much sooner than the tracker's next poll a new launch must be due to wake it.
+        self._poll_slack_us = poll_interval_s * 1e6
         #: When the tracker will poll next: -inf while it polls, inf while nothing is in
         #: flight (a launch that should finish sooner wakes it).
         self._poll_at = math.inf
@@ -196,12 +231,14 @@ class Dispatcher:
         with self._lock:
             self.policy.add_task(task_id, priority, self.clock())
             self._tasks[task_id] = _TaskState(priority, client)
+            self._leased = frozenset(self.policy.leased())
 
     def remove_task(self, task_id: int) -> None:
         """A session ended; launches it still has in flight are tracked until done."""
         with self._lock:
             dropped = self.policy.remove_task(task_id, self.clock())
             self._tasks.pop(task_id, None)
+            self._leased = frozenset(self.policy.leased())
             held = [self._held.pop(launch.seq) for launch in dropped if launch.seq in self._held]
             if self._held:
                 self._due = self.clock()  # what the task held back may go now
@@ -261,11 +298,36 @@ class Dispatcher:
     def launch(self, task_id: int, kernel_id: str, name: str, issue: IssueFn) -> None:
         """Issue a launch of ``kernel_id`` now, or block until the policy releases it.
 
-        Errors of ``issue`` (a ``CudaError``) propagate to the caller either way.
+        A task the policy leases (``Policy.leased``) issues at once and is counted after,
+        under one lock, without asking the policy: the launch path of a task alone, of
+        every task under FIFO and of the top level under the priority policies. Its own
+        earlier launches cannot be held meanwhile, since each call of a session waits
+        until its launch went out. Errors of ``issue`` (a ``CudaError``) propagate to the
+        caller either way.
         """
         profiles = self.profiles
         timed, predicted = (False, None) if profiles is None else profiles.launch_plan(kernel_id)
         timed = timed or self.trace is not None
+        if task_id in self._leased and not self._closed:
+            probe = issue(timed)
+            with self._lock:
+                if task_id in self._tasks:
+                    now = self.clock()
+                    queue = self._streams.get(probe.stream_key)
+                    if queue and not timed:
+                        last = queue[-1]
+                        if last.launch.task_id == task_id and not last.timed:
+                            # A run of launches is one record to the policy and the tracker.
+                            last.join(kernel_id, probe, predicted or 0.0, now)
+                            self.launches += 1
+                            return
+                    task, launch = self._arriving(task_id, kernel_id, predicted, now)
+                    self.policy.issue_now(launch, now)
+                    task.in_flight += 1
+                    self._follow_locked(launch, name, probe, timed, now)
+                    return
+            probe.release()  # the task ended meanwhile: nobody is left to tell
+            return
         with self._lock:
             if self._closed:
                 raise DispatcherClosed("the server is shutting down")
@@ -295,8 +357,7 @@ class Dispatcher:
     def leased_tasks(self) -> set[int]:
         """Tasks whose launches the policy issues at arrival until a task comes or goes:
         a worker of one such session may issue without asking, then report ``launched``."""
-        with self._lock:
-            return self.policy.leased()
+        return set(self._leased)
 
     def launched(
         self, task_id: int, kernel_id: str, name: str, probe: LaunchProbe, timed: bool
@@ -313,7 +374,7 @@ class Dispatcher:
             task, launch = self._arriving(task_id, kernel_id, predicted, now)
             self.policy.issue_now(launch, now)
             task.in_flight += 1
-        self._follow(launch, name, probe, timed)
+            self._follow_locked(launch, name, probe, timed, now)
         return measure or self.trace is not None
 
     def credit(self, task_id: int, kernel_id: str) -> Credit:
@@ -380,20 +441,28 @@ class Dispatcher:
     def _follow(self, launch: PendingLaunch, name: str, probe: LaunchProbe, timed: bool) -> None:
         """Track an issued launch's probe until it says the launch finished."""
         with self._lock:
-            self.launches += 1
-            self.timed_launches += timed
-            now = self.clock()
-            queue = self._streams.get(probe.stream_key)
-            if queue is None:
-                queue = self._streams[probe.stream_key] = deque()
-            starts = max(queue[-1].due_us, now) if queue else now
-            due = starts + (launch.predicted_us or 0.0)
-            queue.append(_InFlight(launch, name, probe, timed, due))
-            if due + self._poll_interval_us < self._poll_at:  # the tracker would ask too late
-                self._wake.notify()
+            self._follow_locked(launch, name, probe, timed, self.clock())
 
-    def _complete(self, launch: PendingLaunch, now: float) -> None:
-        """Tell the policy and the task that a launch finished; call with the lock held."""
+    def _follow_locked(
+        self, launch: PendingLaunch, name: str, probe: LaunchProbe, timed: bool, now: float
+    ) -> None:
+        """``_follow`` with the lock held, at ``now``."""
+        self.launches += 1
+        self.timed_launches += timed
+        queue = self._streams.get(probe.stream_key)
+        if queue is None:
+            queue = self._streams[probe.stream_key] = deque()
+        starts = max(queue[-1].due_us, now) if queue else now
+        due = starts + (launch.predicted_us or 0.0)
+        queue.append(_InFlight(launch, name, probe, timed, due))
+        if due + self._poll_slack_us < self._poll_at:  # the tracker would ask too late
+            self._wake.notify()
+
+    def _complete(self, launch: PendingLaunch, now: float, last_kernel_id: str = "") -> None:
+        """Tell the policy and the task that a launch (and the run that joined it, whose
+        newest kernel was ``last_kernel_id``) finished; call with the lock held."""
+        if last_kernel_id and last_kernel_id != launch.kernel_id:
+            launch = launch._replace(kernel_id=last_kernel_id)  # the gap follows the newest
         self.policy.completed(launch, now)
         task = self._tasks.get(launch.task_id)
         if task is not None:
@@ -416,11 +485,14 @@ class Dispatcher:
                     remaining = [record for queue in self._streams.values() for record in queue]
                     self._streams.clear()
                     break
-                oldest = [list(itertools.islice(q, POLL_DEPTH)) for q in self._streams.values()]
+                oldest = [
+                    [(record, record.probe) for record in itertools.islice(q, POLL_DEPTH)]
+                    for q in self._streams.values()
+                ]
                 to_issue, self._to_issue = self._to_issue, deque()
             for waiting in to_issue:
                 self._issue_held(waiting)
-            finished = [record for queue in oldest for record in _done_prefix(queue)]
+            finished = [done for seen in oldest if (done := _done_prefix(seen))]
             if finished:
                 self._finish(finished)
             if not to_issue:
@@ -439,14 +511,17 @@ class Dispatcher:
                 if wait:
                     time.sleep(wait)
         for record in remaining:
-            record.probe.release()
+            record.release()
 
     def _poll_wait(self) -> float:
-        """Seconds until the next poll: ``poll_interval_s``, or longer until the oldest
-        launch of every stream is due, at most until the policy's next timed event (call
-        with the lock held)."""
+        """Seconds until the next poll: ``poll_interval_s`` while a launch is held (else
+        IDLE_POLL_INTERVAL_S), or longer until the oldest launch of every stream is due, at
+        most until the policy's next timed event (call with the lock held)."""
         now = self.clock()
-        wait = self.poll_interval_s
+        wait = (
+            self.poll_interval_s if self._held else max(self.poll_interval_s, IDLE_POLL_INTERVAL_S)
+        )
+        self._poll_slack_us = wait * 1e6
         next_due = min((queue[0].due_us for queue in self._streams.values()), default=now)
         if next_due > now:
             wait = min(max(wait, (next_due - now) / 1e6), MAX_POLL_WAIT_S)
@@ -485,21 +560,29 @@ class Dispatcher:
             waiting.error = err
         waiting.issued.set()
 
-    def _finish(self, finished: list[_InFlight]) -> None:
-        """Account for completed launches: policy, profiles, trace; then release more."""
+    def _finish(self, finished: list[list[_Seen]]) -> None:
+        """Account for completed launches (the done prefix of each stream looked at):
+        policy, profiles, trace; then release more. A run that grew after the look is not
+        done, nor is anything after it on its stream."""
         lines = []
+        done: list[_InFlight] = []
         with self._lock:
             now = self.clock()
-            for record in finished:
-                queue = self._streams[record.probe.stream_key]
-                queue.popleft()
+            for seen in finished:
+                key = seen[0][1].stream_key
+                queue = self._streams[key]
+                for record, probe in seen:
+                    if record.probe is not probe:
+                        break
+                    queue.popleft()
+                    self._complete(record.launch, now, record.last_kernel_id)
+                    done.append(record)
                 if not queue:
-                    del self._streams[record.probe.stream_key]
-                self._complete(record.launch, now)
+                    del self._streams[key]
             self._release(now)
-        for record in finished:
+        for record in done:
             times = record.probe.times_us() if record.timed else None
-            record.probe.release()
+            record.release()
             if times is None:
                 continue
             start, end = times

@@ -121,6 +121,61 @@ def test_a_launch_made_under_a_lease_is_tracked_and_sets_the_timing_of_the_next(
     profiles.close()
 
 
+def test_a_run_of_leased_launches_ends_with_its_newest_launch_and_its_gap_follows_it(
+    tmp_path: Path,
+) -> None:
+    profiles = ProfileStore(tmp_path / "p.sqlite3", measure_count=1, sample_every=1000)
+    for kernel in ("k1", "k2", "k3"):
+        profiles.record_duration(kernel, kernel, 5.0)  # measured: launches go untimed
+    dispatcher, gpu = Dispatcher(PriorityPolicy(quiet_after_us=0), profiles), FakeGpu()
+    dispatcher.add_task(1, 9)
+    dispatcher.add_task(2, 0)
+    for kernel in ("k1", "k2", "k3"):
+        dispatcher.launch(1, kernel, kernel, gpu.issuer(kernel, stream="hp"))
+    waiter = in_thread(dispatcher.launch, 2, "lp", "lp", gpu.issuer("lp"))
+    gpu.probes[0].finished.set()
+    gpu.probes[1].finished.set()
+    waiter.join(0.2)
+    assert waiter.is_alive()  # the high task still has k3 in flight
+    gpu.probes[2].finished.set()
+    waiter.join(5)
+    assert [name for name, _ in gpu.issued] == ["k1", "k2", "k3", "lp"]
+    assert wait_until(lambda: all(probe.released for probe in gpu.probes[:3]))
+    time.sleep(0.01)
+    dispatcher.launch(1, "k1", "k1", gpu.issuer("k1", stream="hp"))
+    assert dispatcher.launches == 5
+    dispatcher.close()
+    profiles.flush()
+    assert profiles.get("k3").gap_after.count == 1  # the idle time after the run follows k3
+    assert profiles.get("k1").gap_after.count == 0
+    profiles.close()
+
+
+def test_a_run_that_grows_while_the_tracker_looks_is_not_taken_for_done() -> None:
+    dispatcher, gpu = Dispatcher(PriorityPolicy(quiet_after_us=0)), FakeGpu()
+    dispatcher.add_task(1, 9)
+    dispatcher.add_task(2, 0)
+    first = FakeProbe("hp", None)
+    grew = threading.Event()
+
+    def done_as_the_run_grows() -> bool:
+        if not grew.is_set():  # the task launches again between the look and the answer
+            dispatcher.launch(1, "k", "second", gpu.issuer("second", stream="hp"))
+            grew.set()
+        return True
+
+    first.done = done_as_the_run_grows
+    dispatcher.launch(1, "k", "first", lambda timed: first)
+    waiter = in_thread(dispatcher.launch, 2, "lp", "lp", gpu.issuer("lp"))
+    assert grew.wait(5)
+    waiter.join(0.2)
+    assert waiter.is_alive()  # "second" is still in flight
+    gpu.probes[0].finished.set()
+    waiter.join(5)
+    assert [name for name, _ in gpu.issued] == ["second", "lp"]
+    dispatcher.close()
+
+
 def test_a_probe_is_not_asked_before_its_launch_should_finish_and_others_still_are(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
