@@ -11,6 +11,8 @@ exactly as the driver would copy them.
 from __future__ import annotations
 
 import ctypes
+import functools
+import struct
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,28 @@ _SCALAR_TYPES = frozenset(
     }
 )
 
+
+#: struct codes of the ctypes scalar types whose values ``struct`` packs exactly as ctypes
+#: does (a value it refuses, such as an int out of range that ctypes would wrap, falls
+#: back to ctypes).
+_STRUCT_CODES = {
+    ctypes.c_bool: "?",
+    ctypes.c_byte: "b",
+    ctypes.c_ubyte: "B",
+    ctypes.c_short: "h",
+    ctypes.c_ushort: "H",
+    ctypes.c_int: "i",
+    ctypes.c_uint: "I",
+    ctypes.c_long: "l" if ctypes.sizeof(ctypes.c_long) == 4 else "q",
+    ctypes.c_ulong: "L" if ctypes.sizeof(ctypes.c_ulong) == 4 else "Q",
+    ctypes.c_longlong: "q",
+    ctypes.c_ulonglong: "Q",
+    ctypes.c_size_t: "Q" if ctypes.sizeof(ctypes.c_size_t) == 8 else "I",
+    ctypes.c_float: "f",
+    ctypes.c_double: "d",
+}
+#: Python value types ``struct`` takes as they are for a scalar code.
+_PLAIN_VALUES = (int, float, bool)
 
 #: Keys of the ``extra`` launch array (CU_LAUNCH_PARAM_END, _BUFFER_POINTER, _BUFFER_SIZE).
 _EXTRA_END, _EXTRA_BUFFER_POINTER, _EXTRA_BUFFER_SIZE = 0, 1, 2
@@ -72,6 +96,35 @@ def _typed_value_bytes(value: Any, ctype: Any) -> bytes:
     raise TypeError(f"Unsupported type: {type(ctype)}")
 
 
+@functools.lru_cache(maxsize=1024)
+def _typed_packer(
+    offsets: tuple[int, ...],
+    sizes: tuple[int, ...],
+    types: tuple[Any, ...],
+    value_types: tuple[type, ...],
+) -> tuple[struct.Struct, tuple[bool, ...]] | None:
+    """A ``struct`` that packs (values, types) arguments of these value types at the
+    layout's offsets, with which values go in as ``int(value)`` (pointer objects); None
+    when some argument needs ctypes (structs, ctypes instances, a size that differs)."""
+    fmt, end, as_int = ["<"], 0, []
+    for offset, size, ctype, value_type in zip(offsets, sizes, types, value_types):
+        if ctype is None or ctype is ctypes.c_void_p:
+            pointer = value_type is int or hasattr(value_type, "getPtr")
+            if not pointer or (ctype is None and value_type is int) or size != 8:
+                return None
+            code, convert = "Q", True
+        else:
+            code, convert = _STRUCT_CODES.get(ctype), False
+            if code is None or value_type not in _PLAIN_VALUES or struct.calcsize(code) != size:
+                return None
+        if offset < end:
+            return None
+        fmt.append(f"{offset - end}x{code}")
+        end = offset + size
+        as_int.append(convert)
+    return struct.Struct("".join(fmt)), tuple(as_int)
+
+
 def _pointed_bytes(address_array: Any, sizes: tuple[int, ...]) -> list[bytes]:
     """Read each argument through a ``void*[]`` given as an address or a buffer."""
     n = len(sizes)
@@ -99,6 +152,13 @@ def pack_kernel_params(
             raise TypeError("Argument 'kernelParams' has tuples with different length")
         if len(values) != n:
             raise ParamCountMismatch(f"kernel takes {n} parameters, {len(values)} given")
+        packer = _typed_packer(offsets, sizes, types, tuple(map(type, values)))
+        if packer is not None:
+            packed, as_int = packer
+            try:
+                return packed.pack(*[int(v) if i else v for v, i in zip(values, as_int)])
+            except (struct.error, OverflowError):
+                pass  # a value struct refuses: ctypes decides (it may wrap it, or refuse)
         arguments = [_typed_value_bytes(v, t) for v, t in zip(values, types)]
     elif isinstance(kernel_params, int) or _is_buffer(kernel_params):
         arguments = _pointed_bytes(kernel_params, sizes)
