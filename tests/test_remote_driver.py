@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from collections.abc import Callable, Iterator
 from types import ModuleType
 
 import numpy as np
 import pytest
 from cuda.bindings.driver import CUresult
 
+from client_stub import connection as connection_module
 from client_stub import driver as impl
 from client_stub.connection import connect
 from fikit_wire.calls import CLIENT_HANDLE_BIT
@@ -19,6 +21,7 @@ from gpu_server.session import Session, handle_counter
 from scheduler.dispatcher import Dispatcher
 from scheduler.policy import FifoPolicy
 from tests.ptx_samples import SAXPY_PTX
+from tests.test_sessions import wait_until
 
 OK = CUresult.CUDA_SUCCESS
 
@@ -513,3 +516,109 @@ def test_a_pointer_check_is_made_again_once_the_memory_changes_owner() -> None:
     assert session.execute(launch) == [0]
     session.close()
     dispatcher.close()
+
+
+@pytest.fixture
+def unix_remote(sim_server) -> Iterator[ModuleType]:
+    """The driver stub with a fresh session to the sim server over the unix socket."""
+    from cuda.bindings import driver as real
+
+    from client_stub.activation import make_driver_stub
+
+    impl.REMOTE.close()
+    impl.REMOTE.configure(sim_server.running.addresses[1], None)
+    yield make_driver_stub(real)
+    impl.REMOTE.close()
+
+
+class SentFrames:
+    """Counts the frames a unix-socket session sends; unless ``behind`` is False, the server
+    looks busy throughout, so calls that want no reply wait in the outbox."""
+
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, connection: object, behind: bool = True
+    ) -> None:
+        self.count = 0
+        send = connection._frames.send
+
+        def counted(payload: bytes) -> None:
+            self.count += 1
+            send(payload)
+
+        monkeypatch.setattr(connection._frames, "send", counted)
+        if behind:
+            monkeypatch.setattr(connection, "_server_behind", lambda: True)
+
+
+def saxpy_launcher(remote: ModuleType) -> Callable[[int], None]:
+    """Loads saxpy; the function returned launches it ``count`` times with n = 0, 1, ...
+    (``launched_ns`` reads them back)."""
+    ok(remote.cuInit(0))
+    ok(remote.cuCtxSetCurrent(ok(remote.cuDevicePrimaryCtxRetain(0))))
+    saxpy = ok(remote.cuModuleGetFunction(ok(remote.cuModuleLoadData(SAXPY_PTX)), b"saxpy"))
+    dptr = ok(remote.cuMemAlloc(64))
+    types = (ctypes.c_float, None, None, None, ctypes.c_int)
+
+    def launch(count: int) -> None:
+        for n in range(count):
+            args = ((1.0, dptr, dptr, dptr, n), types)
+            ok(remote.cuLaunchKernel(saxpy, 1, 1, 1, 16, 1, 1, 0, 0, args, 0))
+
+    return launch
+
+
+def launched_ns(sim_server, count: int) -> list[int]:
+    return [
+        int.from_bytes(launch.params[32:36], "little")
+        for launch in _recorded(sim_server, "saxpy", count)
+    ]
+
+
+def test_posted_calls_wait_while_the_server_is_behind_and_leave_together_in_order(
+    unix_remote: ModuleType, sim_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launch = saxpy_launcher(unix_remote)
+    connection = impl.REMOTE.connection
+    monkeypatch.setattr(connection_module, "COALESCE_WAIT_S", 60.0)  # only the sync sends
+    frames = SentFrames(monkeypatch, connection)
+    launch(50)
+    assert frames.count == 0
+    ok(unix_remote.cuCtxSynchronize())
+    assert frames.count == 1
+    assert launched_ns(sim_server, 50) == list(range(50))
+
+
+def test_a_posted_call_never_waits_longer_than_the_coalescing_window(
+    unix_remote: ModuleType, sim_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launch = saxpy_launcher(unix_remote)
+    frames = SentFrames(monkeypatch, impl.REMOTE.connection)
+    before = len(sim_server.backend.launches)
+    launch(3)  # then the program computes: no more calls
+    assert wait_until(lambda: len(sim_server.backend.launches) == before + 3, timeout=5)
+    assert frames.count >= 1
+    assert launched_ns(sim_server, 3) == [0, 1, 2]
+
+
+def test_a_full_outbox_leaves_at_once_and_closing_sends_what_waits(
+    unix_remote: ModuleType, sim_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launch = saxpy_launcher(unix_remote)
+    monkeypatch.setattr(connection_module, "COALESCE_WAIT_S", 60.0)
+    monkeypatch.setattr(connection_module, "MAX_COALESCED_CALLS", 8)
+    frames = SentFrames(monkeypatch, impl.REMOTE.connection)
+    before = len(sim_server.backend.launches)
+    launch(20)
+    assert frames.count == 2  # two full outboxes of 8; 4 launches still wait
+    impl.REMOTE.close()
+    assert wait_until(lambda: len(sim_server.backend.launches) == before + 20, timeout=5)
+    assert launched_ns(sim_server, 20) == list(range(20))
+
+
+def test_a_posted_call_leaves_at_once_when_the_server_has_read_everything(
+    unix_remote: ModuleType, sim_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launch = saxpy_launcher(unix_remote)  # its last call was answered: nothing is unread
+    frames = SentFrames(monkeypatch, impl.REMOTE.connection, behind=False)
+    launch(1)
+    assert frames.count == 1
