@@ -21,11 +21,10 @@ the optional trace. Kernels of new kernel IDs are timed on every launch (measure
 stage), known ones on a sample (sharing stage); see ``profiles.py``. A probe is not asked
 before its launch is predicted to finish (its profile's duration after those ahead of it
 on its stream). While launches are held, the tracker thread polls every
-``poll_interval_s``. Otherwise a session launching in a burst polls between its launches
-now and then (``ACTIVE_POLL_INTERVAL_S``) and the tracker polls only once the burst ends:
-a tracker poll takes the interpreter from the session's thread at each driver call it
-makes, which cost a busy session more than the poll itself. A lone launch (a request's,
-then a synchronization) is polled by the tracker while the session waits on the GPU.
+``poll_interval_s``. Otherwise a session that keeps launching polls between its launches
+now and then (``ACTIVE_POLL_INTERVAL_S``) and the tracker polls only once the launches
+stop: a tracker poll takes the interpreter from the session's thread at each driver call
+it makes, which cost a busy session more than the poll itself.
 
 The priority policies also order the CPU of the process that runs the sessions: sessions
 of many tasks share one Python interpreter (a GPU worker under ``--isolation shared``), so
@@ -158,14 +157,11 @@ TURN_WAIT_S = 0.01
 NOTHING_TO_ORDER = contextlib.nullcontext()
 #: How many of a stream's oldest launches the tracker checks per poll.
 POLL_DEPTH = 64
-#: A launch that comes this soon after the previous leased launch continues a burst.
-BURST_GAP_S = 50e-6
-#: While no launch is held and a session launches in a burst, completions only feed the
+#: While no launch is held and a session keeps launching, completions only feed the
 #: accounting (in flight, idle gaps, durations): the session polls between its launches
 #: every ACTIVE_POLL_INTERVAL_S, and the tracker looks every IDLE_POLL_INTERVAL_S whether
-#: the burst ended (then it polls as usual). A poll gathers a run of launches, and the
-#: tracker seldom takes the interpreter from the session. A lone launch (a request's) is
-#: left to the tracker, which polls it while the session waits on the GPU.
+#: the launches stopped (it polls once none came for ``poll_interval_s``). A poll gathers
+#: a run of launches, and the tracker seldom takes the interpreter from the session.
 ACTIVE_POLL_INTERVAL_S = 500e-6
 IDLE_POLL_INTERVAL_S = 100e-6
 #: Longest the tracker waits for a launch predicted to run long before asking its probe.
@@ -235,7 +231,6 @@ class Dispatcher:
         #: and when the last launch of a leased task went out.
         self._polled_at = -math.inf
         self._last_launch_at = -math.inf
-        self._bursting = False
         self._poll_interval_us = poll_interval_s * 1e6
         #: How much sooner than the tracker's next poll a new launch must be due to wake it.
         self._poll_slack_us = self._poll_interval_us
@@ -346,9 +341,11 @@ class Dispatcher:
                     self.policy.issue_now(launch, now)
                     task.in_flight += 1
                     self._follow_locked(launch, name, probe, timed, now)
-                self._bursting = now - self._last_launch_at < BURST_GAP_S * 1e6
+                # A session polls only inside a burst: a lone launch (a request's first)
+                # leaves its poll to the tracker, off the path to the session's next call.
+                burst = now - self._last_launch_at < IDLE_POLL_INTERVAL_S * 1e6
                 self._last_launch_at = now
-                poll = self._bursting and self._poll_due(now, by_session=True)
+                poll = burst and self._poll_due(now, by_session=True)
             if poll:
                 self._poll()
             return
@@ -535,14 +532,14 @@ class Dispatcher:
 
     def _poll_due(self, now: float, by_session: bool) -> bool:
         """Whether to poll probes now (the caller then does; lock held): ``poll_interval_s``
-        after the last poll while a launch is held; else a session in a burst every
-        ACTIVE_POLL_INTERVAL_S, and the tracker, outside bursts, ``poll_interval_s`` after
-        the last poll."""
+        after the last poll while a launch is held; else a launching session every
+        ACTIVE_POLL_INTERVAL_S, and the tracker only once no launch came for
+        ``poll_interval_s``, ``poll_interval_s`` after the last poll."""
         if self._held:
             interval = self._poll_interval_us
         elif by_session:
             interval = ACTIVE_POLL_INTERVAL_S * 1e6
-        elif self._in_burst(now):
+        elif now - self._last_launch_at < self._poll_interval_us:
             return False
         else:
             interval = self._poll_interval_us
@@ -550,10 +547,6 @@ class Dispatcher:
             return False
         self._polled_at = now
         return True
-
-    def _in_burst(self, now: float) -> bool:
-        """Whether a session is launching in a burst now (lock held)."""
-        return self._bursting and now - self._last_launch_at < BURST_GAP_S * 1e6
 
     def _poll(self) -> None:
         """Ask the oldest probes of every stream whose oldest launch is due whether their
@@ -573,12 +566,14 @@ class Dispatcher:
 
     def _poll_wait(self) -> float:
         """Seconds until the next poll: ``poll_interval_s`` (IDLE_POLL_INTERVAL_S while a
-        session launches in a burst and nothing is held), or longer until the oldest launch of every
+        session launches and nothing is held), or longer until the oldest launch of every
         stream is due, at most until the policy's next timed event (call with the lock
         held)."""
         now = self.clock()
-        in_burst = not self._held and self._in_burst(now)
-        wait = max(self.poll_interval_s, IDLE_POLL_INTERVAL_S) if in_burst else self.poll_interval_s
+        launching = not self._held and now - self._last_launch_at < self._poll_interval_us
+        wait = (
+            max(self.poll_interval_s, IDLE_POLL_INTERVAL_S) if launching else self.poll_interval_s
+        )
         self._poll_slack_us = wait * 1e6
         next_due = min((queue[0].due_us for queue in self._streams.values()), default=now)
         if next_due > now:
