@@ -341,11 +341,8 @@ class Dispatcher:
                     self.policy.issue_now(launch, now)
                     task.in_flight += 1
                     self._follow_locked(launch, name, probe, timed, now)
-                # A session polls only inside a burst: a lone launch (a request's first)
-                # leaves its poll to the tracker, off the path to the session's next call.
-                burst = now - self._last_launch_at < IDLE_POLL_INTERVAL_S * 1e6
                 self._last_launch_at = now
-                poll = burst and self._poll_due(now, by_session=True)
+                poll = self._poll_due(now, by_session=True)
             if poll:
                 self._poll()
             return
