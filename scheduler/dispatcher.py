@@ -5,26 +5,19 @@ thread hands each kernel launch to ``launch``; the policy decides whether it goe
 at once or is held:
 
 - a launch the policy releases at arrival is issued by the calling session thread, with no
-  other thread involved; a task the policy leases (alone, any task under FIFO, the top
-  level under the priority policies) issues first and is counted after, and its untimed
-  launches on a stream join one record until that is seen done (the hot path: one lock,
-  no policy call for most launches);
+  other thread involved (the hot path: one lock, a few dictionary updates);
 - a held launch blocks its session thread, so that every later call of that session (its
   synchronizations included) waits behind it: per-stream order and synchronization semantics
   stay those of CUDA, and a client that synchronizes on held work waits for it to be issued,
   never deadlocks. The tracker thread issues it the moment the policy releases it.
 
 Every issued launch comes back as a ``LaunchProbe`` (a completion marker the backend put on
-the launch's stream). A poll asks the oldest probes of each stream, tells the policy about
-completions, records measured durations and idle gaps in the ``ProfileStore``, and writes
-the optional trace. Kernels of new kernel IDs are timed on every launch (measurement
-stage), known ones on a sample (sharing stage); see ``profiles.py``. A probe is not asked
-before its launch is predicted to finish (its profile's duration after those ahead of it
-on its stream). While launches are held, the tracker thread polls every
-``poll_interval_s``. Otherwise a session that keeps launching polls between its launches
-now and then (``ACTIVE_POLL_INTERVAL_S``) and the tracker polls only once the launches
-stop: a tracker poll takes the interpreter from the session's thread at each driver call
-it makes, which cost a busy session more than the poll itself.
+the launch's stream). The tracker thread polls the oldest probe of each stream and tells the
+policy about completions, records measured durations and idle gaps in the ``ProfileStore``,
+and writes the optional trace. Kernels of new kernel IDs are timed on every launch
+(measurement stage), known ones on a sample (sharing stage); see ``profiles.py``. A probe
+is not asked before its launch is predicted to finish (its profile's duration after those
+ahead of it on its stream): every poll takes the interpreter from the sessions' threads.
 
 The priority policies also order the CPU of the process that runs the sessions: sessions
 of many tasks share one Python interpreter (a GPU worker under ``--isolation shared``), so
@@ -157,12 +150,9 @@ TURN_WAIT_S = 0.01
 NOTHING_TO_ORDER = contextlib.nullcontext()
 #: How many of a stream's oldest launches the tracker checks per poll.
 POLL_DEPTH = 64
-#: While no launch is held and a session keeps launching, completions only feed the
-#: accounting (in flight, idle gaps, durations): the session polls between its launches
-#: every ACTIVE_POLL_INTERVAL_S, and the tracker looks every IDLE_POLL_INTERVAL_S whether
-#: the launches stopped (it polls once none came for ``poll_interval_s``). A poll gathers
-#: a run of launches, and the tracker seldom takes the interpreter from the session.
-ACTIVE_POLL_INTERVAL_S = 500e-6
+#: How long the tracker waits at least between polls while no launch is held: completions
+#: then only feed the accounting (in flight, idle gaps, durations), so a poll gathers
+#: several, and the tracker takes the interpreter from launching sessions less often.
 IDLE_POLL_INTERVAL_S = 100e-6
 #: Longest the tracker waits for a launch predicted to run long before asking its probe.
 MAX_POLL_WAIT_S = 0.002
@@ -173,10 +163,10 @@ def _done_prefix(seen: list[_Seen]) -> list[_Seen]:
     newest is done, all are, for one query instead of one per launch."""
     if seen[-1][1].done():
         return seen
-    for i, (_, probe) in enumerate(seen[:-1]):
+    for i, (_, probe) in enumerate(seen):
         if not probe.done():
             return seen[:i]
-    return seen[:-1]
+    return seen
 
 
 def clock_us() -> float:
@@ -227,13 +217,8 @@ class Dispatcher:
         #: Sessions running a frame now, by task priority; the highest such priority.
         self._running: Counter[int] = Counter()
         self._top_running = LOWEST_PRIORITY - 1
-        #: When probes were last polled (host microseconds), by the tracker or a session,
-        #: and when the last launch of a leased task went out.
-        self._polled_at = -math.inf
-        self._last_launch_at = -math.inf
-        self._poll_interval_us = poll_interval_s * 1e6
         #: How much sooner than the tracker's next poll a new launch must be due to wake it.
-        self._poll_slack_us = self._poll_interval_us
+        self._poll_slack_us = poll_interval_s * 1e6
         #: When the tracker will poll next: -inf while it polls, inf while nothing is in
         #: flight (a launch that should finish sooner wakes it).
         self._poll_at = math.inf
@@ -326,25 +311,22 @@ class Dispatcher:
         if task_id in self._leased and not self._closed:
             probe = issue(timed)
             with self._lock:
-                if task_id not in self._tasks:
-                    probe.release()  # the task ended meanwhile: nobody is left to tell
-                    return
-                now = self.clock()
-                queue = self._streams.get(probe.stream_key)
-                last = queue[-1] if queue and not timed else None
-                if last is not None and last.launch.task_id == task_id and not last.timed:
-                    # A run of launches is one record to the policy and the tracker.
-                    last.join(kernel_id, probe, predicted or 0.0, now)
-                    self.launches += 1
-                else:
+                if task_id in self._tasks:
+                    now = self.clock()
+                    queue = self._streams.get(probe.stream_key)
+                    if queue and not timed:
+                        last = queue[-1]
+                        if last.launch.task_id == task_id and not last.timed:
+                            # A run of launches is one record to the policy and the tracker.
+                            last.join(kernel_id, probe, predicted or 0.0, now)
+                            self.launches += 1
+                            return
                     task, launch = self._arriving(task_id, kernel_id, predicted, now)
                     self.policy.issue_now(launch, now)
                     task.in_flight += 1
                     self._follow_locked(launch, name, probe, timed, now)
-                self._last_launch_at = now
-                poll = self._poll_due(now, by_session=True)
-            if poll:
-                self._poll()
+                    return
+            probe.release()  # the task ended meanwhile: nobody is left to tell
             return
         with self._lock:
             if self._closed:
@@ -490,7 +472,7 @@ class Dispatcher:
 
     # -- the tracker thread --------------------------------------------------------------
     def _track(self) -> None:
-        """Issue what the policy releases; poll probes unless a launching session just did."""
+        """Poll probes, feed completions to the policy, issue what it releases."""
         while True:
             with self._lock:
                 while not (self._closed or self._streams or self._to_issue):
@@ -503,12 +485,16 @@ class Dispatcher:
                     remaining = [record for queue in self._streams.values() for record in queue]
                     self._streams.clear()
                     break
+                oldest = [
+                    [(record, record.probe) for record in itertools.islice(q, POLL_DEPTH)]
+                    for q in self._streams.values()
+                ]
                 to_issue, self._to_issue = self._to_issue, deque()
-                poll = bool(self._streams) and self._poll_due(self.clock(), by_session=False)
             for waiting in to_issue:
                 self._issue_held(waiting)
-            if poll:
-                self._poll()
+            finished = [done for seen in oldest if (done := _done_prefix(seen))]
+            if finished:
+                self._finish(finished)
             if not to_issue:
                 # Also after completions: they are then handled in batches, and the tracker
                 # does not contend for the lock (or the interpreter) with every launch of a
@@ -527,49 +513,13 @@ class Dispatcher:
         for record in remaining:
             record.release()
 
-    def _poll_due(self, now: float, by_session: bool) -> bool:
-        """Whether to poll probes now (the caller then does; lock held): ``poll_interval_s``
-        after the last poll while a launch is held; else a launching session every
-        ACTIVE_POLL_INTERVAL_S, and the tracker only once no launch came for
-        ``poll_interval_s``, ``poll_interval_s`` after the last poll."""
-        if self._held:
-            interval = self._poll_interval_us
-        elif by_session:
-            interval = ACTIVE_POLL_INTERVAL_S * 1e6
-        elif now - self._last_launch_at < self._poll_interval_us:
-            return False
-        else:
-            interval = self._poll_interval_us
-        if now - self._polled_at < interval:
-            return False
-        self._polled_at = now
-        return True
-
-    def _poll(self) -> None:
-        """Ask the oldest probes of every stream whose oldest launch is due whether their
-        launches finished, and account for those that did. The tracker polls, or a leased
-        session between two of its launches when a poll is due: its thread then makes the
-        probes' driver calls, rather than the tracker taking the interpreter from it."""
-        with self._lock:
-            now = self.clock()
-            oldest = [
-                [(record, record.probe) for record in itertools.islice(q, POLL_DEPTH)]
-                for q in self._streams.values()
-                if q[0].due_us <= now  # a launch predicted to run on is not asked yet
-            ]
-        finished = [done for seen in oldest if (done := _done_prefix(seen))]
-        if finished:
-            self._finish(finished)
-
     def _poll_wait(self) -> float:
-        """Seconds until the next poll: ``poll_interval_s`` (IDLE_POLL_INTERVAL_S while a
-        session launches and nothing is held), or longer until the oldest launch of every
-        stream is due, at most until the policy's next timed event (call with the lock
-        held)."""
+        """Seconds until the next poll: ``poll_interval_s`` while a launch is held (else
+        IDLE_POLL_INTERVAL_S), or longer until the oldest launch of every stream is due, at
+        most until the policy's next timed event (call with the lock held)."""
         now = self.clock()
-        launching = not self._held and now - self._last_launch_at < self._poll_interval_us
         wait = (
-            max(self.poll_interval_s, IDLE_POLL_INTERVAL_S) if launching else self.poll_interval_s
+            self.poll_interval_s if self._held else max(self.poll_interval_s, IDLE_POLL_INTERVAL_S)
         )
         self._poll_slack_us = wait * 1e6
         next_due = min((queue[0].due_us for queue in self._streams.values()), default=now)
@@ -620,20 +570,16 @@ class Dispatcher:
             now = self.clock()
             for seen in finished:
                 key = seen[0][1].stream_key
-                queue = self._streams.get(key)
+                queue = self._streams[key]
                 for record, probe in seen:
-                    if not queue or record.probe is not probe:
+                    if record.probe is not probe:
                         break
-                    if queue[0] is not record:
-                        continue  # another poll got there first
                     queue.popleft()
                     self._complete(record.launch, now, record.last_kernel_id)
                     done.append(record)
-                if queue is not None and not queue:
+                if not queue:
                     del self._streams[key]
             self._release(now)
-            if self._to_issue:
-                self._wake.notify()
         for record in done:
             times = record.probe.times_us() if record.timed else None
             record.release()

@@ -151,19 +151,6 @@ def test_a_run_of_leased_launches_ends_with_its_newest_launch_and_its_gap_follow
     profiles.close()
 
 
-def test_a_long_burst_is_accounted_in_runs_and_every_probe_is_given_back() -> None:
-    dispatcher, gpu = Dispatcher(FifoPolicy()), FakeGpu()
-    dispatcher.add_task(1, 0)
-    gpu.instant = True
-    for i in range(3000):
-        dispatcher.launch(1, f"k{i % 3}", "k", gpu.issuer("k", stream=f"s{i % 2}"))
-    assert dispatcher.launches == 3000
-    assert wait_until(lambda: all(probe.released for probe in gpu.probes), timeout=5)
-    dispatcher.launch(1, "k0", "k", gpu.issuer("k"))  # after the burst too
-    assert wait_until(lambda: gpu.probes[-1].released, timeout=5)
-    dispatcher.close()
-
-
 def test_a_run_that_grows_while_the_tracker_looks_is_not_taken_for_done() -> None:
     dispatcher, gpu = Dispatcher(PriorityPolicy(quiet_after_us=0)), FakeGpu()
     dispatcher.add_task(1, 9)
