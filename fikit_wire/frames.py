@@ -42,15 +42,16 @@ class FrameDecoder:
         frames = []
         offset = 0
         buffer = self.buffer
-        while len(buffer) - offset >= _HEADER.size:
-            (size,) = _HEADER.unpack_from(buffer, offset)
-            if size > wire.MAX_MESSAGE_BYTES:
-                raise ValueError(f"a frame of {size} bytes is over the limit")
-            end = offset + _HEADER.size + size
-            if len(buffer) < end:
-                break
-            frames.append(bytes(buffer[offset + _HEADER.size : end]))
-            offset = end
+        with memoryview(buffer) as view:  # one copy per frame, not a slice and a copy
+            while len(buffer) - offset >= _HEADER.size:
+                (size,) = _HEADER.unpack_from(buffer, offset)
+                if size > wire.MAX_MESSAGE_BYTES:
+                    raise ValueError(f"a frame of {size} bytes is over the limit")
+                end = offset + _HEADER.size + size
+                if len(buffer) < end:
+                    break
+                frames.append(bytes(view[offset + _HEADER.size : end]))
+                offset = end
         if offset:
             del buffer[:offset]
         return frames

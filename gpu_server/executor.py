@@ -68,8 +68,8 @@ class ReceiveBudget:
                 waiter.set_result(None)
 
 
-#: Bytes the relay reads from a worker's socket at once.
-RELAY_READ_BYTES = 1 << 16
+#: Bytes the relay reads from a worker's socket at once (a copy reply is 1 MiB a chunk).
+RELAY_READ_BYTES = 1 << 20
 
 
 class Runner(Protocol):
@@ -175,6 +175,7 @@ class WorkerRelay:
         self._loop = asyncio.get_running_loop()
         self._sock = sock
         self._decoder = FrameDecoder()
+        self._chunk = memoryview(bytearray(RELAY_READ_BYTES))
         self._finishing = False
         self._ended = False
         sock.setblocking(False)
@@ -201,12 +202,12 @@ class WorkerRelay:
 
     def _readable(self) -> None:
         try:
-            data = self._sock.recv(RELAY_READ_BYTES)
+            received = self._sock.recv_into(self._chunk)
         except BlockingIOError:
             return
         except OSError:
-            data = b""
-        if not data:
+            received = 0
+        if not received:
             self._stop_reading()
             if self._finishing:
                 self.frames.put_nowait(FINISHED)
@@ -214,7 +215,7 @@ class WorkerRelay:
                 self._loop.create_task(self._lost())
             return
         try:
-            payloads = self._decoder.feed(data)
+            payloads = self._decoder.feed(self._chunk[:received])
         except ValueError as err:
             self._stop_reading()
             self.frames.put_nowait(SessionLost(f"the GPU worker's replies: {err}"))
