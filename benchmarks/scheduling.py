@@ -112,10 +112,13 @@ def idle_fraction(trace: list[Json], kernels: int) -> float | None:
     return 1.0 - busy / (run_end - spans[0][0])
 
 
-def gap_filling(trace: list[Json]) -> tuple[float, float] | None:
+def gap_filling(trace: list[Json]) -> tuple[float, float, float] | None:
     """How LP work filled HP's idle gaps in a traced sharing run: the fraction of the gaps'
-    time with an LP kernel on the GPU, and the median time from a gap's start to its first
-    LP kernel (us). A gap is GPU time between two HP kernels longer than GAP_MIN_US."""
+    time with an LP kernel on the GPU, the median time from a gap's start to its first LP
+    kernel, and the median hole between one LP kernel's end and the next one's start inside
+    a gap (us; about 0 when LP kernels queue back to back, about an LP kernel's duration
+    when they go one at a time). A gap is GPU time between two HP kernels longer than
+    GAP_MIN_US."""
     hp = sorted((k["start_us"], k["end_us"]) for k in trace if k["priority"] == HP_PRIORITY)
     lp = sorted((k["start_us"], k["end_us"]) for k in trace if k["priority"] != HP_PRIORITY)
     gaps = [
@@ -123,15 +126,20 @@ def gap_filling(trace: list[Json]) -> tuple[float, float] | None:
     ]
     if not gaps or not lp:
         return None
-    filled, delays = 0.0, []
+    filled, delays, holes = 0.0, [], []
     for gap_start, gap_end in gaps:
         inside = [(s, e) for s, e in lp if e > gap_start and s < gap_end]
         filled += sum(min(e, gap_end) - max(s, gap_start) for s, e in inside)
         starts = [s for s, _ in inside if s >= gap_start]
         if starts:
             delays.append(min(starts) - gap_start)
+        holes += [max(0.0, s - e) for (_, e), (s, _) in itertools.pairwise(inside)]
     total = sum(end - start for start, end in gaps)
-    return filled / total, float(np.median(delays)) if delays else float("nan")
+    return filled / total, _median(delays), _median(holes)
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values)) if values else float("nan")
 
 
 def ratio(value: float | None, reference: float | None) -> float | None:
@@ -239,8 +247,8 @@ def render(summary: Json, command: str, failures: list[str]) -> str:
         f"Gap filling (traced runs; gaps: HP GPU idle > {GAP_MIN_US:.0f} us):",
         *(
             f"- {mode}: LP kernels on the GPU {share:.1%} of HP's gap time; first LP kernel "
-            f"{delay:.0f} us into a gap (median)"
-            for mode, (share, delay) in summary["gap_filling"].items()
+            f"{delay:.0f} us into a gap, {hole:.0f} us between LP kernels in a gap (medians)"
+            for mode, (share, delay, hole) in summary["gap_filling"].items()
         ),
         "",
         "Targets:",

@@ -21,12 +21,13 @@ def test_gap_filling_counts_lp_time_inside_hp_gaps_only() -> None:
         kernel(9, 210, 220),  # one gap: 10..210
         kernel(9, 250, 260),  # 30 us apart: not a gap
         kernel(0, 50, 150),  # inside the gap: 100 us
-        kernel(0, 200, 300),  # 10 us of it inside
+        kernel(0, 200, 300),  # 10 us of it inside, 50 us after the one before
         kernel(0, 400, 500),  # after the last HP kernel: outside any gap
     ]
-    share, delay = scheduling.gap_filling(trace)
+    share, delay, hole = scheduling.gap_filling(trace)
     assert share == pytest.approx(110 / 200)
     assert delay == pytest.approx(40)
+    assert hole == pytest.approx(50)
 
 
 def test_gap_filling_without_lp_work_reports_nothing() -> None:
