@@ -17,6 +17,7 @@ written to DIR/results.md and DIR/results.json. Exits non-zero when a program fa
 import argparse
 import itertools
 import json
+import math
 import shlex
 import subprocess
 import sys
@@ -112,17 +113,21 @@ def idle_fraction(trace: list[Json], kernels: int) -> float | None:
     return 1.0 - busy / (run_end - spans[0][0])
 
 
-def gap_filling(trace: list[Json]) -> tuple[float, float, float] | None:
+def gap_filling(
+    trace: list[Json], shortest_us: float = GAP_MIN_US, longest_us: float = math.inf
+) -> tuple[float, float, float] | None:
     """How LP work filled HP's idle gaps in a traced sharing run: the fraction of the gaps'
     time with an LP kernel on the GPU, the median time from a gap's start to its first LP
     kernel, and the median hole between one LP kernel's end and the next one's start inside
     a gap (us; about 0 when LP kernels queue back to back, about an LP kernel's duration
     when they go one at a time). A gap is GPU time between two HP kernels longer than
-    GAP_MIN_US."""
+    ``shortest_us`` (and at most ``longest_us``)."""
     hp = sorted((k["start_us"], k["end_us"]) for k in trace if k["priority"] == HP_PRIORITY)
     lp = sorted((k["start_us"], k["end_us"]) for k in trace if k["priority"] != HP_PRIORITY)
     gaps = [
-        (end, start) for (_, end), (start, _) in itertools.pairwise(hp) if start - end > GAP_MIN_US
+        (end, start)
+        for (_, end), (start, _) in itertools.pairwise(hp)
+        if shortest_us < start - end <= longest_us
     ]
     if not gaps or not lp:
         return None
