@@ -46,17 +46,18 @@ def now_us() -> float:
 
 
 class ModelledProbe:
-    """Done once its kernel's modelled end has passed."""
+    """Done once its kernel's modelled end has passed; its times measure the kernel."""
 
-    def __init__(self, stream: str, end_us: float) -> None:
+    def __init__(self, stream: str, start_us: float, end_us: float) -> None:
         self.stream_key = stream
+        self.start_us = start_us
         self.end_us = end_us
 
     def done(self) -> bool:
         return now_us() >= self.end_us
 
-    def times_us(self) -> None:
-        return None
+    def times_us(self) -> tuple[float, float]:
+        return self.start_us, self.end_us
 
     def release(self) -> None:
         """Nothing is held."""
@@ -78,7 +79,7 @@ class ModelledGpu:
                 start = max(now_us(), self._ready.get(stream, 0.0))
                 end = self._ready[stream] = start + duration_us
                 self.kernels.append({"priority": priority, "start_us": start, "end_us": end})
-            return ModelledProbe(stream, end)
+            return ModelledProbe(stream, start, end)
 
         return issue
 
