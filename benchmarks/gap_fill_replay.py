@@ -14,8 +14,8 @@ gap filling figures of ``scheduling.py`` (share of HP's gap time with LP work, f
 kernel into a gap, hole between LP kernels in a gap) for short and long gaps.
 
 Unlike ``scheduler/simulator.py`` (a virtual clock, no threads), this includes what the
-threads, the interpreter and the tracker's polling cost in reaction time, which is where
-the traced GPU runs lose most of the fill; the figures are this machine's, not a GPU's.
+threads, the interpreter and the tracker's polling cost in reaction time; the figures are
+this machine's, not a GPU's.
 """
 
 import argparse
