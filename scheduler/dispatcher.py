@@ -598,6 +598,7 @@ class Dispatcher:
                             "client": "" if task is None else task.client,
                             "kernel": record.name,
                             "kernel_id": record.launch.kernel_id,
+                            "predicted_us": record.launch.predicted_us,
                             "start_us": round(start, 3),
                             "end_us": round(end, 3),
                         }

@@ -239,6 +239,7 @@ def test_a_trace_line_per_completed_launch() -> None:
         "client": "client-a",
         "kernel": "gemm",
         "kernel_id": "abc",
+        "predicted_us": None,  # no profiles: the policy fits it as never measured
         "start_us": 10.0,
         "end_us": 35.0,
     }
