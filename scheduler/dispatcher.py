@@ -163,10 +163,10 @@ def _done_prefix(seen: list[_Seen]) -> list[_Seen]:
     newest is done, all are, for one query instead of one per launch."""
     if seen[-1][1].done():
         return seen
-    for i, (_, probe) in enumerate(seen):
+    for i, (_, probe) in enumerate(seen[:-1]):  # the newest was just asked
         if not probe.done():
             return seen[:i]
-    return seen
+    return seen[:-1]
 
 
 def clock_us() -> float:
@@ -321,10 +321,7 @@ class Dispatcher:
                             last.join(kernel_id, probe, predicted or 0.0, now)
                             self.launches += 1
                             return
-                    task, launch = self._arriving(task_id, kernel_id, predicted, now)
-                    self.policy.issue_now(launch, now)
-                    task.in_flight += 1
-                    self._follow_locked(launch, name, probe, timed, now)
+                    self._count_unasked(task_id, kernel_id, name, probe, timed, predicted, now)
                     return
             probe.release()  # the task ended meanwhile: nobody is left to tell
             return
@@ -370,12 +367,25 @@ class Dispatcher:
         with self._lock:
             if self._closed or task_id not in self._tasks:  # the report outran the task's end
                 return False
-            now = self.clock()
-            task, launch = self._arriving(task_id, kernel_id, predicted, now)
-            self.policy.issue_now(launch, now)
-            task.in_flight += 1
-            self._follow_locked(launch, name, probe, timed, now)
+            self._count_unasked(task_id, kernel_id, name, probe, timed, predicted, self.clock())
         return measure or self.trace is not None
+
+    def _count_unasked(
+        self,
+        task_id: int,
+        kernel_id: str,
+        name: str,
+        probe: LaunchProbe,
+        timed: bool,
+        predicted: float | None,
+        now: float,
+    ) -> None:
+        """A launch that went out without asking the policy arrives, counts in flight and
+        is tracked (call with the lock held)."""
+        task, launch = self._arriving(task_id, kernel_id, predicted, now)
+        self.policy.issue_now(launch, now)
+        task.in_flight += 1
+        self._follow_locked(launch, name, probe, timed, now)
 
     def credit(self, task_id: int, kernel_id: str) -> Credit:
         """After a launch of ``kernel_id`` by the task went out: how many more of it the
