@@ -143,6 +143,17 @@ def gap_filling(
     return filled / total, _median(delays), _median(holes)
 
 
+def lp_predictions(trace: list[Json]) -> tuple[float, float] | None:
+    """What the policy knew of LP launches' durations in a traced run: the share traced
+    without a prediction (fitted as ``--max-lp-inflight-us`` each) and the median of the
+    predictions there were (us); None for a trace without them."""
+    lp = [k for k in trace if k["priority"] != HP_PRIORITY and "predicted_us" in k]
+    if not lp:
+        return None
+    known = [k["predicted_us"] for k in lp if k["predicted_us"] is not None]
+    return 1.0 - len(known) / len(lp), _median(known)
+
+
 def _median(values: list[float]) -> float:
     return float(np.median(values)) if values else float("nan")
 
@@ -216,9 +227,11 @@ def summarize(runs: dict[str, ModeRun], idle: float | None, timeline: dict[str, 
         for mode in SHARING_MODES
         if mode in timeline and timeline[mode].trace
     }
+    predictions = {mode: lp_predictions(timeline[mode].trace) for mode in filling}
     return {
         "modes": rows,
         "gap_filling": {mode: value for mode, value in filling.items() if value is not None},
+        "lp_predictions": {mode: p for mode, p in predictions.items() if p is not None},
         "hp_idle_fraction": idle,
         "lp_fits_kps": fits,
         "scheduler_overhead": overhead,
@@ -254,6 +267,11 @@ def render(summary: Json, command: str, failures: list[str]) -> str:
             f"- {mode}: LP kernels on the GPU {share:.1%} of HP's gap time; first LP kernel "
             f"{delay:.0f} us into a gap, {hole:.0f} us between LP kernels in a gap (medians)"
             for mode, (share, delay, hole) in summary["gap_filling"].items()
+        ),
+        *(
+            f"- {mode}: LP launches traced without a predicted duration {unknown:.1%}; "
+            f"predicted LP duration {predicted:.0f} us (median)"
+            for mode, (unknown, predicted) in summary["lp_predictions"].items()
         ),
         "",
         "Targets:",

@@ -68,7 +68,9 @@ class LaunchProbe(Protocol):
         """Whether the GPU finished the launch."""
 
     def times_us(self) -> tuple[float, float] | None:
-        """(start, end) on the backend's GPU clock, for a timed probe once done; else None."""
+        """(start, end) in microseconds, for a timed probe once done; else None. The CUDA
+        backend places them on ``clock_us``'s time line, aligned at the context's first
+        launch (a trace then compares them with arrival and issue times)."""
 
     def release(self) -> None:
         """Give back what the probe holds (events); called once, after the last query."""
@@ -99,15 +101,32 @@ class _InFlight:
     untimed launches of one leased task on one stream (``join``), which finishes with its
     newest launch, whose probe ``probe`` then is."""
 
-    __slots__ = ("due_us", "last_kernel_id", "launch", "name", "probe", "replaced", "timed")
+    __slots__ = (
+        "due_us",
+        "issued_us",
+        "last_kernel_id",
+        "launch",
+        "name",
+        "probe",
+        "replaced",
+        "timed",
+    )
 
     def __init__(
-        self, launch: PendingLaunch, name: str, probe: LaunchProbe, timed: bool, due_us: float
+        self,
+        launch: PendingLaunch,
+        name: str,
+        probe: LaunchProbe,
+        timed: bool,
+        issued_us: float,
+        due_us: float,
     ) -> None:
         self.launch = launch
         self.name = name
         self.probe = probe
         self.timed = timed
+        #: When the first launch was on its stream (host microseconds).
+        self.issued_us = issued_us
         #: When the newest launch should finish (host microseconds): the predicted
         #: durations after those ahead of it on its stream; the tracker checks no sooner.
         self.due_us = due_us
@@ -163,10 +182,10 @@ def _done_prefix(seen: list[_Seen]) -> list[_Seen]:
     newest is done, all are, for one query instead of one per launch."""
     if seen[-1][1].done():
         return seen
-    for i, (_, probe) in enumerate(seen):
+    for i, (_, probe) in enumerate(seen[:-1]):  # the newest was just asked
         if not probe.done():
             return seen[:i]
-    return seen
+    return seen[:-1]
 
 
 def clock_us() -> float:
@@ -321,10 +340,7 @@ class Dispatcher:
                             last.join(kernel_id, probe, predicted or 0.0, now)
                             self.launches += 1
                             return
-                    task, launch = self._arriving(task_id, kernel_id, predicted, now)
-                    self.policy.issue_now(launch, now)
-                    task.in_flight += 1
-                    self._follow_locked(launch, name, probe, timed, now)
+                    self._count_unasked(task_id, kernel_id, name, probe, timed, predicted, now)
                     return
             probe.release()  # the task ended meanwhile: nobody is left to tell
             return
@@ -370,12 +386,25 @@ class Dispatcher:
         with self._lock:
             if self._closed or task_id not in self._tasks:  # the report outran the task's end
                 return False
-            now = self.clock()
-            task, launch = self._arriving(task_id, kernel_id, predicted, now)
-            self.policy.issue_now(launch, now)
-            task.in_flight += 1
-            self._follow_locked(launch, name, probe, timed, now)
+            self._count_unasked(task_id, kernel_id, name, probe, timed, predicted, self.clock())
         return measure or self.trace is not None
+
+    def _count_unasked(
+        self,
+        task_id: int,
+        kernel_id: str,
+        name: str,
+        probe: LaunchProbe,
+        timed: bool,
+        predicted: float | None,
+        now: float,
+    ) -> None:
+        """A launch that went out without asking the policy arrives, counts in flight and
+        is tracked (call with the lock held)."""
+        task, launch = self._arriving(task_id, kernel_id, predicted, now)
+        self.policy.issue_now(launch, now)
+        task.in_flight += 1
+        self._follow_locked(launch, name, probe, timed, now)
 
     def credit(self, task_id: int, kernel_id: str) -> Credit:
         """After a launch of ``kernel_id`` by the task went out: how many more of it the
@@ -400,7 +429,7 @@ class Dispatcher:
             task.idle_since = None
             if self.profiles is not None:
                 self.profiles.record_gap(after, now - since)
-        return task, PendingLaunch(next(self._seq), task_id, kernel_id, predicted)
+        return task, PendingLaunch(next(self._seq), task_id, kernel_id, predicted, now)
 
     def call_started(self, task_id: int) -> None:
         """The task's session began a synchronizing call (a copy, a synchronization)."""
@@ -454,7 +483,7 @@ class Dispatcher:
             queue = self._streams[probe.stream_key] = deque()
         starts = max(queue[-1].due_us, now) if queue else now
         due = starts + (launch.predicted_us or 0.0)
-        queue.append(_InFlight(launch, name, probe, timed, due))
+        queue.append(_InFlight(launch, name, probe, timed, now, due))
         if due + self._poll_slack_us < self._poll_at:  # the tracker would ask too late
             self._wake.notify()
 
@@ -598,6 +627,9 @@ class Dispatcher:
                             "client": "" if task is None else task.client,
                             "kernel": record.name,
                             "kernel_id": record.launch.kernel_id,
+                            "predicted_us": record.launch.predicted_us,
+                            "arrived_us": round(record.launch.arrived_us, 3),
+                            "issued_us": round(record.issued_us, 3),
                             "start_us": round(start, 3),
                             "end_us": round(end, 3),
                         }

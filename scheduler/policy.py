@@ -55,6 +55,8 @@ class PendingLaunch(NamedTuple):
     kernel_id: str
     #: Predicted duration from the profile; None when the kernel was never measured.
     predicted_us: float | None
+    #: Host time (microseconds) at which it reached the scheduler.
+    arrived_us: float = 0.0
 
 
 class Credit(NamedTuple):

@@ -32,3 +32,17 @@ def test_gap_filling_counts_lp_time_inside_hp_gaps_only() -> None:
 
 def test_gap_filling_without_lp_work_reports_nothing() -> None:
     assert scheduling.gap_filling([kernel(9, 0, 10), kernel(9, 500, 510)]) is None
+
+
+def test_lp_predictions_say_how_many_lp_launches_the_policy_had_not_measured() -> None:
+    trace = [
+        {**kernel(9, 0, 10), "predicted_us": 8.0},
+        {**kernel(0, 20, 90), "predicted_us": None},
+        {**kernel(0, 90, 160), "predicted_us": 70.0},
+        {**kernel(0, 160, 230), "predicted_us": 72.0},
+        {**kernel(0, 230, 300), "predicted_us": 74.0},
+    ]
+    unknown, predicted = scheduling.lp_predictions(trace)
+    assert unknown == pytest.approx(0.25)
+    assert predicted == pytest.approx(72.0)
+    assert scheduling.lp_predictions([kernel(0, 0, 10)]) is None  # a trace from before

@@ -227,7 +227,8 @@ def test_closing_fails_launches_still_held() -> None:
 
 def test_a_trace_line_per_completed_launch() -> None:
     trace = io.StringIO()
-    dispatcher, gpu = Dispatcher(FifoPolicy(), trace=trace), FakeGpu()
+    dispatcher = Dispatcher(FifoPolicy(), trace=trace, clock=lambda: 5.0)
+    gpu = FakeGpu()
     dispatcher.add_task(7, 3, "client-a")
     dispatcher.launch(7, "abc", "gemm", gpu.issuer("gemm"))
     gpu.probes[0].finished.set()
@@ -239,6 +240,9 @@ def test_a_trace_line_per_completed_launch() -> None:
         "client": "client-a",
         "kernel": "gemm",
         "kernel_id": "abc",
+        "predicted_us": None,  # no profiles: the policy fits it as never measured
+        "arrived_us": 5.0,  # host times, on the dispatcher's clock
+        "issued_us": 5.0,
         "start_us": 10.0,
         "end_us": 35.0,
     }

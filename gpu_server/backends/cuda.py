@@ -31,6 +31,7 @@ from gpu_server.backends.base import (
     Stream,
 )
 from gpu_server.errors import CudaError, invalid_handle, invalid_value
+from scheduler.dispatcher import clock_us
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +215,10 @@ class _EventPool:
 
     def __init__(self) -> None:
         self.free: dict[bool, list[Any]] = {True: [], False: []}
-        #: The event every timed probe of the context is measured from (its GPU clock's zero).
+        #: The event every timed probe of the context is placed after (its GPU clock's zero),
+        #: and the host time (``clock_us``) at which it was seen done.
         self.epoch: Any = None
+        self.epoch_host_us = 0.0
 
 
 class _CudaProbe:
@@ -241,15 +244,21 @@ class _CudaProbe:
         return err != _NOT_READY
 
     def times_us(self) -> tuple[float, float] | None:
-        """(start, end) in microseconds after the context's epoch event; None on failure."""
+        """(start, end) on the host clock (``clock_us``); None on failure.
+
+        The driver gives elapsed times as 32-bit floats of milliseconds: the duration is
+        measured between the launch's own events, to the event resolution however long the
+        server runs; only the placement after the epoch loses precision with uptime.
+        """
         if self._start is None or self._epoch != self._backend._epoch:
             return None
-        epoch = self._pool.epoch
-        err, start = driver.cuEventElapsedTime(epoch, self._start)
-        err2, end = driver.cuEventElapsedTime(epoch, self._end)
+        pool = self._pool
+        err, start_ms = driver.cuEventElapsedTime(pool.epoch, self._start)
+        err2, duration_ms = driver.cuEventElapsedTime(self._start, self._end)
         if err or err2:
             return None
-        return start * 1e3, end * 1e3
+        start = pool.epoch_host_us + start_ms * 1e3
+        return start, start + duration_ms * 1e3
 
     def release(self) -> None:
         """Return the events to the pool, unless their context was destroyed meanwhile."""
@@ -618,6 +627,7 @@ class CudaBackend(Backend):
         pool.epoch = _check(driver.cuEventCreate(0))
         _check(driver.cuEventRecord(pool.epoch, _SPECIAL_STREAMS[0]))
         _check(driver.cuEventSynchronize(pool.epoch))
+        pool.epoch_host_us = clock_us()
         with self._lock:
             return self._pools.setdefault(int(ctx), pool)
 
