@@ -121,17 +121,19 @@ class DispatcherLink:
     of it at arrival, so the worker issues at once and reports the launch afterwards, with
     no round trip. The front end grants and revokes the lease as tasks come and go; a
     launch issued just before a revocation arrives counts as already in flight. A go may
-    carry a credit: that many more launches of the same kernel ID may go unasked until a
+    carry a credit (``Credit``): launches of the same kernel ID go unasked while the
+    session has fewer than its count in flight and each is predicted to finish by its
     deadline (the policy reserved room for them in a higher task's gap; the deadline is on
-    the host's monotonic clock, which worker and front end share). A worker launching
-    unasked times the first launch of each kernel ID, then those the front end asks for.
+    the host's monotonic clock, which worker and front end share). The worker checks that
+    against its own completions, which it sees first. A worker launching unasked times
+    the first launch of each kernel ID, then those the front end asks for.
     """
 
     def __init__(self, control: ControlSocket) -> None:
         self.control = control
         self.profiles = None
         self.leased = False
-        #: The last go's credit: launches of one kernel ID that may go unasked until when.
+        #: The last go's credit: a window for launches of one kernel ID to go unasked.
         self._credit = NO_CREDIT
         #: Kernel IDs launched here, and those whose next launch the front end wants timed.
         self._seen: set[str] = set()
@@ -197,8 +199,8 @@ class DispatcherLink:
         grant = self._reply()
         if grant[0] != "issue":
             raise DispatcherClosed(str(grant[1]))
-        _, timed, count, until = grant
-        self._credit = Credit(kernel_id, count, 0.0, until)
+        _, timed, count, cost_us, until = grant
+        self._credit = Credit(kernel_id, count, cost_us, until)
         try:
             probe = issue(bool(timed))
         except CudaError as err:
@@ -212,12 +214,21 @@ class DispatcherLink:
         self._follow(probe_id, probe)
 
     def _on_credit(self, kernel_id: str) -> bool:
-        """Whether the last go's credit covers a launch of ``kernel_id`` now; uses it."""
+        """Whether the last go's credit lets a launch of ``kernel_id`` go unasked; while
+        its window is full but the next completion would let the launch go in time,
+        waits for that completion."""
         credit = self._credit
-        if credit.kernel_id != kernel_id or not credit.count or clock_us() >= credit.until:
+        if credit.kernel_id != kernel_id:
             return False
-        self._credit = credit._replace(count=credit.count - 1)
-        return True
+        latest = credit.until - credit.count * credit.cost_us  # a full window's last chance
+        with self._wake:
+            while True:
+                in_flight, now = len(self._probes), clock_us()
+                if credit.allows(kernel_id, in_flight, now):
+                    return True
+                if in_flight < credit.count or now >= latest or self._closed:
+                    return False
+                self._wake.wait((latest - now) / 1e6)
 
     def _follow(self, probe_id: int, probe: LaunchProbe) -> None:
         """Report the probe's completion once it is done."""
@@ -249,6 +260,7 @@ class DispatcherLink:
                 with self._wake:
                     done = {probe_id for probe_id, _ in finished}
                     self._probes = [p for p in self._probes if p[0] not in done]
+                    self._wake.notify_all()  # a launch may wait for room in its credit
             else:
                 time.sleep(POLL_INTERVAL_S)
 

@@ -302,10 +302,10 @@ class WorkerProcess:
 
     def _issue(self, task_id: int, kernel_id: str, timed: bool) -> RemoteProbe:
         """Tell the worker to issue the launch now, with the credit the policy grants for
-        more of the same; the launch's probe, or the worker's error."""
+        more of the same (``Credit``); the launch's probe, or the worker's error."""
         assert self.dispatcher is not None
         credit = self.dispatcher.credit(task_id, kernel_id)
-        self._control.send("issue", timed, credit.count, credit.until)
+        self._control.send("issue", timed, credit.count, credit.cost_us, credit.until)
         answer = self._issued.get()
         if answer is None:
             raise CudaError(CUresult.CUDA_ERROR_DEVICE_UNAVAILABLE, "the GPU worker is gone")

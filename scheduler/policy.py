@@ -60,13 +60,31 @@ class PendingLaunch(NamedTuple):
 
 
 class Credit(NamedTuple):
-    """Launches of one kernel ID a task may issue without asking, reserved by the policy."""
+    """A window in which a task may issue launches of one kernel ID without asking.
+
+    The task keeps at most ``count`` launches in flight at once (by its own count of those
+    not yet finished, the launch that got the credit included), and issues one only if,
+    queued behind those, it is predicted to finish by ``until``: ``now + (in_flight + 1) *
+    cost_us <= until``. The policy reserves ``count * cost_us`` of its bound on
+    lower-priority work in flight for the task meanwhile. Whoever issues can check this
+    against its own completions, as they happen, instead of asking for each launch.
+    """
 
     kernel_id: str
     count: int
+    #: The predicted duration of one launch of ``kernel_id`` (microseconds).
     cost_us: float
-    #: Host time (microseconds) after which the credit is void.
+    #: Host time (microseconds) by which the task's launches must be predicted to finish.
     until: float
+
+    def allows(self, kernel_id: str, in_flight: int, now: float) -> bool:
+        """Whether a launch of ``kernel_id`` may go unasked at ``now``, with ``in_flight``
+        launches of the task not yet finished."""
+        return (
+            kernel_id == self.kernel_id
+            and in_flight < self.count
+            and now + (in_flight + 1) * self.cost_us <= self.until
+        )
 
 
 NO_CREDIT = Credit("", 0, 0.0, 0.0)
@@ -98,9 +116,9 @@ class Policy(Protocol):
         until a task is added or removed: they may launch without asking."""
 
     def credit(self, task_id: int, kernel_id: str, cost_us: float, now: float) -> Credit:
-        """After a launch of the task went out: how many more launches of ``kernel_id``
-        (``cost_us`` each) it may issue without asking, until when. They count as in
-        flight from now on; each, once issued, arrives with ``issue_now``."""
+        """After a launch of the task went out: the window in which it may issue launches
+        of ``kernel_id`` (``cost_us`` each) without asking (``Credit``); each, once issued,
+        arrives with ``issue_now``."""
 
     def issued(self, launch: PendingLaunch, now: float) -> None:
         """A launch handed out by ``take_issuable`` went to the GPU."""
@@ -467,7 +485,8 @@ class FikitPolicy(PriorityPolicy):
             max_lp_inflight_us if default_unknown_us is None else default_unknown_us
         )
         self.gaps = GapPredictor(gap_window, gap_percentile)
-        #: Credits granted to lower tasks (``credit``), by task, until used or void.
+        #: Credits granted to lower tasks (``credit``), by task, until void, replaced, or the
+        #: task asks again or synchronizes.
         self._credits: dict[int, Credit] = {}
 
     def gap_samples(self, task_id: int) -> dict[str, tuple[float, ...]]:
@@ -490,28 +509,24 @@ class FikitPolicy(PriorityPolicy):
         self._credits.pop(task_id, None)
         super().call_started(task_id, now)
 
-    def issue_now(self, launch: PendingLaunch, now: float) -> None:
-        """A launch issued without being held; one made on credit uses the credit up."""
-        credit = self._credits.get(launch.task_id)
-        if credit is not None and credit.kernel_id == launch.kernel_id and credit.count:
-            self._credits[launch.task_id] = credit._replace(count=credit.count - 1)
-        super().issue_now(launch, now)
-
     def credit(self, task_id: int, kernel_id: str, cost_us: float, now: float) -> Credit:
-        """While the top level sits in a gap and the task is below it: as many launches
-        of ``kernel_id`` as the room left in the gap holds (what ``_fill`` would release
-        if they were held), until the gap is predicted to end; else none."""
+        """While the top level sits in a gap and the task is below it: a window of as many
+        launches of ``kernel_id`` in flight at once as the room left in the gap holds, the
+        task's own launches in flight included, until the predicted rest of the gap (times
+        ``gap_margin``) is over; else none."""
         task = self._tasks.get(task_id)
-        self._credits.pop(task_id, None)  # a new credit replaces what is left of the old
+        self._credits.pop(task_id, None)  # a new credit replaces the old
         floor = self._free_floor(now)
         fit = self._room(floor, now)
         if task is None or task.priority >= floor or fit is None or cost_us <= 0:
             return NO_CREDIT
         room, remaining = fit
-        count = int(room // cost_us)
-        if count <= 0:
+        own_count, own_cost = self._own_in_flight(task_id)
+        count = int((room + own_cost) // cost_us)
+        if count <= own_count:
             return NO_CREDIT
-        credit = self._credits[task_id] = Credit(kernel_id, count, cost_us, now + remaining)
+        credit = Credit(kernel_id, count, cost_us, now + remaining * self.gap_margin)
+        self._credits[task_id] = credit
         return credit
 
     def cost_us(self, launch: PendingLaunch) -> float:
@@ -548,12 +563,19 @@ class FikitPolicy(PriorityPolicy):
             if priority < floor
         )
         for task_id, credit in list(self._credits.items()):
-            if credit.until <= now or not credit.count:
+            if credit.until <= now:
                 del self._credits[task_id]
             elif self._tasks[task_id].priority < floor:
-                lp_in_flight += credit.count * credit.cost_us
+                # What the window may still put in flight (what it has counts above).
+                usable = min(credit.count, (credit.until - now) // credit.cost_us)
+                lp_in_flight += max(0.0, usable * credit.cost_us - self._own_in_flight(task_id)[1])
         room = min(remaining * self.gap_margin, self.max_lp_inflight_us) - lp_in_flight
         return room, remaining
+
+    def _own_in_flight(self, task_id: int) -> tuple[int, float]:
+        """How many launches of the task are in flight, and their predicted duration."""
+        own = [launch for _, launch in self._in_flight.values() if launch.task_id == task_id]
+        return len(own), sum(self.cost_us(launch) for launch in own)
 
     def _fill(self, floor: int, now: float) -> list[PendingLaunch]:
         fit = self._room(floor, now)

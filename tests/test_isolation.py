@@ -328,27 +328,62 @@ class FakeControl:
         self.sent.append(message)
 
 
-def test_a_worker_launches_unasked_on_credit_and_under_a_lease_then_asks_again() -> None:
+class FinishingProbe(RunningProbe):
+    """A launch that finishes when the test says so."""
+
+    def __init__(self) -> None:
+        self.finished = threading.Event()
+
+    def done(self) -> bool:
+        return self.finished.is_set()
+
+    def times_us(self) -> None:
+        return None
+
+    def release(self) -> None:
+        pass
+
+
+def test_a_worker_launches_unasked_within_its_credit_window_then_asks_again() -> None:
     control = FakeControl()
     link = DispatcherLink(control)  # type: ignore[arg-type]
-    probe = RunningProbe()
+    first, probe = FinishingProbe(), RunningProbe()
 
     def asked() -> list[object]:
         return [m[0] for m in control.sent if m[0] in ("launch", "leased")]
 
-    control.replies.put(["issue", False, 2, clock_us() + 60e6])  # a go with a credit of two
-    for _ in range(3):
-        link.launch(1, "k", "k", lambda timed: probe)
-    assert asked() == ["launch", "leased", "leased"]
-    control.replies.put(["issue", False, 0, 0.0])
-    link.launch(1, "other", "other", lambda timed: probe)  # credit used up: ask
+    def launch(kernel: str, made: RunningProbe) -> None:
+        link.launch(1, kernel, kernel, lambda timed: made)
+
+    # A go with a window of two launches in flight, 10 us each, for a minute.
+    control.replies.put(["issue", False, 2, 10.0, clock_us() + 60e6])
+    launch("k", first)
+    launch("k", probe)
+    assert asked() == ["launch", "leased"]
+    third = threading.Thread(target=launch, args=("k", probe))
+    third.start()
+    third.join(0.2)
+    assert third.is_alive() and asked() == ["launch", "leased"]  # the window is full: waits
+    first.finished.set()
+    third.join(5)
+    assert asked() == ["launch", "leased", "leased"]  # a completion made room: no asking
+    control.replies.put(["issue", False, 0, 0.0, 0.0])
+    launch("other", probe)  # another kernel: ask
     control.on_notice(["lease", True])
-    link.launch(1, "other", "other", lambda timed: probe)
-    assert asked() == ["launch", "leased", "leased", "launch", "leased"]
+    launch("other", probe)
+    assert asked()[3:] == ["launch", "leased"]
     control.on_notice(["lease", False])
-    control.replies.put(["issue", False, 5, clock_us() - 1.0])  # a credit already void
-    control.replies.put(["issue", False, 0, 0.0])
-    link.launch(1, "k", "k", lambda timed: probe)
-    link.launch(1, "k", "k", lambda timed: probe)
-    assert asked()[-2:] == ["launch", "launch"]
+    control.replies.put(["issue", False, 50, 10.0, clock_us() - 1.0])  # a void credit
+    control.replies.put(["issue", False, 50, 1e6, clock_us() + 30e6])  # 1 s launches, 30 s
+    for _ in range(3):
+        launch("k", probe)
+    # The void credit lets nothing go; after the second go, 6 launches are in flight: a
+    # seventh is predicted to end 7 s from now, within the 30 s, so it goes unasked.
+    assert asked()[5:] == ["launch", "launch", "leased"]
+    link.call_started(1)  # a synchronizing call ends the credit
+    control.replies.put(["issue", False, 50, 1e6, clock_us() + 2e6])
+    control.replies.put(["issue", False, 0, 0.0, 0.0])
+    launch("k", probe)
+    launch("k", probe)  # 8 in flight: a ninth could not end within 2 s
+    assert asked()[8:] == ["launch", "launch"]
     link.close()

@@ -17,6 +17,7 @@ import pytest
 
 from scheduler.policy import (
     NO_CREDIT,
+    Credit,
     FifoPolicy,
     FikitPolicy,
     GapPredictor,
@@ -512,7 +513,7 @@ def test_under_fikit_a_task_is_not_quiet_within_pauses_it_has_come_back_from() -
     assert len(policy.take_issuable(pause_start + 3760.0)) == 8  # quiet now: LP runs freely
 
 
-def test_fikit_credits_a_lower_task_with_the_room_left_in_the_gap_and_counts_it() -> None:
+def test_fikit_credits_a_lower_task_with_a_window_of_the_room_left_in_the_gap() -> None:
     policy = FikitPolicy(max_lp_inflight_us=300.0, quiet_after_us=1e6)
     for task_id, priority in ((1, 9), (2, 0), (3, 0)):
         policy.add_task(task_id, priority, 0.0)
@@ -523,22 +524,26 @@ def test_fikit_credits_a_lower_task_with_the_room_left_in_the_gap_and_counts_it(
     policy.take_issuable(now)
     assert policy.credit(2, "lp", 50.0, now) == NO_CREDIT  # HP busy: no gap, no credit
     policy.completed(hp, now + 10.0)
-    now += 20.0
+    now += 20.0  # 10 us into a gap of 1000
     first = PendingLaunch(next(seq), 2, "lp", 50.0)
     policy.arrive(first, now)
     assert policy.take_issuable(now) == [first]
-    credit = policy.credit(2, "lp", 50.0, now)  # 300 us of room, 50 us of it in flight
-    assert (credit.count, credit.until) == (5, pytest.approx(now + 990.0))
+    credit = policy.credit(2, "lp", 50.0, now)  # 300 us in flight at most, its own included
+    assert credit == Credit("lp", 6, 50.0, pytest.approx(now + 0.9 * 990.0))
+    assert credit.allows("lp", 5, now) and not credit.allows("lp", 6, now)
+    assert not credit.allows("lp", 1, credit.until - 60.0)  # it would end past the gap
     other = PendingLaunch(next(seq), 3, "lp", 50.0)
     policy.arrive(other, now)
-    assert policy.take_issuable(now) == []  # the credit holds the rest of the room
+    assert policy.take_issuable(now) == []  # the window holds the rest of the room
     policy.issue_now(PendingLaunch(next(seq), 2, "lp", 50.0), now)
     policy.completed(first, now + 50.0)
-    assert policy.take_issuable(now + 50.0) == [other]  # 5 x 50 in flight or credited
-    again = policy.credit(2, "lp", 50.0, now + 50.0)  # replaces the unused rest (4)
-    assert again.count == 4  # 300 us less the two launches in flight
-    policy.arrive(PendingLaunch(next(seq), 3, "lp", 50.0), now + 50.0)
-    assert policy.take_issuable(now + 50.0) == []
+    assert policy.take_issuable(now + 50.0) == []  # still the window's, in flight or not
+    # Late in the gap the window can put fewer launches in flight: the room frees.
+    assert policy.take_issuable(now + 600.0) == [other]
+    again = policy.credit(2, "lp", 50.0, now + 600.0)  # replaces the old window
+    assert again.count == 5  # 300 us, less task 3's launch in flight
+    policy.arrive(PendingLaunch(next(seq), 3, "lp", 50.0), now + 600.0)
+    assert policy.take_issuable(now + 600.0) == []
     assert policy.take_issuable(now + 2000.0) == []  # past the predicted gap: nothing goes
 
 
@@ -552,11 +557,11 @@ def test_a_credit_goes_when_its_task_asks_again_or_synchronizes() -> None:
     first = PendingLaunch(next(seq), 2, "lp", 50.0)
     policy.arrive(first, now)
     assert policy.take_issuable(now) == [first]
-    assert policy.credit(2, "lp", 50.0, now).count == 5  # the whole room, reserved
+    assert policy.credit(2, "lp", 50.0, now).count == 6  # the whole room, reserved
     again = PendingLaunch(next(seq), 2, "other", 50.0)
     policy.arrive(again, now)  # asks for another kernel: the credit is no use to it
     assert policy.take_issuable(now) == [again]
-    assert policy.credit(2, "other", 50.0, now).count == 4
+    assert policy.credit(2, "other", 50.0, now).count == 6  # both in flight count in it
     policy.add_task(3, 0, now)
     third = PendingLaunch(next(seq), 3, "lp", 50.0)
     policy.arrive(third, now)
