@@ -42,6 +42,8 @@ TIMELINE_MODES = ("hp-alone", "fifo", "priority", "fikit")
 SHARING_MODES = ("fifo", "priority", "fikit")
 #: GPU idle time between two HP kernels longer than this is a gap (us).
 GAP_MIN_US = 100.0
+#: A gap longer than this is one of HP's pauses between requests (us).
+PAUSE_MIN_US = 1000.0
 # mode -> (server policy, or None for native; runs HP; runs LP), in the order they run
 MODES: dict[str, tuple[str | None, bool, bool]] = {
     "hp-alone-fifo": ("fifo", True, False),
@@ -143,6 +145,44 @@ def gap_filling(
     return filled / total, _median(delays), _median(holes)
 
 
+def lp_hole_causes(
+    trace: list[Json], shortest_us: float = PAUSE_MIN_US
+) -> tuple[float, float, float] | None:
+    """Why the GPU sat idle between LP kernels inside HP's gaps longer than ``shortest_us``
+    in a traced run: the holes' share of the gaps' time, and the fractions of the hole time
+    before an LP launch that reached the server only after the previous LP kernel ended
+    (the LP side could not supply launches faster) and before one that had arrived but was
+    held by the policy until then. None for a trace without arrival times."""
+    hp = sorted((k["start_us"], k["end_us"]) for k in trace if k["priority"] == HP_PRIORITY)
+    lp = sorted(
+        (k for k in trace if k["priority"] != HP_PRIORITY and "arrived_us" in k),
+        key=lambda k: k["start_us"],
+    )
+    gaps = [
+        (end, start) for (_, end), (start, _) in itertools.pairwise(hp) if start - end > shortest_us
+    ]
+    if not gaps or not lp:
+        return None
+    late = held = other = 0.0
+    for gap_start, gap_end in gaps:
+        inside = [k for k in lp if gap_start <= k["start_us"] < gap_end]
+        for before, after in itertools.pairwise(inside):
+            hole = after["start_us"] - before["end_us"]
+            if hole <= 0:
+                continue
+            if after["arrived_us"] >= before["end_us"]:
+                late += hole
+            elif after["issued_us"] >= before["end_us"]:
+                held += hole
+            else:
+                other += hole
+    holes = late + held + other
+    total = sum(end - start for start, end in gaps)
+    if not holes:
+        return 0.0, 0.0, 0.0
+    return holes / total, late / holes, held / holes
+
+
 def lp_predictions(trace: list[Json]) -> tuple[float, float] | None:
     """What the policy knew of LP launches' durations in a traced run: the share traced
     without a prediction (fitted as ``--max-lp-inflight-us`` each) and the median of the
@@ -228,10 +268,12 @@ def summarize(runs: dict[str, ModeRun], idle: float | None, timeline: dict[str, 
         if mode in timeline and timeline[mode].trace
     }
     predictions = {mode: lp_predictions(timeline[mode].trace) for mode in filling}
+    causes = {mode: lp_hole_causes(timeline[mode].trace) for mode in filling}
     return {
         "modes": rows,
         "gap_filling": {mode: value for mode, value in filling.items() if value is not None},
         "lp_predictions": {mode: p for mode, p in predictions.items() if p is not None},
+        "lp_hole_causes": {mode: c for mode, c in causes.items() if c is not None},
         "hp_idle_fraction": idle,
         "lp_fits_kps": fits,
         "scheduler_overhead": overhead,
@@ -272,6 +314,12 @@ def render(summary: Json, command: str, failures: list[str]) -> str:
             f"- {mode}: LP launches traced without a predicted duration {unknown:.1%}; "
             f"predicted LP duration {predicted:.0f} us (median)"
             for mode, (unknown, predicted) in summary["lp_predictions"].items()
+        ),
+        *(
+            f"- {mode}: in HP gaps > {PAUSE_MIN_US:.0f} us, the GPU idle between LP kernels "
+            f"{share:.1%} of the time: {late:.0%} of it before an LP launch that reached the "
+            f"server after the previous LP kernel ended, {held:.0%} before one the policy held"
+            for mode, (share, late, held) in summary["lp_hole_causes"].items()
         ),
         "",
         "Targets:",

@@ -34,6 +34,25 @@ def test_gap_filling_without_lp_work_reports_nothing() -> None:
     assert scheduling.gap_filling([kernel(9, 0, 10), kernel(9, 500, 510)]) is None
 
 
+def test_lp_hole_causes_split_the_idle_time_between_lp_kernels_in_hp_pauses() -> None:
+    def lp(start: float, end: float, arrived: float, issued: float) -> dict[str, object]:
+        return {**kernel(0, start, end), "arrived_us": arrived, "issued_us": issued}
+
+    trace = [
+        kernel(9, 0, 10),
+        lp(20, 120, 5, 15),
+        lp(150, 250, 140, 145),  # arrived after the kernel before it ended: a late hole of 30
+        lp(260, 360, 100, 255),  # arrived in time, held until after: a held hole of 10
+        lp(360, 460, 200, 300),  # back to back
+        kernel(9, 2010, 2020),
+        lp(2100, 2200, 2030, 2040),  # in a gap of 80 us, not a pause
+    ]
+    share, late, held = scheduling.lp_hole_causes(trace)
+    assert share == pytest.approx(40 / 2000)
+    assert (late, held) == (pytest.approx(0.75), pytest.approx(0.25))
+    assert scheduling.lp_hole_causes([kernel(9, 0, 10), kernel(0, 20, 30)]) is None  # no times
+
+
 def test_lp_predictions_say_how_many_lp_launches_the_policy_had_not_measured() -> None:
     trace = [
         {**kernel(9, 0, 10), "predicted_us": 8.0},
