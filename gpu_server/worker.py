@@ -239,7 +239,7 @@ class DispatcherLink:
     def close(self) -> None:
         with self._wake:
             self._closed = True
-            self._wake.notify()
+            self._wake.notify_all()  # the tracker, and a launch waiting for its credit
         self._tracker.join()
 
     def _track(self) -> None:

@@ -65,8 +65,8 @@ class Credit(NamedTuple):
     The task keeps at most ``count`` launches in flight at once (by its own count of those
     not yet finished, the launch that got the credit included), and issues one only if,
     queued behind those, it is predicted to finish by ``until``: ``now + (in_flight + 1) *
-    cost_us <= until``. The policy reserves ``count * cost_us`` of its bound on
-    lower-priority work in flight for the task meanwhile. Whoever issues can check this
+    cost_us <= until``. Of its bound on lower-priority work in flight, the policy reserves
+    for the task meanwhile what the window may still put in flight. Whoever issues can check this
     against its own completions, as they happen, instead of asking for each launch.
     """
 
@@ -557,18 +557,18 @@ class FikitPolicy(PriorityPolicy):
         remaining = min(
             self.gaps.predict(task_id, task.gap_key) - task.idle_for(now) for task_id, task in top
         )
-        lp_in_flight = sum(
-            self.cost_us(launch)
-            for priority, launch in self._in_flight.values()
-            if priority < floor
-        )
+        by_task: dict[int, float] = {}
+        for priority, launch in self._in_flight.values():
+            if priority < floor:
+                by_task[launch.task_id] = by_task.get(launch.task_id, 0.0) + self.cost_us(launch)
+        lp_in_flight = sum(by_task.values())
         for task_id, credit in list(self._credits.items()):
             if credit.until <= now:
                 del self._credits[task_id]
             elif self._tasks[task_id].priority < floor:
                 # What the window may still put in flight (what it has counts above).
                 usable = min(credit.count, (credit.until - now) // credit.cost_us)
-                lp_in_flight += max(0.0, usable * credit.cost_us - self._own_in_flight(task_id)[1])
+                lp_in_flight += max(0.0, usable * credit.cost_us - by_task.get(task_id, 0.0))
         room = min(remaining * self.gap_margin, self.max_lp_inflight_us) - lp_in_flight
         return room, remaining
 
