@@ -41,6 +41,7 @@ from gpu_server.backends.base import Backend
 from gpu_server.errors import CudaError
 from gpu_server.ports import InProcess, SessionSpec, end_session, serve_frames
 from scheduler.dispatcher import (
+    HELD_WARNING_US,
     NOTHING_TO_ORDER,
     Dispatcher,
     DispatcherClosed,
@@ -196,7 +197,18 @@ class DispatcherLink:
             self._follow(probe_id, probe)
             return
         self.control.send("launch", task_id, kernel_id, name)
+        asked = clock_us()
         grant = self._reply()
+        waited = clock_us() - asked
+        if waited >= HELD_WARNING_US:
+            log.warning(
+                "task %d: the front end released a launch of %s after %.0f ms (%d of the "
+                "session's launches in flight)",
+                task_id,
+                name,
+                waited / 1e3,
+                len(self._probes),
+            )
         if grant[0] != "issue":
             raise DispatcherClosed(str(grant[1]))
         _, timed, count, cost_us, until = grant

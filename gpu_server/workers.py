@@ -125,7 +125,8 @@ class WorkerProcess:
         self.fault: tuple[int, int] | None = None
         self._tasks: set[int] = set()
         self._probes: dict[int, RemoteProbe] = {}
-        self._issued: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
+        #: ``_on_issued``'s answers to ``_issue``; None once the worker is gone.
+        self._issued: queue.SimpleQueue[RemoteProbe | CudaError | None] = queue.SimpleQueue()
         self._launches: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
         threading.Thread(
             target=self._read_control, name="fikit-worker-control", daemon=True
@@ -248,12 +249,20 @@ class WorkerProcess:
         self, task_id: int, kernel_id: str, name: str, probe_id: int, stream_key: int, timed: bool
     ) -> None:
         assert self.dispatcher is not None
-        probe = self._probes[probe_id] = RemoteProbe((self.pid, stream_key))
+        probe = self._remote_probe(probe_id, stream_key)
         if self.dispatcher.launched(task_id, kernel_id, name, probe, timed):
             self._control.send("time", kernel_id)
 
     def _on_issued(self, probe_id: int, stream_key: int, error: int) -> None:
-        self._issued.put([probe_id, stream_key, error])
+        """The worker's answer to ``issue``: its probe is made here, on the control thread,
+        so that the worker's report of the launch done, read next, finds it (made by the
+        thread waiting in ``_issue``, it could come too late and never finish)."""
+        self._issued.put(CudaError(error) if error else self._remote_probe(probe_id, stream_key))
+
+    def _remote_probe(self, probe_id: int, stream_key: int) -> RemoteProbe:
+        """The probe of a launch issued in the worker, finished by its ``done`` report."""
+        probe = self._probes[probe_id] = RemoteProbe((self.pid, stream_key))
+        return probe
 
     def _on_done(self, probe_id: int, start: float | None, end: float | None) -> None:
         probe = self._probes.pop(probe_id, None)
@@ -309,11 +318,9 @@ class WorkerProcess:
         answer = self._issued.get()
         if answer is None:
             raise CudaError(CUresult.CUDA_ERROR_DEVICE_UNAVAILABLE, "the GPU worker is gone")
-        probe_id, key, error = answer
-        if error:
-            raise CudaError(error)
-        probe = self._probes[probe_id] = RemoteProbe((self.pid, key))
-        return probe
+        if isinstance(answer, CudaError):
+            raise answer
+        return answer
 
 
 class WorkerPort(SessionPort):

@@ -175,6 +175,8 @@ POLL_DEPTH = 64
 IDLE_POLL_INTERVAL_S = 100e-6
 #: Longest the tracker waits for a launch predicted to run long before asking its probe.
 MAX_POLL_WAIT_S = 0.002
+#: A launch held this long is logged once, with the policy's view of every task.
+HELD_WARNING_US = 100_000.0
 
 
 def _done_prefix(seen: list[_Seen]) -> list[_Seen]:
@@ -241,6 +243,8 @@ class Dispatcher:
         #: When the tracker will poll next: -inf while it polls, inf while nothing is in
         #: flight (a launch that should finish sooner wakes it).
         self._poll_at = math.inf
+        #: The held launch last logged for waiting HELD_WARNING_US.
+        self._warned_seq = -1
         self._tracker = threading.Thread(target=self._track, name="fikit-tracker", daemon=True)
         self._tracker.start()
 
@@ -510,6 +514,7 @@ class Dispatcher:
                     self._poll_at = -math.inf
                     self._release_if_due()
                 self._release_if_due()
+                self._warn_if_held_long()
                 if self._closed:
                     remaining = [record for queue in self._streams.values() for record in queue]
                     self._streams.clear()
@@ -577,6 +582,30 @@ class Dispatcher:
         for released in self.policy.take_issuable(now):
             self._to_issue.append(self._held.pop(released.seq))
         self._due = self.policy.next_event(now) if self._held else None
+
+    def _warn_if_held_long(self) -> None:
+        """Log the oldest held launch once it waited HELD_WARNING_US, with the policy's view
+        and what is in flight on each stream (call with the lock held)."""
+        if not self._held:
+            return
+        seq, oldest = next(iter(self._held.items()))
+        now = self.clock()
+        if seq == self._warned_seq or now - oldest.launch.arrived_us < HELD_WARNING_US:
+            return
+        self._warned_seq = seq
+        in_flight = {
+            str(key): (len(queue), queue[0].launch.task_id, round(now - queue[0].issued_us))
+            for key, queue in self._streams.items()
+        }
+        log.warning(
+            "task %d's launch of %s held for %.0f ms; policy: %s; in flight by stream "
+            "(launches, task of the oldest, its age in us): %s",
+            oldest.launch.task_id,
+            oldest.name,
+            (now - oldest.launch.arrived_us) / 1e3,
+            self.policy.describe(now),
+            in_flight,
+        )
 
     def _issue_held(self, waiting: _Held) -> None:
         with self._lock:

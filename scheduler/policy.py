@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 LOWEST_PRIORITY = 0
 HIGHEST_PRIORITY = 9
@@ -134,6 +134,9 @@ class Policy(Protocol):
 
     def call_finished(self, task_id: int, now: float) -> None:
         """That work ended."""
+
+    def describe(self, now: float) -> dict[str, Any]:
+        """The policy's view at ``now`` for a log line: per task, why it is busy or idle."""
 
 
 @dataclass(eq=False)
@@ -309,6 +312,24 @@ class _QueuedPolicy:
             if self._active(task, now):
                 return task.priority
         return None
+
+    def describe(self, now: float) -> dict[str, Any]:
+        """Per task: priority, held and in-flight launches, whether in a call, idle time,
+        whether active; with the free floor."""
+        return {
+            "floor": self._free_floor(now),
+            "tasks": {task.task_id: self._describe_task(task, now) for task in self._ordered},
+        }
+
+    def _describe_task(self, task: _Task, now: float) -> dict[str, Any]:
+        return {
+            "priority": task.priority,
+            "held": len(task.held),
+            "in_flight": task.in_flight,
+            "in_call": task.in_call,
+            "idle_us": None if task.idle_since is None else round(task.idle_for(now), 1),
+            "active": self._active(task, now),
+        }
 
     def _active(self, task: _Task, now: float) -> bool:
         """Busy, or idle for less than its quiet threshold."""
@@ -492,6 +513,24 @@ class FikitPolicy(PriorityPolicy):
     def gap_samples(self, task_id: int) -> dict[str, tuple[float, ...]]:
         """The task's learnt gap samples, by the kernel that opened the gap."""
         return self.gaps.samples(task_id)
+
+    def describe(self, now: float) -> dict[str, Any]:
+        """Adds, per task, its gap's key, predicted length and quiet threshold and its
+        credit; and the room below the floor (None while a task at the floor is busy)."""
+        view = super().describe(now)
+        view["room_us"] = self._room(view["floor"], now)
+        return view
+
+    def _describe_task(self, task: _Task, now: float) -> dict[str, Any]:
+        key = task.gap_key
+        credit = self._credits.get(task.task_id)
+        return {
+            **super()._describe_task(task, now),
+            "gap": key,
+            "gap_predicted_us": round(self.gaps.predict(task.task_id, key), 1),
+            "quiet_after_us": round(self._quiet_after(task), 1),
+            "credit": None if credit is None else (credit.count, round(credit.until - now, 1)),
+        }
 
     def remove_task(self, task_id: int, now: float) -> tuple[PendingLaunch, ...]:
         """Forget the task and its gap samples; its held launches are dropped and returned."""

@@ -225,6 +225,29 @@ def test_closing_fails_launches_still_held() -> None:
         dispatcher.launch(1, "k", "late", gpu.issuer("late"))
 
 
+def test_a_launch_held_long_is_logged_once_with_the_policy_view(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(dispatcher_module, "HELD_WARNING_US", 50_000.0)
+    dispatcher, gpu = Dispatcher(FikitPolicy()), FakeGpu()
+    dispatcher.add_task(1, 9)
+    dispatcher.add_task(2, 0)
+    dispatcher.launch(1, "k", "hp", gpu.issuer("hp"))  # never finishes: task 1 stays busy
+    waiter = in_thread(dispatcher.launch, 2, "k", "lp", gpu.issuer("lp"))
+    assert wait_until(lambda: "held for" in caplog.text)
+    time.sleep(0.1)
+    warnings = [r.getMessage() for r in caplog.records if "held for" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "task 2's launch of lp held" in warnings[0]
+    assert "'in_flight': 1" in warnings[0] and "'held': 1" in warnings[0]
+    assert "'room_us': None" in warnings[0]  # the top task is busy: nothing fits
+    gpu.instant = True
+    gpu.probes[0].finished.set()
+    waiter.join(5)
+    assert [name for name, _ in gpu.issued] == ["hp", "lp"]
+    dispatcher.close()
+
+
 def test_a_trace_line_per_completed_launch() -> None:
     trace = io.StringIO()
     dispatcher = Dispatcher(FifoPolicy(), trace=trace, clock=lambda: 5.0)

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -26,8 +27,11 @@ from client_stub.connection import Connection, ConnectionLost, connect
 from fikit_wire import calls as wire
 from fikit_wire import session_pb2
 from gpu_server.backends.sim import FAULT_KERNEL_PREFIX
+from gpu_server.errors import CudaError
 from gpu_server.worker import DispatcherLink
+from gpu_server.workers import WorkerProcess
 from scheduler.dispatcher import clock_us
+from scheduler.policy import NO_CREDIT
 from tests.test_sessions import REPO, hello, open_raw, wait_until
 
 FAULT_PTX = f"""
@@ -387,3 +391,24 @@ def test_a_worker_launches_unasked_within_its_credit_window_then_asks_again() ->
     launch("k", probe)  # 8 in flight: a ninth could not end within 2 s
     assert asked()[8:] == ["launch", "launch"]
     link.close()
+
+
+def test_a_launch_reported_done_before_its_issuer_woke_counts_as_done() -> None:
+    """The front end reads a worker's ``issued`` and then its ``done`` for a short kernel
+    before the thread that asked for the launch wakes: the probe it gets is finished (a
+    probe that missed its ``done`` would count in flight for good and starve the task)."""
+    worker = WorkerProcess.__new__(WorkerProcess)  # the control protocol, without a process
+    worker.process = SimpleNamespace(pid=1)
+    worker.dispatcher = SimpleNamespace(credit=lambda task_id, kernel_id: NO_CREDIT)
+    worker._control = SimpleNamespace(send=lambda *message: None)
+    worker._probes = {}
+    worker._issued = queue.SimpleQueue()
+    worker._on_issued(7, 3, 0)
+    worker._on_done(7, 1.0, 2.0)
+    probe = worker._issue(1, "k", True)
+    assert probe.done() and probe.times_us() == (1.0, 2.0) and probe.stream_key == (1, 3)
+    assert worker._probes == {}
+    worker._on_issued(0, 0, int(CUresult.CUDA_ERROR_LAUNCH_FAILED))
+    with pytest.raises(CudaError) as failed:
+        worker._issue(1, "k", False)
+    assert failed.value.code == CUresult.CUDA_ERROR_LAUNCH_FAILED
