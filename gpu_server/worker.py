@@ -164,7 +164,6 @@ class DispatcherLink:
         return int(self._reply()[1])
 
     def call_started(self, task_id: int) -> None:
-        self._credit = NO_CREDIT  # the front end's policy drops it at this report
         self.control.send("started", task_id)
 
     def call_finished(self, task_id: int) -> None:

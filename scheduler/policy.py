@@ -507,7 +507,7 @@ class FikitPolicy(PriorityPolicy):
         )
         self.gaps = GapPredictor(gap_window, gap_percentile)
         #: Credits granted to lower tasks (``credit``), by task, until void, replaced, or the
-        #: task asks again or synchronizes.
+        #: task asks again (a synchronizing call keeps it: a batch job's next iteration uses it).
         self._credits: dict[int, Credit] = {}
 
     def gap_samples(self, task_id: int) -> dict[str, tuple[float, ...]]:
@@ -542,11 +542,6 @@ class FikitPolicy(PriorityPolicy):
         """A task that asks again has no use for what is left of its credit: it goes."""
         self._credits.pop(launch.task_id, None)
         super().arrive(launch, now)
-
-    def call_started(self, task_id: int, now: float) -> None:
-        """A synchronizing call ends the task's credit (its worker drops it too)."""
-        self._credits.pop(task_id, None)
-        super().call_started(task_id, now)
 
     def credit(self, task_id: int, kernel_id: str, cost_us: float, now: float) -> Credit:
         """While the top level sits in a gap and the task is below it: a window of as many

@@ -384,12 +384,15 @@ def test_a_worker_launches_unasked_within_its_credit_window_then_asks_again() ->
     # The void credit lets nothing go; after the second go, 6 launches are in flight: a
     # seventh is predicted to end 7 s from now, within the 30 s, so it goes unasked.
     assert asked()[5:] == ["launch", "launch", "leased"]
-    link.call_started(1)  # a synchronizing call ends the credit
+    link.call_started(1)  # a synchronizing call keeps the window: the job's next
+    link.call_finished(1)  # iteration launches unasked
+    launch("k", probe)
+    assert asked()[8:] == ["leased"]
     control.replies.put(["issue", False, 50, 1e6, clock_us() + 2e6])
     control.replies.put(["issue", False, 0, 0.0, 0.0])
-    launch("k", probe)
-    launch("k", probe)  # 8 in flight: a ninth could not end within 2 s
-    assert asked()[8:] == ["launch", "launch"]
+    launch("other", probe)
+    launch("other", probe)  # 9 in flight: a tenth could not end within 2 s
+    assert asked()[9:] == ["launch", "launch"]
     link.close()
 
 

@@ -547,7 +547,7 @@ def test_fikit_credits_a_lower_task_with_a_window_of_the_room_left_in_the_gap() 
     assert policy.take_issuable(now + 2000.0) == []  # past the predicted gap: nothing goes
 
 
-def test_a_credit_goes_when_its_task_asks_again_or_synchronizes() -> None:
+def test_a_credit_goes_when_its_task_asks_again_not_when_it_synchronizes() -> None:
     policy = FikitPolicy(max_lp_inflight_us=300.0, quiet_after_us=1e6)
     policy.add_task(1, 9, 0.0)
     policy.add_task(2, 0, 0.0)
@@ -566,5 +566,9 @@ def test_a_credit_goes_when_its_task_asks_again_or_synchronizes() -> None:
     third = PendingLaunch(next(seq), 3, "lp", 50.0)
     policy.arrive(third, now)
     assert policy.take_issuable(now) == []  # task 2's credit holds the room
-    policy.call_started(2, now)  # task 2 synchronizes: its credit goes
-    assert policy.take_issuable(now) == [third]
+    policy.call_started(2, now)  # task 2 synchronizes: its credit stays for its next launches
+    policy.call_finished(2, now)
+    assert policy.take_issuable(now) == []
+    fourth = PendingLaunch(next(seq), 2, "lp", 50.0)
+    policy.arrive(fourth, now)  # task 2 asks again: its credit goes
+    assert policy.take_issuable(now) == [third, fourth]
