@@ -29,6 +29,7 @@ import socket
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -144,6 +145,9 @@ class DispatcherLink:
         self._probes: list[tuple[int, LaunchProbe]] = []
         self._wake = threading.Condition()
         self._closed = False
+        #: How the session's launches went (counts, and waits in microseconds), logged at
+        #: its end: under the lease, on credit, or asked for; why a credit did not serve.
+        self.stats: Counter[str] = Counter()
         self._tracker = threading.Thread(target=self._track, name="fikit-probes", daemon=True)
         self._tracker.start()
 
@@ -186,6 +190,7 @@ class DispatcherLink:
         """Issue the launch at once under a lease, else once the front end's policy
         releases it; either way the front end learns of it."""
         if self.leased or self._on_credit(kernel_id):
+            self.stats["leased" if self.leased else "on credit"] += 1
             timed = kernel_id in self._to_time or kernel_id not in self._seen
             self._seen.add(kernel_id)
             self._to_time.discard(kernel_id)
@@ -199,6 +204,8 @@ class DispatcherLink:
         asked = clock_us()
         grant = self._reply()
         waited = clock_us() - asked
+        self.stats["asked"] += 1
+        self.stats["us waiting for a go"] += round(waited)
         if waited >= HELD_WARNING_US:
             log.warning(
                 "task %d: the front end released a launch of %s after %.0f ms (%d of the "
@@ -230,15 +237,23 @@ class DispatcherLink:
         waits for that completion."""
         credit = self._credit
         if credit.kernel_id != kernel_id:
+            self.stats["credit for another kernel"] += 1
             return False
         latest = credit.until - credit.count * credit.cost_us  # a full window's last chance
+        waited_since = None
         with self._wake:
             while True:
                 in_flight, now = len(self._probes), clock_us()
+                if waited_since is not None:
+                    self.stats["us waiting for room"] += round(now - waited_since)
+                    waited_since = None
                 if credit.allows(kernel_id, in_flight, now):
                     return True
                 if in_flight < credit.count or now >= latest or self._closed:
+                    self.stats["credit ran out"] += 1
                     return False
+                self.stats["waits for room"] += 1
+                waited_since = now
                 self._wake.wait((latest - now) / 1e6)
 
     def _follow(self, probe_id: int, probe: LaunchProbe) -> None:
@@ -353,7 +368,10 @@ class Worker:
 
     def exit(self, status: int) -> None:
         """Exit now, whatever other threads do: the kernel frees the GPU state."""
-        profiles = self.placement.dispatcher.profiles
+        dispatcher = self.placement.dispatcher
+        if isinstance(dispatcher, DispatcherLink) and dispatcher.stats:
+            log.info("the session's launches: %s", dict(dispatcher.stats))
+        profiles = dispatcher.profiles
         if profiles is not None:
             with contextlib.suppress(Exception):
                 profiles.flush()

@@ -393,6 +393,9 @@ def test_a_worker_launches_unasked_within_its_credit_window_then_asks_again() ->
     launch("other", probe)
     launch("other", probe)  # 9 in flight: a tenth could not end within 2 s
     assert asked()[9:] == ["launch", "launch"]
+    stats = link.stats
+    assert stats["asked"] == 6 and stats["on credit"] == 4 and stats["leased"] == 1
+    assert stats["waits for room"] == 1
     link.close()
 
 
