@@ -124,7 +124,8 @@ class Policy(Protocol):
         """A launch handed out by ``take_issuable`` went to the GPU."""
 
     def completed(self, launch: PendingLaunch, now: float) -> None:
-        """The GPU finished a launch (or issuing it failed)."""
+        """The GPU finished a launch (or issuing it failed); ``now`` may be the caller's
+        estimate of when, earlier than events it reported since."""
 
     def next_event(self, now: float) -> float | None:
         """The next time ``take_issuable`` may return more with no other event, or None."""
@@ -151,6 +152,9 @@ class _Task:
     launched: bool = False
     #: When the task last stopped being busy; None while busy or before its first launch.
     idle_since: float | None = None
+    #: When its last synchronizing call ended: a completion reported at an earlier time (the
+    #: caller's estimate of when the launch ended) opens no idle time before it.
+    call_ended: float = float("-inf")
     #: Idle time of the current gap before its current stretch (calls split a gap).
     idle_before: float = 0.0
     #: The kernel whose completion opened the current gap, until the next launch.
@@ -277,7 +281,7 @@ class _QueuedPolicy:
         task.in_flight -= 1
         task.idle_after_kernel = launch.kernel_id
         task.idle_before = 0.0
-        task.went_idle(now)
+        task.went_idle(max(now, task.call_ended))
 
     def call_started(self, task_id: int, now: float) -> None:
         """The task is busy until ``call_finished``; its current idle stretch ends here."""
@@ -292,6 +296,7 @@ class _QueuedPolicy:
         task = self._tasks.get(task_id)
         if task is not None:
             task.in_call = False
+            task.call_ended = now
             task.called_since_launch = True
             task.went_idle(now)
 

@@ -151,6 +151,28 @@ def test_a_run_of_leased_launches_ends_with_its_newest_launch_and_its_gap_follow
     profiles.close()
 
 
+def test_a_launch_seen_done_late_is_taken_as_finished_at_its_predicted_end(
+    tmp_path: Path,
+) -> None:
+    """The idle gap after a kernel runs from its predicted end (within when it can have
+    finished), not from the tracker's later poll: polls far apart keep gaps right."""
+    profiles = ProfileStore(tmp_path / "p.sqlite3", measure_count=1, sample_every=1000)
+    for _ in range(3):
+        profiles.record_duration("k", "k", 100.0)  # predicted 100 us; launches go untimed
+    now = [1000.0]
+    dispatcher, gpu = Dispatcher(FifoPolicy(), profiles, clock=lambda: now[0]), FakeGpu()
+    dispatcher.add_task(1, 9)
+    dispatcher.launch(1, "k", "k", gpu.issuer("k"))  # issued at 1000, predicted to end at 1100
+    now[0] = 5000.0  # the tracker sees it done only now
+    gpu.probes[0].finished.set()
+    assert wait_until(lambda: gpu.probes[0].released)
+    now[0] = 6000.0
+    dispatcher.launch(1, "k", "k", gpu.issuer("k"))
+    dispatcher.close()
+    assert profiles.get("k").gap_after.recent == (4900.0,)
+    profiles.close()
+
+
 def test_a_run_that_grows_while_the_tracker_looks_is_not_taken_for_done() -> None:
     dispatcher, gpu = Dispatcher(PriorityPolicy(quiet_after_us=0)), FakeGpu()
     dispatcher.add_task(1, 9)

@@ -572,3 +572,17 @@ def test_a_credit_goes_when_its_task_asks_again_not_when_it_synchronizes() -> No
     fourth = PendingLaunch(next(seq), 2, "lp", 50.0)
     policy.arrive(fourth, now)  # task 2 asks again: its credit goes
     assert policy.take_issuable(now) == [third, fourth]
+
+
+def test_a_completion_dated_before_a_call_ended_opens_the_gap_at_the_call_end() -> None:
+    """The tracker dates a completion it saw late at the launch's predicted end; a call
+    that ran until later (a copy that waited for the kernel) still kept the task busy."""
+    policy = FikitPolicy()
+    policy.add_task(1, 9, 0.0)
+    launch = PendingLaunch(0, 1, "k", 10.0)
+    policy.arrive(launch, 0.0)
+    assert policy.take_issuable(0.0) == [launch]
+    policy.call_started(1, 5.0)
+    policy.call_finished(1, 50.0)
+    policy.completed(launch, 20.0)
+    assert policy.describe(60.0)["tasks"][1]["idle_us"] == 10.0
