@@ -171,12 +171,15 @@ NOTHING_TO_ORDER = contextlib.nullcontext()
 POLL_DEPTH = 64
 #: How long the tracker waits at least between polls while no launch is held: completions
 #: then only feed the accounting (in flight, idle gaps, durations), so a poll gathers
-#: several, and the tracker takes the interpreter from launching sessions less often (on
-#: the H200, a session's launch cost 20.3 us with polls 100 us apart, 13.8 with 2 ms).
-#: Each completion is placed at its predicted end within the time it can have happened
+#: several, and the tracker takes the interpreter from launching sessions less often. Each
+#: completion is placed at its predicted end within the time it can have happened
 #: (``_finished_at``), not when a poll saw it: idle gaps stay measured to the prediction's
 #: accuracy, not the interval's.
-IDLE_POLL_INTERVAL_S = 1e-3
+IDLE_POLL_INTERVAL_S = 100e-6
+#: The same while no launch can be held at all (every task leased: FIFO, a task alone, one
+#: priority level): nothing waits for a completion then (on the H200, a session's launch
+#: cost 20.3 us with polls 100 us apart, 13.8 with 2 ms).
+UNCONTENDED_POLL_INTERVAL_S = 1e-3
 #: Longest the tracker waits for a launch predicted to run long before asking its probe.
 MAX_POLL_WAIT_S = 0.002
 #: A launch held this long is logged once, with the policy's view of every task.
@@ -230,6 +233,8 @@ class Dispatcher:
         self._tasks: dict[int, _TaskState] = {}
         #: The tasks the policy leases (``Policy.leased``), renewed as tasks come and go.
         self._leased: frozenset[int] = frozenset()
+        #: The tracker's least wait between polls while nothing is held (see ``_lease``).
+        self._idle_poll_s = UNCONTENDED_POLL_INTERVAL_S
         self._held: dict[int, _Held] = {}
         self._to_issue: deque[_Held] = deque()
         self._streams: dict[Hashable, deque[_InFlight]] = {}
@@ -260,14 +265,14 @@ class Dispatcher:
         with self._lock:
             self.policy.add_task(task_id, priority, self.clock())
             self._tasks[task_id] = _TaskState(priority, client)
-            self._leased = frozenset(self.policy.leased())
+            self._lease()
 
     def remove_task(self, task_id: int) -> None:
         """A session ended; launches it still has in flight are tracked until done."""
         with self._lock:
             dropped = self.policy.remove_task(task_id, self.clock())
             self._tasks.pop(task_id, None)
-            self._leased = frozenset(self.policy.leased())
+            self._lease()
             held = [self._held.pop(launch.seq) for launch in dropped if launch.seq in self._held]
             if self._held:
                 self._due = self.clock()  # what the task held back may go now
@@ -275,6 +280,13 @@ class Dispatcher:
         for waiting in held:  # their sessions are gone (a GPU worker lost): never issued
             waiting.error = DispatcherClosed("the task ended")
             waiting.issued.set()
+
+    def _lease(self) -> None:
+        """Renew the leased tasks, and how often the tracker polls while nothing is held
+        (call with the lock held)."""
+        self._leased = frozenset(self.policy.leased())
+        uncontended = self._tasks.keys() <= self._leased
+        self._idle_poll_s = UNCONTENDED_POLL_INTERVAL_S if uncontended else IDLE_POLL_INTERVAL_S
 
     def stream_priority(self, task_id: int, requested: int, least: int, greatest: int) -> int:
         """The CUDA stream priority to give a stream of the task.
@@ -556,12 +568,11 @@ class Dispatcher:
 
     def _poll_wait(self) -> float:
         """Seconds until the next poll: ``poll_interval_s`` while a launch is held (else
-        IDLE_POLL_INTERVAL_S), or longer until the oldest launch of every stream is due, at
-        most until the policy's next timed event (call with the lock held)."""
+        IDLE_POLL_INTERVAL_S, or UNCONTENDED_POLL_INTERVAL_S while none can be), or longer
+        until the oldest launch of every stream is due, at most until the policy's next
+        timed event (call with the lock held)."""
         now = self.clock()
-        wait = (
-            self.poll_interval_s if self._held else max(self.poll_interval_s, IDLE_POLL_INTERVAL_S)
-        )
+        wait = self.poll_interval_s if self._held else max(self.poll_interval_s, self._idle_poll_s)
         self._poll_slack_us = wait * 1e6
         next_due = min((queue[0].due_us for queue in self._streams.values()), default=now)
         if next_due > now:

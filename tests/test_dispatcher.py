@@ -350,3 +350,17 @@ def test_fifo_lets_every_session_run_its_calls_as_they_come() -> None:
         thread.join(0.005)
         assert not thread.is_alive()
     dispatcher.close()
+
+
+def test_the_tracker_polls_rarely_only_while_no_launch_can_be_held() -> None:
+    fifo, fikit = Dispatcher(FifoPolicy()), Dispatcher(FikitPolicy())
+    for dispatcher in (fifo, fikit):
+        dispatcher.add_task(1, 9)
+        assert dispatcher._idle_poll_s == dispatcher_module.UNCONTENDED_POLL_INTERVAL_S
+        dispatcher.add_task(2, 0)
+    assert fifo._idle_poll_s == dispatcher_module.UNCONTENDED_POLL_INTERVAL_S
+    assert fikit._idle_poll_s == dispatcher_module.IDLE_POLL_INTERVAL_S  # task 2 can be held
+    fikit.remove_task(1)
+    assert fikit._idle_poll_s == dispatcher_module.UNCONTENDED_POLL_INTERVAL_S
+    fifo.close()
+    fikit.close()
