@@ -14,6 +14,10 @@ The GPU runs issued kernels one at a time in issue order (one hardware queue, no
 preemption). A real GPU can overlap kernels of different streams; this model is the
 pessimistic bound, where every lower-priority kernel issued ahead of a high-priority one
 delays it by its whole duration.
+
+A server learns of a completion only when it polls for it: with ``report_delay_us`` the
+policy hears of each completion that much after it happened, dated when it happened (the
+task itself, whose synchronization returns at once, does not wait for the report).
 """
 
 from __future__ import annotations
@@ -172,6 +176,8 @@ class _Event(Enum):
     START = auto()
     STOP = auto()
     COMPLETE = auto()
+    #: The policy hears of a completion (``report_delay_us`` after it).
+    REPORT = auto()
     ARRIVE = auto()
     #: Nothing happens; the policy is asked again (``Policy.next_event``).
     WAKE = auto()
@@ -210,6 +216,7 @@ def simulate(
     *,
     seed: int = 0,
     until_us: float | None = None,
+    report_delay_us: float = 0.0,
 ) -> SimResult:
     """Run ``tasks`` on one GPU under ``policy``.
 
@@ -217,9 +224,10 @@ def simulate(
     or left, or, with ``until_us``, at that time (or earlier if nothing is left to happen).
     ``profile`` gives the predicted duration handed to the policy for each kernel id (a kernel
     missing from it is unknown: None); without a profile, predictions are the true durations.
+    ``report_delay_us``: how long after a completion the policy hears of it.
     Raises ``SimulationStalled`` if launches stay held with nothing left to release them.
     """
-    return _Simulation(tasks, policy, profile, seed, until_us).run()
+    return _Simulation(tasks, policy, profile, seed, until_us, report_delay_us).run()
 
 
 def run_alone(task: TaskSpec, seed: int = 0) -> SimResult:
@@ -237,9 +245,15 @@ class _Simulation:
         profile: Mapping[str, float] | None,
         seed: int,
         until_us: float | None,
+        report_delay_us: float = 0.0,
     ) -> None:
         if len({t.task_id for t in tasks}) != len(tasks):
             raise ValueError("task ids must be unique")
+        if report_delay_us < 0:
+            raise ValueError("report_delay_us must be >= 0")
+        self.report_delay_us = report_delay_us
+        #: Completions the policy has yet to hear of, by report number.
+        self.reports: dict[int, tuple[PendingLaunch, float]] = {}
         if until_us is None and all(t.requests is None and t.stop_us is None for t in tasks):
             raise ValueError("endless tasks need until_us")
         self.policy = policy
@@ -305,6 +319,9 @@ class _Simulation:
             self._stop(self.tasks[subject], now)
         elif kind is _Event.COMPLETE:
             self._complete(now)
+        elif kind is _Event.REPORT:
+            launch, ended = self.reports.pop(subject)
+            self.policy.completed(launch, ended)
         elif kind is _Event.ARRIVE:
             self._arrive(self.tasks[subject], now)
 
@@ -348,7 +365,12 @@ class _Simulation:
         assert done is not None, "a completion without a running kernel"
         self.running = None
         del self.launches[done.launch.seq]
-        self.policy.completed(done.launch, now)
+        if self.report_delay_us:
+            report = self.event_count
+            self.reports[report] = (done.launch, now)
+            self._push(now + self.report_delay_us, _Event.REPORT, report)
+        else:
+            self.policy.completed(done.launch, now)
         task = self.tasks[done.launch.task_id]
         if task.gone:
             return

@@ -1,4 +1,4 @@
-"""What the scheduling benchmark reports from a trace (benchmarks/ is not a package)."""
+"""What the scheduling benchmarks report (benchmarks/ is not a package)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from scheduler.policy import FikitPolicy
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import gap_fill_ceiling
 import scheduling
 
 
@@ -65,3 +68,11 @@ def test_lp_predictions_say_how_many_lp_launches_the_policy_had_not_measured() -
     assert unknown == pytest.approx(0.25)
     assert predicted == pytest.approx(72.0)
     assert scheduling.lp_predictions([kernel(0, 0, 10)]) is None  # a trace from before
+
+
+def test_the_gap_fill_ceiling_model_fills_less_the_later_completions_are_heard() -> None:
+    bound = gap_fill_ceiling.MAX_LP_INFLIGHT_US
+    hp_at_once, lp_at_once = gap_fill_ceiling.shared_run(FikitPolicy(bound), 10, 0.0)
+    hp_late, lp_late = gap_fill_ceiling.shared_run(FikitPolicy(bound), 10, 400.0)
+    assert hp_at_once <= 1.05 and hp_late <= 1.05
+    assert 0.5 < lp_late < lp_at_once <= 1.0

@@ -121,6 +121,17 @@ def test_fikit_fills_the_idle_gaps_without_slowing_the_hp_task() -> None:
     assert len(shared.request_latencies_us[HP]) == 20
 
 
+def test_completions_heard_late_cost_lp_gap_time_not_hp_time() -> None:
+    """The policy hears of completions 100 us late (a server polling for them): HP still
+    runs as if alone, LP loses part of the gaps, and nothing else changes without a delay."""
+    on_time = simulate(WORKLOAD, FikitPolicy())
+    assert simulate(WORKLOAD, FikitPolicy(), report_delay_us=0.0).timeline == on_time.timeline
+    late = simulate(WORKLOAD, FikitPolicy(), report_delay_us=100.0)
+    assert slowdown(late) <= 1.05
+    assert 0 < late.lower_priority_work_us(HP)[1] < on_time.lower_priority_work_us(HP)[1]
+    assert_per_task_order(late)
+
+
 def test_fifo_slows_the_hp_task_down() -> None:
     shared = simulate(WORKLOAD, FifoPolicy())
     assert slowdown(shared) > 1.5

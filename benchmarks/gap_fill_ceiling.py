@@ -1,0 +1,94 @@
+"""How much of HP's idle time the fikit policy can fill, in the GPU model, for the workload
+of benchmarks/scheduling.py: the ceiling of its "LP / fits" column.
+
+Usage: python benchmarks/gap_fill_ceiling.py [--requests 200]
+
+No GPU and no server: ``scheduler.simulator`` runs the policy on a virtual clock, with the
+HP task shaped like the scheduling benchmark's transformer as traced alone on the H200 (each
+kernel's median duration and the median GPU idle time after it, `3748eab`) and an LP task
+that always has 8 stencil launches of 65 us waiting. The model's GPU runs one kernel at a
+time, LP never runs out of launches, and the server hears of each completion a fixed delay
+after it happened (``report_delay_us``: how late its completion tracker sees it). Prints,
+per configuration, HP's mean request latency over running alone and LP's kernels over what
+fits (LP's rate alone times HP's idle fraction alone), as the benchmark reports them.
+"""
+
+import argparse
+import statistics
+
+from scheduler.policy import FifoPolicy, FikitPolicy, Policy
+from scheduler.simulator import Kernel, TaskSpec, run_alone, simulate
+
+#: (kernel, median duration us, median GPU idle after it us) of one request, traced alone.
+HP_REQUEST = (
+    ("sgemm.qkv", 148.9, 1.3),
+    ("bgemm.scores", 11.6, 52.4),
+    ("softmax_rows", 17.1, 53.4),
+    ("bgemm.context", 34.0, 39.8),
+    ("sgemm.proj", 127.0, 1.3),
+    ("add.1", 3.8, 16.9),
+    ("layernorm_rows.1", 11.0, 45.9),
+    ("sgemm.ffn1", 136.0, 1.3),
+    ("sgemm.ffn2", 475.4, 1.3),
+    ("add.2", 3.8, 1.3),
+    ("layernorm_rows.2", 6.0, 3069.2),
+)
+LP_KERNEL_US = 65.0
+#: The server's --max-lp-inflight-us.
+MAX_LP_INFLIGHT_US = 500.0
+REPORT_DELAYS_US = (0.0, 20.0, 50.0, 100.0, 200.0, 400.0)
+START_US = 5000.0
+
+
+def hp_task(requests: int) -> TaskSpec:
+    """The HP task: its kernels one after another, each followed by its idle time."""
+    kernels = tuple(Kernel(name, duration) for name, duration, _ in HP_REQUEST)
+    gaps = tuple(gap for _, _, gap in HP_REQUEST)
+    return TaskSpec(
+        1,
+        9,
+        kernels,
+        gaps[:-1],
+        request_gap_us=gaps[-1],
+        requests=requests,
+        gap_jitter=0.05,
+        start_us=START_US,
+    )
+
+
+LP_TASK = TaskSpec(2, 0, (Kernel("jacobi", LP_KERNEL_US),), requests=None, depth=8)
+
+
+def shared_run(policy: Policy, requests: int, report_delay_us: float) -> tuple[float, float]:
+    """(HP mean latency over alone, LP kernels over what fits) for one configuration."""
+    hp = hp_task(requests)
+    alone = run_alone(hp)
+    alone_mean = statistics.mean(alone.request_latencies_us[1])
+    idle = alone.idle_fraction(1)
+    until = START_US + 20 * alone.makespan_us(1)
+    shared = simulate([hp, LP_TASK], policy, until_us=until, report_delay_us=report_delay_us)
+    begin, end = shared.start_us[1], shared.finish_us[1]
+    lp_kernels, _ = shared.work_us([2], begin, end)
+    fits = (end - begin) * idle / LP_KERNEL_US
+    return statistics.mean(shared.request_latencies_us[1]) / alone_mean, lp_kernels / fits
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=200, help="HP requests per run")
+    args = parser.parse_args()
+    configurations: list[tuple[str, Policy, float]] = [("fifo", FifoPolicy(), 0.0)]
+    configurations += [
+        (f"fikit, completions heard {delay:.0f} us late", FikitPolicy(MAX_LP_INFLIGHT_US), delay)
+        for delay in REPORT_DELAYS_US
+    ]
+    relaxed = FikitPolicy(MAX_LP_INFLIGHT_US, gap_margin=1.0, gap_percentile=0.5)
+    configurations.append(("fikit, gap median without margin, heard at once", relaxed, 0.0))
+    print("| configuration | HP mean / alone | LP / fits |\n|---|---:|---:|")
+    for name, policy, delay in configurations:
+        hp_ratio, lp_ratio = shared_run(policy, args.requests, delay)
+        print(f"| {name} | {hp_ratio:.3f}x | {lp_ratio:.3f}x |")
+
+
+if __name__ == "__main__":
+    main()
