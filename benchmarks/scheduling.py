@@ -15,9 +15,11 @@ written to DIR/results.md and DIR/results.json. Exits non-zero when a program fa
 """
 
 import argparse
+import ast
 import itertools
 import json
 import math
+import re
 import shlex
 import subprocess
 import sys
@@ -44,6 +46,10 @@ SHARING_MODES = ("fifo", "priority", "fikit")
 GAP_MIN_US = 100.0
 #: A gap longer than this is one of HP's pauses between requests (us).
 PAUSE_MIN_US = 1000.0
+#: A GPU worker's log line at its session's end (gpu_server/worker.py).
+WORKER_LAUNCHES = re.compile(r"the session's launches: (\{.*\})")
+#: The dispatcher's warning about a launch held 100 ms or more (scheduler/dispatcher.py).
+HELD_WARNING = "held for"
 # mode -> (server policy, or None for native; runs HP; runs LP), in the order they run
 MODES: dict[str, tuple[str | None, bool, bool]] = {
     "hp-alone-fifo": ("fifo", True, False),
@@ -78,6 +84,7 @@ class ModeRun:
     lp: Json | None = None
     lp_window: tuple[float, float] | None = None
     trace: list[Json] | None = None
+    server_log: str = ""
 
 
 # ---- metrics (pure functions of the loaded JSON) ----
@@ -214,6 +221,15 @@ def base_row(run: ModeRun) -> dict[str, float | None]:
     }
 
 
+def server_notes(log: str) -> Json:
+    """From a server's log: each GPU worker's launch counts (how its session's launches
+    went under ``--isolation process``), and how many launches were held 100 ms or more."""
+    return {
+        "worker_launches": [ast.literal_eval(found) for found in WORKER_LAUNCHES.findall(log)],
+        "held_warnings": log.count(HELD_WARNING),
+    }
+
+
 def traced_idle_fraction(alone: ModeRun | None) -> float | None:
     """HP's GPU idle fraction over its measured requests in a traced hp-alone run."""
     if not alone or not alone.hp or not alone.trace:
@@ -269,8 +285,10 @@ def summarize(runs: dict[str, ModeRun], idle: float | None, timeline: dict[str, 
     }
     predictions = {mode: lp_predictions(timeline[mode].trace) for mode in filling}
     causes = {mode: lp_hole_causes(timeline[mode].trace) for mode in filling}
+    notes = {mode: server_notes(runs[mode].server_log) for mode in SHARING_MODES if mode in runs}
     return {
         "modes": rows,
+        "server_notes": notes,
         "gap_filling": {mode: value for mode, value in filling.items() if value is not None},
         "lp_predictions": {mode: p for mode, p in predictions.items() if p is not None},
         "lp_hole_causes": {mode: c for mode, c in causes.items() if c is not None},
@@ -320,6 +338,13 @@ def render(summary: Json, command: str, failures: list[str]) -> str:
             f"{share:.1%} of the time: {late:.0%} of it before an LP launch that reached the "
             f"server after the previous LP kernel ended, {held:.0%} before one the policy held"
             for mode, (share, late, held) in summary["lp_hole_causes"].items()
+        ),
+        "",
+        "Server logs (the table's runs):",
+        *(
+            f"- {mode}: launches held 100 ms or more {note['held_warnings']}"
+            + "".join(f"; a GPU worker's launches {counts}" for counts in note["worker_launches"])
+            for mode, note in summary["server_notes"].items()
         ),
         "",
         "Targets:",
@@ -476,6 +501,7 @@ def run_mode(
             run = run_programs(mode, mode_dir, args, addr, lp_seconds, failures)
     if trace.exists():
         run.trace = [json.loads(line) for line in trace.read_text().splitlines() if line]
+    run.server_log = (mode_dir / "server.log").read_text(errors="replace")
     return run
 
 

@@ -76,3 +76,41 @@ def test_the_gap_fill_ceiling_model_fills_less_the_later_completions_are_heard()
     hp_late, lp_late = gap_fill_ceiling.shared_run(FikitPolicy(bound), 10, 400.0)
     assert hp_at_once <= 1.05 and hp_late <= 1.05
     assert 0.5 < lp_late < lp_at_once <= 1.0
+
+
+def test_the_report_reads_worker_launch_counts_and_held_launches_from_the_server_log() -> None:
+    log = "\n".join(
+        [
+            "2026-11-30 16:35:48,924 worker 1133 gpu_server.worker INFO the session's "
+            "launches: {'leased': 2420}",
+            "2026-11-30 16:35:49,000 scheduler.dispatcher WARNING task 1's launch of jacobi "
+            "held for 100 ms; policy: {}",
+            "2026-11-30 16:35:49,029 worker 1086 gpu_server.worker INFO the session's "
+            "launches: {'leased': 8441, 'asked': 2934, 'us waiting for a go': 781835}",
+        ]
+    )
+    notes = scheduling.server_notes(log)
+    assert notes == {
+        "worker_launches": [
+            {"leased": 2420},
+            {"leased": 8441, "asked": 2934, "us waiting for a go": 781835},
+        ],
+        "held_warnings": 1,
+    }
+    assert scheduling.server_notes("") == {"worker_launches": [], "held_warnings": 0}
+
+
+def test_the_report_renders_a_table_targets_and_server_notes() -> None:
+    hp = {"latencies_ms": [2.0, 2.2], "windows": [[0.0, 1.0], [1.0, 2.0]]}
+    lp = {"progress": [[0.0, 0.0], [2.0, 1000.0]]}
+    log = "worker 7 gpu_server.worker INFO the session's launches: {'asked': 3}"
+    runs = {
+        "hp-alone-fifo": scheduling.ModeRun(hp=hp),
+        "hp-alone": scheduling.ModeRun(hp=hp),
+        "lp-alone": scheduling.ModeRun(lp=lp, lp_window=(0.0, 2.0)),
+        "fikit": scheduling.ModeRun(hp=hp, lp=lp, server_log=log),
+    }
+    report = scheduling.render(scheduling.summarize(runs, 0.5, {}), "cmd", [])
+    assert "| fikit | 2.100 |" in report
+    assert "- fikit: launches held 100 ms or more 0; a GPU worker's launches {'asked': 3}" in report
+    assert "fikit LP >= 0.9x LP that fits: 2.000x PASS" in report
