@@ -6,11 +6,13 @@ Usage: python benchmarks/gap_fill_ceiling.py [--requests 200]
 No GPU and no server: ``scheduler.simulator`` runs the policy on a virtual clock, with the
 HP task shaped like the scheduling benchmark's transformer as traced alone on the H200 (each
 kernel's median duration and the median GPU idle time after it, `3748eab`) and an LP task
-that always has 8 stencil launches of 65 us waiting. The model's GPU runs one kernel at a
-time, LP never runs out of launches, and the server hears of each completion a fixed delay
-after it happened (``report_delay_us``: how late its completion tracker sees it). Prints,
-per configuration, HP's mean request latency over running alone and LP's kernels over what
-fits (LP's rate alone times HP's idle fraction alone), as the benchmark reports them.
+that always has 8 stencil launches of 65 us waiting, or, like the benchmark's batch job,
+launches 8, waits for them and needs a round trip (LP_SYNC_US) before the next 8. The
+model's GPU runs one kernel at a time, and the server hears of each completion a fixed
+delay after it happened (``report_delay_us``: how late its completion tracker sees it).
+Prints, per configuration, HP's mean request latency over running alone and LP's kernels
+over what fits (LP's rate alone times HP's idle fraction alone), as the benchmark reports
+them.
 """
 
 import argparse
@@ -34,6 +36,11 @@ HP_REQUEST = (
     ("layernorm_rows.2", 6.0, 3069.2),
 )
 LP_KERNEL_US = 65.0
+#: Launches per LP iteration, and the time from its last kernel's end to the next
+#: iteration's first launch reaching the server (the synchronization's reply, the client's
+#: loop, the launch's way back).
+LP_ITERATION = 8
+LP_SYNC_US = 100.0
 #: The server's --max-lp-inflight-us.
 MAX_LP_INFLIGHT_US = 500.0
 REPORT_DELAYS_US = (0.0, 20.0, 50.0, 100.0, 200.0, 400.0)
@@ -56,37 +63,71 @@ def hp_task(requests: int) -> TaskSpec:
     )
 
 
-LP_TASK = TaskSpec(2, 0, (Kernel("jacobi", LP_KERNEL_US),), requests=None, depth=8)
+#: An LP task that never lacks a launch.
+LP_STREAM = TaskSpec(2, 0, (Kernel("jacobi", LP_KERNEL_US),), requests=None, depth=LP_ITERATION)
+#: The benchmark's batch job: LP_ITERATION launches, a synchronization, again.
+LP_BATCH = TaskSpec(
+    2,
+    0,
+    (Kernel("jacobi", LP_KERNEL_US),) * LP_ITERATION,
+    request_gap_us=LP_SYNC_US,
+    requests=None,
+    depth=LP_ITERATION,
+    sync_per_request=True,
+)
 
 
-def shared_run(policy: Policy, requests: int, report_delay_us: float) -> tuple[float, float]:
+def lp_alone_rate(lp: TaskSpec) -> float:
+    """LP kernels per microsecond, alone on the GPU."""
+    span = 1e6
+    alone = simulate([lp], FifoPolicy(), until_us=span)
+    return alone.work_us([lp.task_id], 0.0, span)[0] / span
+
+
+def shared_run(
+    policy: Policy, requests: int, report_delay_us: float, lp: TaskSpec = LP_STREAM
+) -> tuple[float, float]:
     """(HP mean latency over alone, LP kernels over what fits) for one configuration."""
     hp = hp_task(requests)
     alone = run_alone(hp)
     alone_mean = statistics.mean(alone.request_latencies_us[1])
     idle = alone.idle_fraction(1)
     until = START_US + 20 * alone.makespan_us(1)
-    shared = simulate([hp, LP_TASK], policy, until_us=until, report_delay_us=report_delay_us)
+    shared = simulate([hp, lp], policy, until_us=until, report_delay_us=report_delay_us)
     begin, end = shared.start_us[1], shared.finish_us[1]
-    lp_kernels, _ = shared.work_us([2], begin, end)
-    fits = (end - begin) * idle / LP_KERNEL_US
+    lp_kernels, _ = shared.work_us([lp.task_id], begin, end)
+    fits = (end - begin) * idle * lp_alone_rate(lp)
     return statistics.mean(shared.request_latencies_us[1]) / alone_mean, lp_kernels / fits
+
+
+def configurations() -> list[tuple[str, Policy, float, TaskSpec]]:
+    """What is compared: (label, policy, report delay in us, LP task)."""
+    relaxed = FikitPolicy(MAX_LP_INFLIGHT_US, gap_margin=1.0, gap_percentile=0.5)
+    rows: list[tuple[str, Policy, float, TaskSpec]] = [("fifo", FifoPolicy(), 0.0, LP_STREAM)]
+    rows += [
+        (f"fikit, heard {delay:.0f} us late", FikitPolicy(MAX_LP_INFLIGHT_US), delay, LP_STREAM)
+        for delay in REPORT_DELAYS_US
+    ]
+    rows.append(("fikit, gap median without margin, heard at once", relaxed, 0.0, LP_STREAM))
+    rows += [
+        (
+            f"fikit, LP syncs every {LP_ITERATION} kernels, heard {delay:.0f} us late",
+            FikitPolicy(MAX_LP_INFLIGHT_US),
+            delay,
+            LP_BATCH,
+        )
+        for delay in (0.0, 100.0)
+    ]
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200, help="HP requests per run")
     args = parser.parse_args()
-    configurations: list[tuple[str, Policy, float]] = [("fifo", FifoPolicy(), 0.0)]
-    configurations += [
-        (f"fikit, completions heard {delay:.0f} us late", FikitPolicy(MAX_LP_INFLIGHT_US), delay)
-        for delay in REPORT_DELAYS_US
-    ]
-    relaxed = FikitPolicy(MAX_LP_INFLIGHT_US, gap_margin=1.0, gap_percentile=0.5)
-    configurations.append(("fikit, gap median without margin, heard at once", relaxed, 0.0))
     print("| configuration | HP mean / alone | LP / fits |\n|---|---:|---:|")
-    for name, policy, delay in configurations:
-        hp_ratio, lp_ratio = shared_run(policy, args.requests, delay)
+    for name, policy, delay, lp in configurations():
+        hp_ratio, lp_ratio = shared_run(policy, args.requests, delay, lp)
         print(f"| {name} | {hp_ratio:.3f}x | {lp_ratio:.3f}x |")
 
 

@@ -8,7 +8,9 @@ and keeps at most ``depth`` of them outstanding (arrived, not yet completed). It
 arrives a host gap after it may make it: after the previous launch when fewer than ``depth``
 are outstanding, otherwise after the completion that frees a slot. With ``depth=1`` this is
 an inference step that synchronizes on every kernel and does host work between kernels; with
-a larger depth and no gaps it is a saturating training-like stream.
+a larger depth and no gaps it is a saturating training-like stream; with
+``sync_per_request`` it is a batch job that launches a request's kernels, waits for them all
+and only then starts the next request.
 
 The GPU runs issued kernels one at a time in issue order (one hardware queue, no
 preemption). A real GPU can overlap kernels of different streams; this model is the
@@ -56,6 +58,10 @@ class TaskSpec:
     requests: int | None = 1
     #: Launches kept outstanding.
     depth: int = 1
+    #: Whether a request's first launch waits until the previous request's kernels all
+    #: completed (the task synchronizes at the end of each request, as a batch job that
+    #: launches a few kernels and then waits for them); ``request_gap_us`` follows that.
+    sync_per_request: bool = False
     #: Every gap is scaled by a factor drawn uniformly from [1 - jitter, 1 + jitter].
     gap_jitter: float = 0.0
     start_us: float = 0.0
@@ -333,6 +339,11 @@ class _Simulation:
             or task.arrival_pending
             or task.outstanding >= task.spec.depth
             or (total is not None and task.launched >= total)
+            or (
+                task.spec.sync_per_request
+                and task.outstanding
+                and task.launched % len(task.spec.kernels) == 0
+            )
         ):
             return
         jitter = task.spec.gap_jitter

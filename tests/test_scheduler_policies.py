@@ -132,6 +132,22 @@ def test_completions_heard_late_cost_lp_gap_time_not_hp_time() -> None:
     assert_per_task_order(late)
 
 
+def test_a_task_that_synchronizes_per_request_waits_for_its_kernels_before_the_next() -> None:
+    batch = TaskSpec(
+        2,
+        0,
+        kernels("b", (10.0,) * 4),
+        requests=3,
+        depth=4,
+        sync_per_request=True,
+        request_gap_us=100.0,
+    )
+    runs = run_alone(batch).runs(2)
+    assert [r.start_us for r in runs[:4]] == [0.0, 10.0, 20.0, 30.0]  # back to back
+    assert runs[4].arrive_us == pytest.approx(runs[3].end_us + 100.0)  # then the sync
+    assert runs[8].arrive_us == pytest.approx(runs[7].end_us + 100.0)
+
+
 def test_fifo_slows_the_hp_task_down() -> None:
     shared = simulate(WORKLOAD, FifoPolicy())
     assert slowdown(shared) > 1.5
