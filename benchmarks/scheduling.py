@@ -122,6 +122,19 @@ def idle_fraction(trace: list[Json], kernels: int) -> float | None:
     return 1.0 - busy / (run_end - spans[0][0])
 
 
+def hp_gaps(
+    trace: list[Json], shortest_us: float, longest_us: float = math.inf
+) -> list[tuple[float, float]]:
+    """(start, end) of HP's gaps in a trace: GPU time between two HP kernels longer than
+    ``shortest_us`` (and at most ``longest_us``)."""
+    hp = sorted((k["start_us"], k["end_us"]) for k in trace if k["priority"] == HP_PRIORITY)
+    return [
+        (end, start)
+        for (_, end), (start, _) in itertools.pairwise(hp)
+        if shortest_us < start - end <= longest_us
+    ]
+
+
 def gap_filling(
     trace: list[Json], shortest_us: float = GAP_MIN_US, longest_us: float = math.inf
 ) -> tuple[float, float, float] | None:
@@ -129,15 +142,9 @@ def gap_filling(
     time with an LP kernel on the GPU, the median time from a gap's start to its first LP
     kernel, and the median hole between one LP kernel's end and the next one's start inside
     a gap (us; about 0 when LP kernels queue back to back, about an LP kernel's duration
-    when they go one at a time). A gap is GPU time between two HP kernels longer than
-    ``shortest_us`` (and at most ``longest_us``)."""
-    hp = sorted((k["start_us"], k["end_us"]) for k in trace if k["priority"] == HP_PRIORITY)
+    when they go one at a time). Gaps as ``hp_gaps`` finds them."""
     lp = sorted((k["start_us"], k["end_us"]) for k in trace if k["priority"] != HP_PRIORITY)
-    gaps = [
-        (end, start)
-        for (_, end), (start, _) in itertools.pairwise(hp)
-        if shortest_us < start - end <= longest_us
-    ]
+    gaps = hp_gaps(trace, shortest_us, longest_us)
     if not gaps or not lp:
         return None
     filled, delays, holes = 0.0, [], []
@@ -160,14 +167,11 @@ def lp_hole_causes(
     before an LP launch that reached the server only after the previous LP kernel ended
     (the LP side could not supply launches faster) and before one that had arrived but was
     held by the policy until then. None for a trace without arrival times."""
-    hp = sorted((k["start_us"], k["end_us"]) for k in trace if k["priority"] == HP_PRIORITY)
     lp = sorted(
         (k for k in trace if k["priority"] != HP_PRIORITY and "arrived_us" in k),
         key=lambda k: k["start_us"],
     )
-    gaps = [
-        (end, start) for (_, end), (start, _) in itertools.pairwise(hp) if start - end > shortest_us
-    ]
+    gaps = hp_gaps(trace, shortest_us)
     if not gaps or not lp:
         return None
     late = held = other = 0.0
