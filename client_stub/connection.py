@@ -3,9 +3,8 @@
 Calls that want no reply are never waited for; calls that want a reply are sent the same
 way and the caller then reads replies, which come back in call order. Over gRPC a sending
 thread carries queued calls, batching those that queue up while a frame is on its way.
-Over the unix socket the calling thread sends them itself: a call that wants no reply
-leaves at once when the server has read everything sent before, and otherwise waits in an
-outbox (at most COALESCE_WAIT_S) to leave with the calls that follow it.
+Over the unix socket the calling thread sends each call itself, at once, as a frame of its
+own; the server runs the frames it finds waiting as one batch.
 
 On the server's host, bulk copy bytes go through a staging area (``staging.py``) instead:
 calls carry the ``STAGED`` placeholder, which becomes the offset of their bytes there.
@@ -13,17 +12,12 @@ calls carry the ``STAGED`` placeholder, which becomes the offset of their bytes 
 
 from __future__ import annotations
 
-import array
-import contextlib
-import fcntl
 import logging
 import os
 import queue
 import socket
 import sys
-import termios
 import threading
-import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -47,11 +41,6 @@ _CLOSE = object()
 GIL_SWITCH_INTERVAL_S = 0.0002
 #: Stands in a call for the staging offset of its bytes.
 STAGED = object()
-#: Longest a call that wants no reply waits in a unix-socket session's outbox for more
-#: calls to join it, while the server has not read what was sent before.
-COALESCE_WAIT_S = 100e-6
-#: Calls an outbox holds before they leave anyway.
-MAX_COALESCED_CALLS = 256
 #: How long closing a session waits for the server to end the stream.
 CLOSE_TIMEOUT_S = 2.0
 #: How long a client whose send failed reads for the server's reason before giving up.
@@ -357,13 +346,12 @@ class GrpcConnection(Connection):
 class SocketConnection(Connection):
     """A session on a unix socket, for a server on this host.
 
-    Calls leave from the calling thread, with no sending thread to wake for each. A call
-    that wants no reply is sent at once while the server keeps up (the socket holds nothing
-    it has not read); else it joins an outbox that leaves with the next call that finds the
-    server caught up, with the next call that wants a reply, once MAX_COALESCED_CALLS
-    or FRAME_SOFT_LIMIT_BYTES have gathered, or after COALESCE_WAIT_S (a flushing thread,
-    started with the first call that waits): a burst of launches costs the server one
-    frame per batch, and a lone call is never held. Replies are read by the thread that
+    Each call leaves from the calling thread at once, a frame per send, with no sending
+    thread to wake and nothing held back: a call that wants no reply costs the client one
+    small system call. While the server is behind, the frames queue in the socket and the
+    server reads and runs them together (``gpu_server.ports.serve_frames``). On the H200,
+    holding such calls in an outbox until the server had caught up (TIOCOUTQ) cost the
+    client more per launch than the send it saved. Replies are read by the thread that
     waits for them.
     """
 
@@ -379,15 +367,6 @@ class SocketConnection(Connection):
             raise ConnectionLost(f"no GPU server answers at {target}: {err.strerror}") from None
         self._frames = FrameSocket(sock)
         self._send_lock = threading.Lock()
-        #: Calls that want no reply, waiting to leave together; their payload bytes.
-        self._outbox: list[list[Any]] = []
-        self._outbox_bytes = 0
-        self._outbox_since = 0.0
-        #: Set to wake the flushing thread, which only needs waking when it is idle.
-        self._outbox_filled = threading.Event()
-        self._flusher_idle = True
-        self._flusher: threading.Thread | None = None
-        self._unread = array.array("i", [0])
         offered = self._offer_staging()
         hello = {
             "protocol_version": wire.PROTOCOL_VERSION,
@@ -412,81 +391,15 @@ class SocketConnection(Connection):
         self._welcomed(offered, welcome)
 
     def _post(self, call: list[Any]) -> None:
-        with self._send_lock:
-            outbox = self._outbox
-            outbox.append(call)
-            self._outbox_bytes += _payload_size(call)
-            if (
-                len(outbox) < MAX_COALESCED_CALLS
-                and self._outbox_bytes < wire.FRAME_SOFT_LIMIT_BYTES
-                and self._server_behind()
-            ):
-                if len(outbox) == 1:
-                    self._wake_flusher()
-                return
-            self._send_locked([])
+        self._send([call])
 
     def _send(self, calls: list[list[Any]]) -> None:
-        with self._send_lock:
-            self._send_locked(calls)
-
-    def _send_locked(self, calls: list[list[Any]]) -> None:
-        """Send the outbox, then ``calls``, in one frame (the send lock is held)."""
+        payload = wire.pack(calls)
         try:
-            self._send_outbox(calls)
+            with self._send_lock:
+                self._frames.send(payload)
         except OSError as err:
             raise self._lose(self._parting_words() or err.strerror or "send failed") from None
-
-    def _send_outbox(self, calls: list[list[Any]]) -> None:
-        """Send the outbox, then ``calls``; raises OSError (the send lock is held)."""
-        if self._outbox:
-            calls = self._outbox + calls
-            self._outbox, self._outbox_bytes = [], 0
-        self._frames.send(wire.pack(calls))
-
-    def _server_behind(self) -> bool:
-        """Whether the server has not yet read all that was sent on the socket."""
-        try:
-            fcntl.ioctl(self._frames.sock.fileno(), termios.TIOCOUTQ, self._unread, True)
-        except OSError:
-            return False  # the send reports what happened to the socket
-        return self._unread[0] > 0
-
-    def _wake_flusher(self) -> None:
-        """Have the flushing thread send the outbox if it waits COALESCE_WAIT_S (lock held)."""
-        self._outbox_since = time.perf_counter()
-        if self._flusher is None:
-            self._flusher = threading.Thread(
-                target=self._flush_waiting, name="fikit-outbox", daemon=True
-            )
-            self._flusher.start()
-        if self._flusher_idle:
-            self._flusher_idle = False
-            self._outbox_filled.set()
-
-    def _flush_waiting(self) -> None:
-        """Send the outbox whenever calls waited there COALESCE_WAIT_S, until the session
-        ends. It looks without the send lock and takes it only to send, so that the
-        calling thread does not queue behind it on every post."""
-        while not self._closed:
-            self._outbox_filled.wait()
-            self._outbox_filled.clear()
-            while self._outbox and not self._closed:
-                waited = time.perf_counter() - self._outbox_since
-                if waited < COALESCE_WAIT_S:
-                    time.sleep(COALESCE_WAIT_S - waited)
-                    continue
-                with self._send_lock:
-                    if not self._outbox or self._closed:
-                        break
-                    try:
-                        self._send_outbox([])
-                    except OSError:
-                        return  # the session's next call finds the socket broken and says why
-            with self._send_lock:
-                self._flusher_idle = not self._outbox
-                if self._outbox:
-                    self._outbox_filled.set()
 
     def _parting_words(self) -> str:
         """Why the server ended the session, when it said so before closing; else ''."""
@@ -511,11 +424,6 @@ class SocketConnection(Connection):
             raise self._lose(str(err)) from None
 
     def _shut(self) -> None:
-        with self._send_lock:
-            if self._outbox:
-                with contextlib.suppress(OSError):
-                    self._send_outbox([])
-        self._outbox_filled.set()
         self._frames.sock.close()
 
 

@@ -123,7 +123,7 @@ class SessionRunner:
         """Run a frame; a malformed one (ValueError) or a server bug is put on ``frames``
         to end the session."""
         try:
-            self.port.submit(payload)
+            self.port.submit([payload])
         except Exception as err:
             self._emit(err)
         finally:

@@ -228,26 +228,29 @@ class Session:
         dispatcher.add_task(session_id, priority, client_name)
 
     # -- execution -----------------------------------------------------------------------
-    def run_frame(self, payload: bytes, emit: Callable[[bytes], None]) -> None:
-        """Execute a frame of calls in order; ``emit`` gets their packed replies, in frames
-        of about FRAME_SOFT_LIMIT_BYTES. A payload that is not a list of calls raises
-        ValueError."""
-        replies: list[list[Any]] = []
-        size = 0
+    def run_frames(self, payloads: list[bytes], emit: Callable[[bytes], None]) -> None:
+        """Execute frames of calls in order, as one turn of the session; ``emit`` gets each
+        frame's packed replies, in frames of about FRAME_SOFT_LIMIT_BYTES. A payload that
+        is not a list of calls raises ValueError (the frames before it ran)."""
         dispatcher, priority = self.dispatcher, self.priority
         with dispatcher.running(priority):
-            for call in wire.unpack(payload):
-                dispatcher.wait_turn(priority)
-                reply = self.execute(call)
-                if reply is None:
-                    continue
-                replies.append(reply)
-                size += sum(len(v) for v in reply if isinstance(v, (bytes, bytearray, memoryview)))
-                if size >= wire.FRAME_SOFT_LIMIT_BYTES:
+            for payload in payloads:
+                replies: list[list[Any]] = []
+                size = 0
+                for call in wire.unpack(payload):
+                    dispatcher.wait_turn(priority)
+                    reply = self.execute(call)
+                    if reply is None:
+                        continue
+                    replies.append(reply)
+                    size += sum(
+                        len(v) for v in reply if isinstance(v, (bytes, bytearray, memoryview))
+                    )
+                    if size >= wire.FRAME_SOFT_LIMIT_BYTES:
+                        emit(wire.pack(replies))
+                        replies, size = [], 0
+                if replies:
                     emit(wire.pack(replies))
-                    replies, size = [], 0
-            if replies:
-                emit(wire.pack(replies))
 
     def execute(self, call: Any) -> list[Any] | None:
         """Run one wire call; return its reply, or None when it asked for none."""

@@ -342,9 +342,10 @@ class WorkerPort(SessionPort):
         )
         self._relay.start()
 
-    def submit(self, payload: bytes) -> None:
+    def submit(self, payloads: list[bytes]) -> None:
         with contextlib.suppress(OSError):  # the relay tells the client why
-            self._frames.send(payload)
+            for payload in payloads:
+                self._frames.send(payload)
 
     def drain(self) -> None:
         self._closing = True

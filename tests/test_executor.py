@@ -23,9 +23,9 @@ class SlowPort(SessionPort):
     def start(self, emit: Emit, end: End) -> None:
         pass
 
-    def submit(self, payload: bytes) -> None:
+    def submit(self, payloads: list[bytes]) -> None:
         self.go.wait(10)
-        self.ran.append(payload)
+        self.ran.extend(payloads)
 
     def drain(self) -> None:
         pass

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from cuda.bindings.driver import CUresult
 
-from client_stub import connection as connection_module
 from client_stub import driver as impl
 from client_stub.connection import connect
 from fikit_wire.calls import CLIENT_HANDLE_BIT
@@ -532,12 +531,9 @@ def unix_remote(sim_server) -> Iterator[ModuleType]:
 
 
 class SentFrames:
-    """Counts the frames a unix-socket session sends; unless ``behind`` is False, the server
-    looks busy throughout, so calls that want no reply wait in the outbox."""
+    """Counts the frames a unix-socket session sends."""
 
-    def __init__(
-        self, monkeypatch: pytest.MonkeyPatch, connection: object, behind: bool = True
-    ) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, connection: object) -> None:
         self.count = 0
         send = connection._frames.send
 
@@ -546,8 +542,6 @@ class SentFrames:
             send(payload)
 
         monkeypatch.setattr(connection._frames, "send", counted)
-        if behind:
-            monkeypatch.setattr(connection, "_server_behind", lambda: True)
 
 
 def saxpy_launcher(remote: ModuleType) -> Callable[[int], None]:
@@ -574,51 +568,13 @@ def launched_ns(sim_server, count: int) -> list[int]:
     ]
 
 
-def test_posted_calls_wait_while_the_server_is_behind_and_leave_together_in_order(
+def test_posted_calls_leave_at_once_each_in_a_frame_and_run_in_order(
     unix_remote: ModuleType, sim_server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     launch = saxpy_launcher(unix_remote)
-    connection = impl.REMOTE.connection
-    monkeypatch.setattr(connection_module, "COALESCE_WAIT_S", 60.0)  # only the sync sends
-    frames = SentFrames(monkeypatch, connection)
-    launch(50)
-    assert frames.count == 0
-    ok(unix_remote.cuCtxSynchronize())
-    assert frames.count == 1
+    frames = SentFrames(monkeypatch, impl.REMOTE.connection)
+    before = len(sim_server.backend.launches)
+    launch(50)  # then the program computes: nothing follows to carry them
+    assert frames.count == 50
+    assert wait_until(lambda: len(sim_server.backend.launches) == before + 50, timeout=5)
     assert launched_ns(sim_server, 50) == list(range(50))
-
-
-def test_a_posted_call_never_waits_longer_than_the_coalescing_window(
-    unix_remote: ModuleType, sim_server, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    launch = saxpy_launcher(unix_remote)
-    frames = SentFrames(monkeypatch, impl.REMOTE.connection)
-    before = len(sim_server.backend.launches)
-    launch(3)  # then the program computes: no more calls
-    assert wait_until(lambda: len(sim_server.backend.launches) == before + 3, timeout=5)
-    assert frames.count >= 1
-    assert launched_ns(sim_server, 3) == [0, 1, 2]
-
-
-def test_a_full_outbox_leaves_at_once_and_closing_sends_what_waits(
-    unix_remote: ModuleType, sim_server, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    launch = saxpy_launcher(unix_remote)
-    monkeypatch.setattr(connection_module, "COALESCE_WAIT_S", 60.0)
-    monkeypatch.setattr(connection_module, "MAX_COALESCED_CALLS", 8)
-    frames = SentFrames(monkeypatch, impl.REMOTE.connection)
-    before = len(sim_server.backend.launches)
-    launch(20)
-    assert frames.count == 2  # two full outboxes of 8; 4 launches still wait
-    impl.REMOTE.close()
-    assert wait_until(lambda: len(sim_server.backend.launches) == before + 20, timeout=5)
-    assert launched_ns(sim_server, 20) == list(range(20))
-
-
-def test_a_posted_call_leaves_at_once_when_the_server_has_read_everything(
-    unix_remote: ModuleType, sim_server, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    launch = saxpy_launcher(unix_remote)  # its last call was answered: nothing is unread
-    frames = SentFrames(monkeypatch, impl.REMOTE.connection, behind=False)
-    launch(1)
-    assert frames.count == 1

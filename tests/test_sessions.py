@@ -24,7 +24,9 @@ from client_stub import driver as impl
 from client_stub.connection import ConnectionLost, connect
 from fikit_wire import calls as wire
 from fikit_wire import session_pb2, session_pb2_grpc
-from fikit_wire.frames import FrameSocket
+from fikit_wire.frames import FrameSocket, header
+from gpu_server.ports import LocalPort, serve_frames
+from gpu_server.session import Session, handle_counter
 from tests.conftest import ServerThread
 
 REPO = Path(__file__).resolve().parents[1]
@@ -252,6 +254,30 @@ def test_the_socket_transport_answers_in_order_and_ends_a_session_on_a_bad_frame
     assert [reply["error"][:15] for reply in rest] == ["malformed frame"]
     assert remote.cuDeviceGetCount() == (CUresult.CUDA_SUCCESS, 1)
     assert wait_until(lambda: len(sim_server.active_sessions()) <= 1)
+
+
+def test_frames_that_arrive_together_run_as_one_batch_each_answered_in_order(
+    sim_server, remote
+) -> None:
+    batches: list[list[bytes]] = []
+
+    class Recording(LocalPort):
+        def submit(self, payloads: list[bytes]) -> None:
+            batches.append(list(payloads))
+            super().submit(payloads)
+
+    session = Session(99, sim_server.backend, sim_server.dispatcher, handle_counter(), 0)
+    port = Recording(session)
+    server_end, client_end = socket.socketpair()
+    first, second = wire.pack([["cuDeviceGetCount", True]]), wire.pack([["cuDeviceGet", True, 0]])
+    with server_end, client_end:
+        client_end.sendall(header(first) + first + header(second) + second)
+        client_end.shutdown(socket.SHUT_WR)
+        assert serve_frames(port, FrameSocket(server_end)) == ""
+        replies = FrameSocket(client_end).receive()
+    port.close()
+    assert batches == [[first, second]]
+    assert [wire.unpack(frame) for frame in replies] == [[[0, 1]], [[0, 0]]]
 
 
 @pytest.mark.parametrize("transport", [0, 1], ids=["grpc", "unix"])
