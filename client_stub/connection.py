@@ -41,6 +41,9 @@ _CLOSE = object()
 GIL_SWITCH_INTERVAL_S = 0.0002
 #: Stands in a call for the staging offset of its bytes.
 STAGED = object()
+#: How long a unix-socket session polls for a reply before it blocks: most replies come
+#: within tens of microseconds, and a blocked thread takes several more to wake.
+REPLY_SPIN_S = 50e-6
 #: How long closing a session waits for the server to end the stream.
 CLOSE_TIMEOUT_S = 2.0
 #: How long a client whose send failed reads for the server's reason before giving up.
@@ -416,7 +419,7 @@ class SocketConnection(Connection):
 
     def _receive(self) -> list[list[Any]]:
         try:
-            payloads = self._frames.receive()
+            payloads = self._frames.receive(REPLY_SPIN_S)
             if not payloads:
                 raise self._lose("the server closed the session")
             return [reply for payload in payloads for reply in wire.unpack(payload)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 
 from fikit_wire import calls as wire
 
@@ -88,9 +89,12 @@ class FrameSocket:
         self._pending = frames[1:]
         return frames[0]
 
-    def receive(self) -> list[bytes]:
+    def receive(self, spin_s: float = 0.0) -> list[bytes]:
         """Every complete frame that has arrived, waiting for at least one; [] at the end of
-        the stream. Raises ValueError on a frame over the size limit or cut short."""
+        the stream. Raises ValueError on a frame over the size limit or cut short.
+
+        ``spin_s``: how long to poll the socket before blocking on it, for a peer expected
+        to answer within microseconds (waking a blocked thread costs several)."""
         if self._pending:
             frames, self._pending = self._pending, []
             return frames
@@ -102,12 +106,24 @@ class FrameSocket:
                 (size,) = _HEADER.unpack_from(self._buffer)
                 if size > _READ_BYTES:
                     return [self._long_frame(size)]
-            n = self.sock.recv_into(self._chunk)
+            n = self._read(spin_s)
             if not n:
                 if self._buffer:
                     raise ValueError("the stream ended inside a frame")
                 return []
             self._buffer += self._chunk[:n]
+
+    def _read(self, spin_s: float) -> int:
+        """Read what has arrived into the chunk, polling for up to ``spin_s`` first."""
+        if spin_s:
+            deadline = time.perf_counter() + spin_s
+            while True:
+                try:
+                    return self.sock.recv_into(self._chunk, 0, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    if time.perf_counter() >= deadline:
+                        break
+        return self.sock.recv_into(self._chunk)
 
     def _long_frame(self, size: int) -> bytes:
         """The frame of ``size`` bytes the buffer starts, read into a buffer of its own."""

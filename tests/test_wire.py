@@ -65,6 +65,20 @@ def test_frames_of_any_size_arrive_whole_and_in_order_from_a_stream_socket() -> 
     assert frames.receive() == []
 
 
+@pytest.mark.parametrize("delay_s", [0.0, 0.02], ids=["within the spin", "after it"])
+def test_a_spinning_receive_gets_frames_that_come_while_it_polls_or_after(
+    delay_s: float,
+) -> None:
+    ours, theirs = socket.socketpair()
+    timer = threading.Timer(delay_s, FrameSocket(theirs).send, [b"reply"])
+    timer.start()
+    with ours, theirs:
+        assert FrameSocket(ours).receive(spin_s=0.005) == [b"reply"]
+        timer.join()
+        theirs.shutdown(socket.SHUT_WR)
+        assert FrameSocket(ours).receive(spin_s=0.005) == []
+
+
 def test_a_stream_that_ends_inside_a_long_frame_is_refused() -> None:
     ours, theirs = socket.socketpair()
     theirs.sendall(struct.pack("<I", 1 << 20) + b"x" * 1000)
