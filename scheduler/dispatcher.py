@@ -142,6 +142,15 @@ class _InFlight:
         self.last_kernel_id = kernel_id
         self.due_us = max(self.due_us, now) + predicted_us
 
+    def release_through(self, probe: LaunchProbe) -> None:
+        """Give back the probes of the run's launches up to ``probe``, one of the earlier
+        ones, seen done: a run that keeps growing never holds more than one poll's worth."""
+        replaced = self.replaced
+        done = replaced.index(probe) + 1
+        for finished in replaced[:done]:
+            finished.release()
+        del replaced[:done]
+
     def release(self) -> None:
         """Give back every probe of the run."""
         for probe in self.replaced:
@@ -653,7 +662,8 @@ class Dispatcher:
                 key = seen[0][1].stream_key
                 queue = self._streams[key]
                 for record, probe in seen:
-                    if record.probe is not probe:
+                    if record.probe is not probe:  # the run grew since the look
+                        record.release_through(probe)
                         break
                     queue.popleft()
                     at = self._finished_at(record, looked_before, now)

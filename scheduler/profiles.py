@@ -221,8 +221,9 @@ class ProfileStore:
         self._profiles: dict[str, KernelProfile] = {}
         self._dirty: set[str] = set()
         self._shared_launches: dict[str, int] = {}
-        #: Predicted durations computed since their kernel's last sample.
-        self._predictions: dict[str, float | None] = {}
+        #: (predicted duration, still in the measurement stage) of each kernel ID, computed
+        #: since its last duration sample: a launch's plan is one lookup.
+        self._plans: dict[str, tuple[float | None, bool]] = {}
         #: Guards the connection; flush writes under it alone, so recording never waits on disk.
         self._db_lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -266,7 +267,7 @@ class ProfileStore:
         with self._lock:
             profile = self._profile(kernel_id, name)
             profile.duration.add(us)
-            self._predictions.pop(kernel_id, None)
+            self._plans.pop(kernel_id, None)
             if name:
                 profile.name = name
             self._dirty.add(kernel_id)
@@ -295,31 +296,28 @@ class ProfileStore:
     def predicted_duration_us(self, kernel_id: str) -> float | None:
         """Median duration over the recent window; None with fewer than ``min_samples``."""
         with self._lock:
-            return self._predicted(kernel_id)
+            return self._plan(kernel_id)[0]
 
     def launch_plan(self, kernel_id: str) -> tuple[bool, float | None]:
         """For one launch: ``(should_measure, predicted_duration_us)`` under one lock."""
         with self._lock:
-            return self._should_measure(kernel_id), self._predicted(kernel_id)
+            return self._should_measure(kernel_id), self._plan(kernel_id)[0]
 
-    def _predicted(self, kernel_id: str) -> float | None:
-        if kernel_id in self._predictions:
-            return self._predictions[kernel_id]
-        profile = self._profiles.get(kernel_id)
-        predicted = None
-        if profile is not None and profile.duration.count >= self.min_samples:
-            predicted = profile.duration.p50
-        self._predictions[kernel_id] = predicted
-        return predicted
+    def _plan(self, kernel_id: str) -> tuple[float | None, bool]:
+        """(predicted duration, in the measurement stage) of ``kernel_id``, cached until its
+        next sample (call with the lock held)."""
+        plan = self._plans.get(kernel_id)
+        if plan is None:
+            profile = self._profiles.get(kernel_id)
+            count = 0 if profile is None else profile.duration.count
+            predicted = profile.duration.p50 if profile and count >= self.min_samples else None
+            plan = self._plans[kernel_id] = (predicted, count < self.measure_count)
+        return plan
 
     def needs_measurement(self, kernel_id: str) -> bool:
         """Whether ``kernel_id`` is still in the measurement stage (< ``measure_count`` samples)."""
         with self._lock:
-            return self._in_measurement_stage(kernel_id)
-
-    def _in_measurement_stage(self, kernel_id: str) -> bool:
-        profile = self._profiles.get(kernel_id)
-        return profile is None or profile.duration.count < self.measure_count
+            return self._plan(kernel_id)[1]
 
     def should_measure(self, kernel_id: str) -> bool:
         """Whether to measure this launch of ``kernel_id``; call exactly once per launch.
@@ -331,7 +329,7 @@ class ProfileStore:
             return self._should_measure(kernel_id)
 
     def _should_measure(self, kernel_id: str) -> bool:
-        if self._in_measurement_stage(kernel_id):
+        if self._plan(kernel_id)[1]:
             return True
         launches = self._shared_launches.get(kernel_id, 0) + 1
         self._shared_launches[kernel_id] = launches % self.sample_every

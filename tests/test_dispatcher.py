@@ -173,7 +173,7 @@ def test_a_launch_seen_done_late_is_taken_as_finished_at_its_predicted_end(
     profiles.close()
 
 
-def test_a_run_that_grows_while_the_tracker_looks_is_not_taken_for_done() -> None:
+def test_a_run_growing_as_the_tracker_looks_is_not_done_yet_but_frees_its_done_probes() -> None:
     dispatcher, gpu = Dispatcher(PriorityPolicy(quiet_after_us=0)), FakeGpu()
     dispatcher.add_task(1, 9)
     dispatcher.add_task(2, 0)
@@ -192,6 +192,7 @@ def test_a_run_that_grows_while_the_tracker_looks_is_not_taken_for_done() -> Non
     assert grew.wait(5)
     waiter.join(0.2)
     assert waiter.is_alive()  # "second" is still in flight
+    assert first.released and not gpu.probes[0].released  # a growing run holds no done probes
     gpu.probes[0].finished.set()
     waiter.join(5)
     assert [name for name, _ in gpu.issued] == ["second", "lp"]

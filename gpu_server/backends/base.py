@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from scheduler.dispatcher import LaunchProbe
 
@@ -38,6 +38,15 @@ class ParamLayout:
     offsets: tuple[int, ...]
     sizes: tuple[int, ...]
 
+    def __hash__(self) -> int:
+        return self._hash
+
+    @functools.cached_property
+    def _hash(self) -> int:
+        """Computed once: the CUDA backend looks its parameter pointers up by layout at
+        every launch."""
+        return hash((self.offsets, self.sizes))
+
     @functools.cached_property
     def total_size(self) -> int:
         """Bytes spanned by all parameters."""
@@ -49,9 +58,9 @@ class ParamLayout:
         return tuple(o for o, s in zip(self.offsets, self.sizes) if s == 8)
 
 
-@dataclass(frozen=True)
-class LaunchConfig:
-    """Grid, block, dynamic shared memory and stream of one kernel launch."""
+class LaunchConfig(NamedTuple):
+    """Grid, block, dynamic shared memory and stream of one kernel launch (a tuple: one is
+    made per launch)."""
 
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
