@@ -206,6 +206,12 @@ def _done_prefix(seen: list[_Seen]) -> list[_Seen]:
     return seen[:-1]
 
 
+def _finished_at(record: _InFlight, looked_before: float, now: float) -> float:
+    """When a launch seen done now most likely finished: its predicted end, within the time
+    since it was issued or the tracker looked before, whichever is later."""
+    return min(now, max(looked_before, record.issued_us, record.due_us))
+
+
 def clock_us() -> float:
     """Host monotonic time in microseconds, the clock policies run on."""
     return time.perf_counter() * 1e6
@@ -645,11 +651,6 @@ class Dispatcher:
             waiting.error = err
         waiting.issued.set()
 
-    def _finished_at(self, record: _InFlight, looked_before: float, now: float) -> float:
-        """When a launch seen done now most likely finished: its predicted end, within the
-        time since it was issued or the tracker looked before, whichever is later."""
-        return min(now, max(looked_before, record.issued_us, record.due_us))
-
     def _finish(self, finished: list[list[_Seen]], looked_before: float) -> None:
         """Account for completed launches (the done prefix of each stream looked at):
         policy, profiles, trace; then release more. A run that grew after the look is not
@@ -666,7 +667,7 @@ class Dispatcher:
                         record.release_through(probe)
                         break
                     queue.popleft()
-                    at = self._finished_at(record, looked_before, now)
+                    at = _finished_at(record, looked_before, now)
                     self._complete(record.launch, at, record.last_kernel_id)
                     done.append(record)
                 if not queue:
