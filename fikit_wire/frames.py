@@ -81,6 +81,10 @@ class FrameSocket:
         if sent < len(header) + len(payload):
             self.sock.sendall((header + payload)[sent:])
 
+    def send_all(self, payloads: list[bytes]) -> None:
+        """Send frames in one write (for small ones: each is copied once)."""
+        self.sock.sendall(b"".join(header(payload) + payload for payload in payloads))
+
     def receive_one(self) -> bytes | None:
         """The next frame, waiting for it; None at the end of the stream."""
         frames = self.receive()

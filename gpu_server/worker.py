@@ -29,8 +29,8 @@ import socket
 import sys
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Hashable
+from collections import Counter, deque
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import msgpack
@@ -43,12 +43,12 @@ from gpu_server.errors import CudaError
 from gpu_server.ports import InProcess, SessionSpec, end_session, serve_frames
 from scheduler.dispatcher import (
     HELD_WARNING_US,
-    NOTHING_TO_ORDER,
     Dispatcher,
     DispatcherClosed,
     IssueFn,
     LaunchProbe,
     clock_us,
+    done_prefix,
 )
 from scheduler.policy import NO_CREDIT, Credit
 
@@ -78,16 +78,36 @@ def stream_key(key: Hashable) -> int:
 
 class ControlChannel:
     """One end of the control socket between the front end and a worker: messages are
-    msgpack arrays, each sent whole from any thread."""
+    msgpack arrays, each sent whole from any thread, in order. A message can be held
+    (``hold``) to leave with the next one sent, in one write."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.frames = FrameSocket(sock)
         self._lock = threading.Lock()
+        self._held: list[bytes] = []
 
     def send(self, *message: Any) -> None:
-        """Send one message; a peer that is gone is noticed by the reader."""
-        with self._lock, contextlib.suppress(OSError):
-            self.frames.send(msgpack.packb(message))
+        """Send the held messages and this one; a peer that is gone is noticed by the
+        reader."""
+        with self._lock:
+            self._held.append(msgpack.packb(message))
+            self._write_held()
+
+    def hold(self, *message: Any) -> None:
+        """Keep a message to leave, in order, with the next ``send`` or ``flush``."""
+        with self._lock:
+            self._held.append(msgpack.packb(message))
+
+    def flush(self) -> None:
+        """Send the held messages now."""
+        with self._lock:
+            if self._held:
+                self._write_held()
+
+    def _write_held(self) -> None:
+        held, self._held = self._held, []
+        with contextlib.suppress(OSError):
+            self.frames.send_all(held)
 
 
 class ControlSocket(ControlChannel):
@@ -142,7 +162,9 @@ class DispatcherLink:
         self._to_time: set[str] = set()
         control.on_notice = self._notice
         self._ids = itertools.count(1)
-        self._probes: list[tuple[int, LaunchProbe]] = []
+        #: Launches in flight, oldest first, by stream (each stream completes in order).
+        self._probes: dict[Hashable, deque[tuple[int, LaunchProbe]]] = {}
+        self._in_flight = 0
         self._wake = threading.Condition()
         self._closed = False
         #: How the session's launches went (counts, and waits in microseconds), logged at
@@ -174,8 +196,16 @@ class DispatcherLink:
         self.control.send("finished", task_id)
 
     def running(self, priority: int) -> contextlib.AbstractContextManager[object]:
-        """The worker's one session has its CPU to itself: nothing to order."""
-        return NOTHING_TO_ORDER
+        """The worker's one session has its CPU to itself: nothing to order; the reports of
+        launches made under the lease or on credit leave together when its frames ran."""
+        return self._report_after()
+
+    @contextlib.contextmanager
+    def _report_after(self) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            self.control.flush()
 
     def wait_turn(self, priority: int) -> None:
         """Never waits (see ``running``)."""
@@ -197,7 +227,7 @@ class DispatcherLink:
             probe = issue(timed)
             probe_id = next(self._ids)
             key = stream_key(probe.stream_key)
-            self.control.send("leased", task_id, kernel_id, name, probe_id, key, timed)
+            self.control.hold("leased", task_id, kernel_id, name, probe_id, key, timed)
             self._follow(probe_id, probe)
             return
         self.control.send("launch", task_id, kernel_id, name)
@@ -213,7 +243,7 @@ class DispatcherLink:
                 task_id,
                 name,
                 waited / 1e3,
-                len(self._probes),
+                self._in_flight,
             )
         if grant[0] != "issue":
             raise DispatcherClosed(str(grant[1]))
@@ -243,7 +273,7 @@ class DispatcherLink:
         waited_since = None
         with self._wake:
             while True:
-                in_flight, now = len(self._probes), clock_us()
+                in_flight, now = self._in_flight, clock_us()
                 if waited_since is not None:
                     self.stats["us waiting for room"] += round(now - waited_since)
                     waited_since = None
@@ -254,12 +284,17 @@ class DispatcherLink:
                     return False
                 self.stats["waits for room"] += 1
                 waited_since = now
+                self.control.flush()  # the front end counts what is in flight meanwhile
                 self._wake.wait((latest - now) / 1e6)
 
     def _follow(self, probe_id: int, probe: LaunchProbe) -> None:
         """Report the probe's completion once it is done."""
         with self._wake:
-            self._probes.append((probe_id, probe))
+            queue = self._probes.get(probe.stream_key)
+            if queue is None:
+                queue = self._probes[probe.stream_key] = deque()
+            queue.append((probe_id, probe))
+            self._in_flight += 1
             self._wake.notify()
 
     def close(self) -> None:
@@ -269,23 +304,33 @@ class DispatcherLink:
         self._tracker.join()
 
     def _track(self) -> None:
-        """Report each launch's completion (and its GPU times when timed) as it happens."""
+        """Report each launch's completion (and its GPU times when timed) as it happens.
+        Each poll asks a stream's newest launch, and only when that one is not done its
+        oldest ones until one is not: a burst of launches costs a poll a query or a few,
+        not one per launch in flight."""
         while True:
             with self._wake:
                 while not (self._probes or self._closed):
                     self._wake.wait()
                 if self._closed:
                     return
-                probes = list(self._probes)
-            finished = [(probe_id, probe) for probe_id, probe in probes if probe.done()]
+                streams = [list(queue) for queue in self._probes.values()]
+            finished = [probe for launches in streams for probe in done_prefix(launches)]
+            reports: list[int | float | None] = []
             for probe_id, probe in finished:
                 times = probe.times_us()
                 probe.release()
-                self.control.send("done", probe_id, *(times or (None, None)))
+                reports += (probe_id, *(times or (None, None)))
+            if reports:  # one message for the poll: (probe ID, start, end) per launch
+                self.control.send("done", *reports)
             if finished:
                 with self._wake:
-                    done = {probe_id for probe_id, _ in finished}
-                    self._probes = [p for p in self._probes if p[0] not in done]
+                    for _, probe in finished:
+                        queue = self._probes[probe.stream_key]
+                        queue.popleft()
+                        if not queue:
+                            del self._probes[probe.stream_key]
+                    self._in_flight -= len(finished)
                     self._wake.notify_all()  # a launch may wait for room in its credit
             else:
                 time.sleep(POLL_INTERVAL_S)

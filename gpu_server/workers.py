@@ -264,10 +264,13 @@ class WorkerProcess:
         probe = self._probes[probe_id] = RemoteProbe((self.pid, stream_key))
         return probe
 
-    def _on_done(self, probe_id: int, start: float | None, end: float | None) -> None:
-        probe = self._probes.pop(probe_id, None)
-        if probe is not None:
-            probe.finish(None if start is None or end is None else (start, end))
+    def _on_done(self, *reports: int | float | None) -> None:
+        """Launches the worker saw done: (probe ID, start, end) each, times None if untimed."""
+        for i in range(0, len(reports), 3):
+            probe_id, start, end = reports[i : i + 3]
+            probe = self._probes.pop(probe_id, None)  # type: ignore[arg-type]
+            if probe is not None:
+                probe.finish(None if start is None or end is None else (start, end))
 
     def _gone(self) -> None:
         """The worker exited or its control socket broke: account for what it had."""

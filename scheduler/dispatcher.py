@@ -42,7 +42,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
 from scheduler.policy import (
     HIGHEST_PRIORITY,
@@ -195,15 +195,19 @@ MAX_POLL_WAIT_S = 0.002
 HELD_WARNING_US = 100_000.0
 
 
-def _done_prefix(seen: list[_Seen]) -> list[_Seen]:
-    """The leading records whose launches finished (a stream completes in order): when the
-    newest is done, all are, for one query instead of one per launch."""
-    if seen[-1][1].done():
-        return seen
-    for i, (_, probe) in enumerate(seen[:-1]):  # the newest was just asked
+#: Something in flight paired with its probe: launches of one stream, oldest first.
+_Tracked = TypeVar("_Tracked", bound=tuple[Any, LaunchProbe])
+
+
+def done_prefix(tracked: list[_Tracked]) -> list[_Tracked]:
+    """The leading entries of one stream whose launches finished (a stream completes in
+    order): when the newest is done, all are, for one query instead of one per launch."""
+    if tracked[-1][1].done():
+        return tracked
+    for i, (_, probe) in enumerate(tracked[:-1]):  # the newest was just asked
         if not probe.done():
-            return seen[:i]
-    return seen[:-1]
+            return tracked[:i]
+    return tracked[:-1]
 
 
 def _finished_at(record: _InFlight, looked_before: float, now: float) -> float:
@@ -560,7 +564,7 @@ class Dispatcher:
                 to_issue, self._to_issue = self._to_issue, deque()
             for waiting in to_issue:
                 self._issue_held(waiting)
-            finished = [done for seen in oldest if (done := _done_prefix(seen))]
+            finished = [done for seen in oldest if (done := done_prefix(seen))]
             if finished:
                 self._finish(finished, looked_before)
             if not to_issue:

@@ -325,11 +325,20 @@ class FakeControl:
 
     def __init__(self) -> None:
         self.sent: list[tuple[object, ...]] = []
+        self.held: list[tuple[object, ...]] = []
         self.replies: queue.SimpleQueue[list[object] | None] = queue.SimpleQueue()
         self.on_notice = lambda message: None
 
     def send(self, *message: object) -> None:
-        self.sent.append(message)
+        self.hold(*message)
+        self.flush()
+
+    def hold(self, *message: object) -> None:
+        self.held.append(message)
+
+    def flush(self) -> None:
+        self.sent += self.held
+        self.held.clear()
 
 
 class FinishingProbe(RunningProbe):
@@ -357,7 +366,8 @@ def test_a_worker_launches_unasked_within_its_credit_window_then_asks_again() ->
         return [m[0] for m in control.sent if m[0] in ("launch", "leased")]
 
     def launch(kernel: str, made: RunningProbe) -> None:
-        link.launch(1, kernel, kernel, lambda timed: made)
+        with link.running(0):  # a frame of one launch: its report leaves as the frame ends
+            link.launch(1, kernel, kernel, lambda timed: made)
 
     # A go with a window of two launches in flight, 10 us each, for a minute.
     control.replies.put(["issue", False, 2, 10.0, clock_us() + 60e6])
@@ -396,6 +406,34 @@ def test_a_worker_launches_unasked_within_its_credit_window_then_asks_again() ->
     stats = link.stats
     assert stats["asked"] == 6 and stats["on credit"] == 4 and stats["leased"] == 1
     assert stats["waits for room"] == 1
+    link.close()
+
+
+def test_a_worker_reports_a_burst_of_launches_and_their_completions_together() -> None:
+    class BurstProbe(FinishingProbe):
+        queries = 0
+        finished = threading.Event()
+
+        def __init__(self) -> None:
+            pass
+
+        def done(self) -> bool:
+            BurstProbe.queries += 1
+            return self.finished.is_set()
+
+    control = FakeControl()
+    link = DispatcherLink(control)  # type: ignore[arg-type]
+    control.on_notice(["lease", True])
+    for _ in range(1000):
+        link.launch(1, "k", "k", lambda timed: BurstProbe())
+    assert not control.sent and len(control.held) == 1000  # reports wait for the frame's end
+    BurstProbe.queries = 0
+    BurstProbe.finished.set()  # the stream ran them all
+    assert wait_until(lambda: sum(len(m) // 3 for m in control.sent if m[0] == "done") == 1000)
+    assert BurstProbe.queries <= 3
+    kinds = [m[0] for m in control.sent]
+    assert kinds.index("done") == 1000  # every launch was reported before one was done
+    assert kinds.count("done") <= 3  # the completions together, not one by one
     link.close()
 
 
