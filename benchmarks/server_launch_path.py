@@ -1,6 +1,6 @@
 """The server's own cost per kernel launch, without transport or GPU: the launch hot path.
 
-Usage: python benchmarks/server_launch_path.py [--backend sim|cuda] [--profile N]
+Usage: python benchmarks/server_launch_path.py [--backend sim|cuda] [--profile N | --layers]
 Drives Session.execute directly with posted cuLaunchKernel calls (an empty 5-argument
 kernel with three pointers) and prints microseconds per launch (fastest of 5 rounds) for
 each policy, with profile sampling and with every launch timed. Run it before and after
@@ -8,18 +8,23 @@ touching the launch path: over the CPU test double (the default) it needs no GPU
 ``--backend cuda`` it measures the server's whole launch path on the GPU, driver calls
 and completion tracking included; a second table varies how often the completion tracker
 polls. ``--profile N`` then lists the N functions of the
-session's thread with the most own time in one more run (fikit, sampled).
+session's thread with the most own time in one more run (fikit, sampled). ``--layers``
+(CUDA backend only) times each layer of one launch instead: the driver call alone, with
+the probe's event, the backend's launch, and ``Session.execute`` (fifo).
 """
 
 import argparse
+import contextlib
 import cProfile
 import io
 import itertools
 import pstats
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 
 from gpu_server.backends import open_backend
+from gpu_server.backends.base import Backend, LaunchConfig
 from gpu_server.session import Session
 from scheduler.dispatcher import Dispatcher
 from scheduler.policy import POLICIES
@@ -43,6 +48,39 @@ PTX = b"""
 """
 
 
+@contextlib.contextmanager
+def launching_session(
+    backend: Backend, dispatcher: Dispatcher
+) -> Iterator[tuple[Session, list[object]]]:
+    """A session that has loaded the empty kernel, warmed up, and the posted launch call."""
+    session = Session(1, backend, dispatcher, itertools.count(0x1000, 0x10), 5)
+    ctx = session.execute(["cuDevicePrimaryCtxRetain", True, 0])[1]
+    module = session.execute(["cuModuleLoadData", True, ctx, PTX, {}])[1]
+    function = session.execute(["cuModuleGetFunction", True, module, "saxpy"])[1]
+    x = session.execute(["cuMemAlloc", True, ctx, 4096])[1]
+    params = bytes(8) + x.to_bytes(8, "little") * 3 + bytes(4)
+    call = ["cuLaunchKernel", False, ctx, function, [4, 1, 1], [256, 1, 1], 0, 0, params]
+    for _ in range(500):
+        session.execute(call)
+    assert session.execute(["cuCtxSynchronize", True, ctx]) == [0]
+    try:
+        yield session, call
+    finally:
+        session.close()
+
+
+def fastest_us(launch: Callable[[], object], synchronize: Callable[[], object]) -> float:
+    """Microseconds per ``launch()`` over the fastest of ROUNDS rounds of ROUND_LAUNCHES."""
+    fastest = float("inf")
+    for _ in range(ROUNDS):
+        start = time.perf_counter()
+        for _ in range(ROUND_LAUNCHES):
+            launch()
+        fastest = min(fastest, time.perf_counter() - start)
+        synchronize()
+    return fastest / ROUND_LAUNCHES * 1e6
+
+
 def per_launch_us(
     backend_name: str,
     policy: str,
@@ -59,38 +97,67 @@ def per_launch_us(
         dispatcher = Dispatcher(
             POLICIES[policy](), profiles, trace=trace, poll_interval_s=poll_interval_s
         )
-        session = Session(1, backend, dispatcher, itertools.count(0x1000, 0x10), 5)
-        ctx = session.execute(["cuDevicePrimaryCtxRetain", True, 0])[1]
-        module = session.execute(["cuModuleLoadData", True, ctx, PTX, {}])[1]
-        function = session.execute(["cuModuleGetFunction", True, module, "saxpy"])[1]
-        x = session.execute(["cuMemAlloc", True, ctx, 4096])[1]
-        params = bytes(8) + x.to_bytes(8, "little") * 3 + bytes(4)
-        call = ["cuLaunchKernel", False, ctx, function, [4, 1, 1], [256, 1, 1], 0, 0, params]
-        for _ in range(500):
-            session.execute(call)
-        fastest = float("inf")
-        if profiler is not None:
-            profiler.enable()
-        for _ in range(ROUNDS):
-            start = time.perf_counter()
-            for _ in range(ROUND_LAUNCHES):
-                session.execute(call)
-            fastest = min(fastest, time.perf_counter() - start)
-            assert session.execute(["cuCtxSynchronize", True, ctx]) == [0]
-        if profiler is not None:
-            profiler.disable()
-        session.close()
+        with launching_session(backend, dispatcher) as (session, call):
+            ctx = call[2]
+            if profiler is not None:
+                profiler.enable()
+            cost = fastest_us(
+                lambda: session.execute(call),
+                lambda: session.execute(["cuCtxSynchronize", True, ctx]),
+            )
+            if profiler is not None:
+                profiler.disable()
         dispatcher.close()
-    return fastest / ROUND_LAUNCHES * 1e6
+    return cost
+
+
+def print_layers(profile_path: str) -> None:
+    """Per-launch cost of each layer of the CUDA backend's launch path, same kernel."""
+    from cuda.bindings import driver
+
+    backend = open_backend("cuda")
+    with ProfileStore(profile_path) as profiles:
+        dispatcher = Dispatcher(POLICIES["fifo"](), profiles)
+        with launching_session(backend, dispatcher) as (session, call):
+            entry = session.functions[call[3]]
+            function, layout, params = entry.obj, entry.layout, call[8]
+            ctx = session.contexts[call[2]].backend_ctx
+            stream = session._stream(0, call[2])[0].obj
+            pointers = backend._tls.pointer_arrays[layout][0]
+            event = driver.cuEventCreate(driver.CUevent_flags.CU_EVENT_DISABLE_TIMING)[1]
+            config = LaunchConfig((4, 1, 1), (256, 1, 1), 0, stream)
+            launch, record = driver.cuLaunchKernel, driver.cuEventRecord
+
+            def bare() -> object:
+                return launch(function, 4, 1, 1, 256, 1, 1, 0, stream, pointers, 0)
+
+            layers = {
+                "cuLaunchKernel, parameters by pointer": bare,
+                "the same and cuEventRecord": lambda: (bare(), record(event, stream)),
+                "CudaBackend.launch, probe released": lambda: backend.launch(
+                    ctx, function, config, params, layout, False
+                ).release(),
+                "Session.execute, fifo": lambda: session.execute(call),
+            }
+            print("| layer | µs/launch |\n|---|---:|")
+            for name, layer in layers.items():
+                print(f"| {name} | {fastest_us(layer, driver.cuCtxSynchronize):.2f} |")
+            driver.cuEventDestroy(event)
+        dispatcher.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=("sim", "cuda"), default="sim")
-    parser.add_argument("--profile", type=int, default=0, metavar="N")
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--profile", type=int, default=0, metavar="N")
+    choice.add_argument("--layers", action="store_true", help="time each layer (CUDA)")
     args = parser.parse_args()
     backend = args.backend
     with tempfile.TemporaryDirectory() as tmp:
+        if args.layers:
+            print_layers(f"{tmp}/layers.sqlite3")
+            return
         print(f"backend: {backend}")
         print("| policy | sampled µs/launch | every launch timed µs/launch |")
         print("|---|---:|---:|")
