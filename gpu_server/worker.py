@@ -62,6 +62,9 @@ FAULT_EXIT = 3
 ADOPT = b"A"
 #: Sent on the front end's connection once an adopted session ended normally.
 ENDED = b"E"
+#: Most messages a control channel holds back (``ControlChannel.hold``), and longest.
+HOLD_LIMIT_MESSAGES = 64
+HOLD_LIMIT_S = 100e-6
 #: Bytes read at once from a session's connection before its frames start.
 _FIRST_READ_BYTES = 1 << 20
 
@@ -79,12 +82,14 @@ def stream_key(key: Hashable) -> int:
 class ControlChannel:
     """One end of the control socket between the front end and a worker: messages are
     msgpack arrays, each sent whole from any thread, in order. A message can be held
-    (``hold``) to leave with the next one sent, in one write."""
+    (``hold``) to leave with the next one sent, in one write, but no longer than
+    HOLD_LIMIT_S or behind more than HOLD_LIMIT_MESSAGES."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.frames = FrameSocket(sock)
         self._lock = threading.Lock()
         self._held: list[bytes] = []
+        self._held_since = 0.0
 
     def send(self, *message: Any) -> None:
         """Send the held messages and this one; a peer that is gone is noticed by the
@@ -94,9 +99,17 @@ class ControlChannel:
             self._write_held()
 
     def hold(self, *message: Any) -> None:
-        """Keep a message to leave, in order, with the next ``send`` or ``flush``."""
+        """Keep a message to leave, in order, with the next ``send`` or ``flush``; the
+        held ones leave now once there are HOLD_LIMIT_MESSAGES or the oldest has waited
+        HOLD_LIMIT_S (a long frame of launches is reported as it runs)."""
+        now = time.perf_counter()
         with self._lock:
-            self._held.append(msgpack.packb(message))
+            held = self._held
+            if not held:
+                self._held_since = now
+            held.append(msgpack.packb(message))
+            if len(held) >= HOLD_LIMIT_MESSAGES or now - self._held_since >= HOLD_LIMIT_S:
+                self._write_held()
 
     def flush(self) -> None:
         """Send the held messages now."""

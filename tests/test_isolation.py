@@ -20,15 +20,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import grpc
+import msgpack
 import pytest
 from cuda.bindings.driver import CUresult
 
 from client_stub.connection import Connection, ConnectionLost, connect
 from fikit_wire import calls as wire
 from fikit_wire import session_pb2
+from fikit_wire.frames import FrameSocket
+from gpu_server import worker as worker_module
 from gpu_server.backends.sim import FAULT_KERNEL_PREFIX
 from gpu_server.errors import CudaError
-from gpu_server.worker import DispatcherLink
+from gpu_server.worker import ControlChannel, DispatcherLink
 from gpu_server.workers import WorkerProcess
 from scheduler.dispatcher import clock_us
 from scheduler.policy import NO_CREDIT
@@ -435,6 +438,32 @@ def test_a_worker_reports_a_burst_of_launches_and_their_completions_together() -
     assert kinds.index("done") == 1000  # every launch was reported before one was done
     assert kinds.count("done") <= 3  # the completions together, not one by one
     link.close()
+
+
+def test_held_control_messages_leave_in_order_when_sent_after_or_too_many_or_too_old(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ours, theirs = socket.socketpair()
+    channel, peer = ControlChannel(ours), FrameSocket(theirs)
+    theirs.settimeout(5)
+
+    def received(count: int) -> list[object]:
+        messages: list[object] = []
+        while len(messages) < count:
+            messages += [msgpack.unpackb(frame) for frame in peer.receive()]
+        return messages
+
+    with ours, theirs:
+        channel.hold("leased", 1)
+        channel.send("started", 1)
+        assert received(2) == [["leased", 1], ["started", 1]]
+        monkeypatch.setattr(worker_module, "HOLD_LIMIT_S", 60.0)
+        for i in range(worker_module.HOLD_LIMIT_MESSAGES):
+            channel.hold("leased", i)
+        assert len(received(worker_module.HOLD_LIMIT_MESSAGES)) == 64  # none held back
+        monkeypatch.setattr(worker_module, "HOLD_LIMIT_S", 0.0)
+        channel.hold("leased", "old")  # waited the limit already: leaves with itself
+        assert received(1) == [["leased", "old"]]
 
 
 def test_a_launch_reported_done_before_its_issuer_woke_counts_as_done() -> None:
