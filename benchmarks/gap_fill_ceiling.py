@@ -10,16 +10,22 @@ that always has 8 stencil launches of 65 us waiting, or, like the benchmark's ba
 launches 8, waits for them and needs a round trip (LP_SYNC_US) before the next 8. The
 model's GPU runs one kernel at a time, and the server hears of each completion a fixed
 delay after it happened (``report_delay_us``: how late its completion tracker sees it).
-Prints, per configuration, HP's mean request latency over running alone and LP's kernels
-over what fits (LP's rate alone times HP's idle fraction alone), as the benchmark reports
-them.
+The last rows end each HP request with a synchronizing result copy, as the inference
+program's download does (HP is busy while it runs). Prints, per configuration, HP's mean
+request latency over running alone, LP's kernels over what fits (LP's rate alone times
+HP's idle fraction alone), as the benchmark reports them, and how long after HP's last
+kernel the first LP kernel of a pause between HP's requests starts (median).
 """
 
 import argparse
+import bisect
+import itertools
+import math
 import statistics
+from dataclasses import dataclass
 
 from scheduler.policy import FifoPolicy, FikitPolicy, Policy
-from scheduler.simulator import Kernel, TaskSpec, run_alone, simulate
+from scheduler.simulator import Kernel, SimResult, TaskSpec, run_alone, simulate
 
 #: (kernel, median duration us, median GPU idle after it us) of one request, traced alone.
 HP_REQUEST = (
@@ -44,11 +50,17 @@ LP_SYNC_US = 100.0
 #: The server's --max-lp-inflight-us.
 MAX_LP_INFLIGHT_US = 500.0
 REPORT_DELAYS_US = (0.0, 20.0, 50.0, 100.0, 200.0, 400.0)
+#: HP's result copy at the end of each request (``TaskSpec.result_copy_us``), and the
+#: pauses whose first LP kernel the table times (the pauses between HP's requests).
+RESULT_COPY_US = 30.0
+PAUSE_US = 1000.0
 START_US = 5000.0
 
 
-def hp_task(requests: int) -> TaskSpec:
-    """The HP task: its kernels one after another, each followed by its idle time."""
+def hp_task(requests: int, result_copy_us: float | None = None) -> TaskSpec:
+    """The HP task: its kernels one after another, each followed by its idle time; with
+    ``result_copy_us``, each request ends with a synchronizing result copy that long, and
+    the pause after it is that much shorter."""
     kernels = tuple(Kernel(name, duration) for name, duration, _ in HP_REQUEST)
     gaps = tuple(gap for _, _, gap in HP_REQUEST)
     return TaskSpec(
@@ -56,10 +68,11 @@ def hp_task(requests: int) -> TaskSpec:
         9,
         kernels,
         gaps[:-1],
-        request_gap_us=gaps[-1],
+        request_gap_us=gaps[-1] - (result_copy_us or 0.0),
         requests=requests,
         gap_jitter=0.05,
         start_us=START_US,
+        result_copy_us=result_copy_us,
     )
 
 
@@ -84,37 +97,78 @@ def lp_alone_rate(lp: TaskSpec) -> float:
     return alone.work_us([lp.task_id], 0.0, span)[0] / span
 
 
-def shared_run(
-    policy: Policy, requests: int, report_delay_us: float, lp: TaskSpec = LP_STREAM
-) -> tuple[float, float]:
-    """(HP mean latency over alone, LP kernels over what fits) for one configuration."""
-    hp = hp_task(requests)
+@dataclass(frozen=True)
+class Configuration:
+    """One row: a policy, how late it hears of completions, the LP task, HP's result copy."""
+
+    label: str
+    policy: Policy
+    report_delay_us: float = 0.0
+    lp: TaskSpec = LP_STREAM
+    result_copy_us: float | None = None
+
+
+def shared_run(config: Configuration, requests: int) -> tuple[float, float, float]:
+    """(HP mean latency over alone, LP kernels over what fits, median time from HP's last
+    kernel before a pause of over PAUSE_US to the first LP kernel in it) for one row."""
+    hp = hp_task(requests, config.result_copy_us)
+    lp = config.lp
     alone = run_alone(hp)
     alone_mean = statistics.mean(alone.request_latencies_us[1])
     idle = alone.idle_fraction(1)
     until = START_US + 20 * alone.makespan_us(1)
-    shared = simulate([hp, lp], policy, until_us=until, report_delay_us=report_delay_us)
+    shared = simulate(
+        [hp, lp], config.policy, until_us=until, report_delay_us=config.report_delay_us
+    )
     begin, end = shared.start_us[1], shared.finish_us[1]
     lp_kernels, _ = shared.work_us([lp.task_id], begin, end)
     fits = (end - begin) * idle * lp_alone_rate(lp)
-    return statistics.mean(shared.request_latencies_us[1]) / alone_mean, lp_kernels / fits
+    hp_ratio = statistics.mean(shared.request_latencies_us[1]) / alone_mean
+    return hp_ratio, lp_kernels / fits, first_lp_into_pauses_us(shared, hp.task_id, lp.task_id)
 
 
-def configurations() -> list[tuple[str, Policy, float, TaskSpec]]:
-    """What is compared: (label, policy, report delay in us, LP task)."""
+def first_lp_into_pauses_us(result: SimResult, hp_id: int, lp_id: int) -> float:
+    """Median, over HP's pauses longer than PAUSE_US, of the time from HP's last kernel's
+    end to the start of the first LP kernel in the pause (nan when LP ran in none)."""
+    hp = sorted(result.runs(hp_id), key=lambda run: run.start_us)
+    lp_starts = sorted(run.start_us for run in result.runs(lp_id))
+    delays = []
+    for before, after in itertools.pairwise(hp):
+        if after.start_us - before.end_us <= PAUSE_US:
+            continue
+        i = bisect.bisect_left(lp_starts, before.end_us)
+        if i < len(lp_starts) and lp_starts[i] < after.start_us:
+            delays.append(lp_starts[i] - before.end_us)
+    return statistics.median(delays) if delays else math.nan
+
+
+def configurations() -> list[Configuration]:
+    """What is compared."""
+    fikit = FikitPolicy
     relaxed = FikitPolicy(MAX_LP_INFLIGHT_US, gap_margin=1.0, gap_percentile=0.5)
-    rows: list[tuple[str, Policy, float, TaskSpec]] = [("fifo", FifoPolicy(), 0.0, LP_STREAM)]
+    rows = [Configuration("fifo", FifoPolicy())]
     rows += [
-        (f"fikit, heard {delay:.0f} us late", FikitPolicy(MAX_LP_INFLIGHT_US), delay, LP_STREAM)
+        Configuration(f"fikit, heard {delay:.0f} us late", fikit(MAX_LP_INFLIGHT_US), delay)
         for delay in REPORT_DELAYS_US
     ]
-    rows.append(("fikit, gap median without margin, heard at once", relaxed, 0.0, LP_STREAM))
+    rows.append(Configuration("fikit, gap median without margin, heard at once", relaxed))
     rows += [
-        (
+        Configuration(
             f"fikit, LP syncs every {LP_ITERATION} kernels, heard {delay:.0f} us late",
-            FikitPolicy(MAX_LP_INFLIGHT_US),
+            fikit(MAX_LP_INFLIGHT_US),
             delay,
             LP_BATCH,
+        )
+        for delay in (0.0, 100.0)
+    ]
+    rows += [
+        Configuration(
+            f"fikit, LP syncs every {LP_ITERATION} kernels, HP's {RESULT_COPY_US:.0f} us "
+            f"result copy, heard {delay:.0f} us late",
+            fikit(MAX_LP_INFLIGHT_US),
+            delay,
+            LP_BATCH,
+            RESULT_COPY_US,
         )
         for delay in (0.0, 100.0)
     ]
@@ -125,10 +179,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200, help="HP requests per run")
     args = parser.parse_args()
-    print("| configuration | HP mean / alone | LP / fits |\n|---|---:|---:|")
-    for name, policy, delay, lp in configurations():
-        hp_ratio, lp_ratio = shared_run(policy, args.requests, delay, lp)
-        print(f"| {name} | {hp_ratio:.3f}x | {lp_ratio:.3f}x |")
+    print(
+        "| configuration | HP mean / alone | LP / fits | first LP kernel into a pause, us |\n"
+        "|---|---:|---:|---:|"
+    )
+    for config in configurations():
+        hp_ratio, lp_ratio, first_lp = shared_run(config, args.requests)
+        print(f"| {config.label} | {hp_ratio:.3f}x | {lp_ratio:.3f}x | {first_lp:.0f} |")
 
 
 if __name__ == "__main__":

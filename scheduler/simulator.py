@@ -62,6 +62,11 @@ class TaskSpec:
     #: completed (the task synchronizes at the end of each request, as a batch job that
     #: launches a few kernels and then waits for them); ``request_gap_us`` follows that.
     sync_per_request: bool = False
+    #: When set, a request ends with a synchronizing call, as an inference server's result
+    #: copy: it begins when the request's last launch arrives and ends this long after that
+    #: launch completed. The policy sees the task busy meanwhile (``Policy.call_started``,
+    #: ``call_finished``), and the next request's gap follows the call's end.
+    result_copy_us: float | None = None
     #: Every gap is scaled by a factor drawn uniformly from [1 - jitter, 1 + jitter].
     gap_jitter: float = 0.0
     start_us: float = 0.0
@@ -187,6 +192,8 @@ class _Event(Enum):
     ARRIVE = auto()
     #: Nothing happens; the policy is asked again (``Policy.next_event``).
     WAKE = auto()
+    #: A task's result copy ends (``TaskSpec.result_copy_us``).
+    CALL_END = auto()
 
 
 @dataclass
@@ -198,6 +205,8 @@ class _TaskRun:
     launched: int = 0
     outstanding: int = 0
     arrival_pending: bool = False
+    #: In its result copy (``TaskSpec.result_copy_us``).
+    in_call: bool = False
     gone: bool = False
     request_start: dict[int, float] = field(default_factory=dict)
 
@@ -330,6 +339,12 @@ class _Simulation:
             self.policy.completed(launch, ended)
         elif kind is _Event.ARRIVE:
             self._arrive(self.tasks[subject], now)
+        elif kind is _Event.CALL_END:
+            task = self.tasks[subject]
+            task.in_call = False
+            if not task.gone:
+                self.policy.call_finished(subject, now)
+                self._next_launch(task, now)
 
     def _next_launch(self, task: _TaskRun, now: float) -> None:
         """Schedule the task's next arrival if it may make one."""
@@ -337,6 +352,7 @@ class _Simulation:
         if (
             task.gone
             or task.arrival_pending
+            or task.in_call
             or task.outstanding >= task.spec.depth
             or (total is not None and task.launched >= total)
             or (
@@ -369,6 +385,9 @@ class _Simulation:
         task.launched += 1
         task.outstanding += 1
         self.policy.arrive(launch, now)
+        if spec.result_copy_us is not None and n % len(spec.kernels) == len(spec.kernels) - 1:
+            task.in_call = True
+            self.policy.call_started(spec.task_id, now)
         self._next_launch(task, now)
 
     def _complete(self, now: float) -> None:
@@ -389,7 +408,11 @@ class _Simulation:
         spec = task.spec
         # Tasks' launches run in arrival order, so a request ends with its last kernel.
         if done.number % len(spec.kernels) == len(spec.kernels) - 1:
-            latency = now - task.request_start.pop(done.request)
+            ended = now
+            if spec.result_copy_us is not None:  # the request ends with its result copy
+                ended += spec.result_copy_us
+                self._push(ended, _Event.CALL_END, spec.task_id)
+            latency = ended - task.request_start.pop(done.request)
             self.result.request_latencies_us[spec.task_id].append(latency)
         if task.launched == spec.launches and task.outstanding == 0:
             self.result.finish_us[spec.task_id] = now

@@ -71,11 +71,18 @@ def test_lp_predictions_say_how_many_lp_launches_the_policy_had_not_measured() -
 
 
 def test_the_gap_fill_ceiling_model_fills_less_the_later_completions_are_heard() -> None:
-    bound = gap_fill_ceiling.MAX_LP_INFLIGHT_US
-    hp_at_once, lp_at_once = gap_fill_ceiling.shared_run(FikitPolicy(bound), 10, 0.0)
-    hp_late, lp_late = gap_fill_ceiling.shared_run(FikitPolicy(bound), 10, 400.0)
+    def run(delay_us: float, copy_us: float | None = None) -> tuple[float, float, float]:
+        policy = FikitPolicy(gap_fill_ceiling.MAX_LP_INFLIGHT_US)
+        row = gap_fill_ceiling.Configuration("row", policy, delay_us, result_copy_us=copy_us)
+        return gap_fill_ceiling.shared_run(row, 10)
+
+    hp_at_once, lp_at_once, first_at_once = run(0.0)
+    hp_late, lp_late, first_late = run(400.0)
     assert hp_at_once <= 1.05 and hp_late <= 1.05
     assert 0.5 < lp_late < lp_at_once <= 1.0
+    # The first LP kernel of a pause waits for the report, or for HP's result copy.
+    assert first_at_once == 0.0 and first_late == 400.0
+    assert run(0.0, 30.0)[2] == 30.0
 
 
 def test_the_report_reads_worker_launch_counts_and_held_launches_from_the_server_log() -> None:
