@@ -18,11 +18,11 @@ kernel the first LP kernel of a pause between HP's requests starts (median).
 """
 
 import argparse
-import bisect
-import itertools
 import math
 import statistics
 from dataclasses import dataclass
+
+from scheduling import PAUSE_MIN_US, gap_filling
 
 from scheduler.policy import FifoPolicy, FikitPolicy, Policy
 from scheduler.simulator import Kernel, SimResult, TaskSpec, run_alone, simulate
@@ -50,10 +50,8 @@ LP_SYNC_US = 100.0
 #: The server's --max-lp-inflight-us.
 MAX_LP_INFLIGHT_US = 500.0
 REPORT_DELAYS_US = (0.0, 20.0, 50.0, 100.0, 200.0, 400.0)
-#: HP's result copy at the end of each request (``TaskSpec.result_copy_us``), and the
-#: pauses whose first LP kernel the table times (the pauses between HP's requests).
+#: HP's result copy at the end of each request (``TaskSpec.result_copy_us``).
 RESULT_COPY_US = 30.0
-PAUSE_US = 1000.0
 START_US = 5000.0
 
 
@@ -110,7 +108,7 @@ class Configuration:
 
 def shared_run(config: Configuration, requests: int) -> tuple[float, float, float]:
     """(HP mean latency over alone, LP kernels over what fits, median time from HP's last
-    kernel before a pause of over PAUSE_US to the first LP kernel in it) for one row."""
+    kernel before a pause of over PAUSE_MIN_US to the first LP kernel in it) for one row."""
     hp = hp_task(requests, config.result_copy_us)
     lp = config.lp
     alone = run_alone(hp)
@@ -124,22 +122,19 @@ def shared_run(config: Configuration, requests: int) -> tuple[float, float, floa
     lp_kernels, _ = shared.work_us([lp.task_id], begin, end)
     fits = (end - begin) * idle * lp_alone_rate(lp)
     hp_ratio = statistics.mean(shared.request_latencies_us[1]) / alone_mean
-    return hp_ratio, lp_kernels / fits, first_lp_into_pauses_us(shared, hp.task_id, lp.task_id)
+    return hp_ratio, lp_kernels / fits, first_lp_into_pauses_us(shared)
 
 
-def first_lp_into_pauses_us(result: SimResult, hp_id: int, lp_id: int) -> float:
-    """Median, over HP's pauses longer than PAUSE_US, of the time from HP's last kernel's
-    end to the start of the first LP kernel in the pause (nan when LP ran in none)."""
-    hp = sorted(result.runs(hp_id), key=lambda run: run.start_us)
-    lp_starts = sorted(run.start_us for run in result.runs(lp_id))
-    delays = []
-    for before, after in itertools.pairwise(hp):
-        if after.start_us - before.end_us <= PAUSE_US:
-            continue
-        i = bisect.bisect_left(lp_starts, before.end_us)
-        if i < len(lp_starts) and lp_starts[i] < after.start_us:
-            delays.append(lp_starts[i] - before.end_us)
-    return statistics.median(delays) if delays else math.nan
+def first_lp_into_pauses_us(result: SimResult) -> float:
+    """Median, over HP's pauses longer than PAUSE_MIN_US, of the time from HP's last kernel's
+    end to the start of the first LP kernel in the pause (nan when LP ran in none), as the
+    scheduling report measures it on a trace."""
+    trace = [
+        {"priority": result.priority[run.task_id], "start_us": run.start_us, "end_us": run.end_us}
+        for run in result.timeline
+    ]
+    filling = gap_filling(trace, PAUSE_MIN_US)
+    return math.nan if filling is None else filling[1]
 
 
 def configurations() -> list[Configuration]:

@@ -301,7 +301,8 @@ class ProfileStore:
     def launch_plan(self, kernel_id: str) -> tuple[bool, float | None]:
         """For one launch: ``(should_measure, predicted_duration_us)`` under one lock."""
         with self._lock:
-            return self._should_measure(kernel_id), self._plan(kernel_id)[0]
+            predicted, measuring = self._plan(kernel_id)
+            return measuring or self._sampled(kernel_id), predicted
 
     def _plan(self, kernel_id: str) -> tuple[float | None, bool]:
         """(predicted duration, in the measurement stage) of ``kernel_id``, cached until its
@@ -326,11 +327,10 @@ class ProfileStore:
         ``sample_every``-th launch (counted per kernel ID in this process).
         """
         with self._lock:
-            return self._should_measure(kernel_id)
+            return self._plan(kernel_id)[1] or self._sampled(kernel_id)
 
-    def _should_measure(self, kernel_id: str) -> bool:
-        if self._plan(kernel_id)[1]:
-            return True
+    def _sampled(self, kernel_id: str) -> bool:
+        """Counts a sharing-stage launch; True for every ``sample_every``-th."""
         launches = self._shared_launches.get(kernel_id, 0) + 1
         self._shared_launches[kernel_id] = launches % self.sample_every
         return launches == self.sample_every
