@@ -30,8 +30,9 @@ Kernel = dict[str, Any]
 
 
 def load_trace(path: Path) -> list[Kernel]:
-    """The trace's kernels (one JSON object a line)."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The trace's kernels (one JSON object a line; the lines of calls left out)."""
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [line for line in lines if "kernel" in line]
 
 
 def window_start(kernels: list[Kernel]) -> float:

@@ -16,6 +16,7 @@ written to DIR/results.md and DIR/results.json. Exits non-zero when a program fa
 
 import argparse
 import ast
+import bisect
 import itertools
 import json
 import math
@@ -83,7 +84,9 @@ class ModeRun:
     hp: Json | None = None
     lp: Json | None = None
     lp_window: tuple[float, float] | None = None
+    #: The traced server's completed launches, and its tasks' synchronizing calls.
     trace: list[Json] | None = None
+    calls: list[Json] | None = None
     server_log: str = ""
 
 
@@ -157,6 +160,30 @@ def gap_filling(
         holes += [max(0.0, s - e) for (_, e), (s, _) in itertools.pairwise(inside)]
     total = sum(end - start for start, end in gaps)
     return filled / total, _median(delays), _median(holes)
+
+
+def lp_release_after_calls(
+    trace: list[Json], calls: list[Json], shortest_us: float = PAUSE_MIN_US
+) -> float | None:
+    """Median time, on the server's host clock, from the end of HP's synchronizing call
+    that starts one of its pauses (no HP call or launch for over ``shortest_us`` after it)
+    to the issue of the pause's first LP launch: how long the server takes to give LP a
+    pause, free of the GPU clock's placement. None without call lines or such pauses."""
+    hp_calls = [c for c in calls if c["priority"] == HP_PRIORITY]
+    ended = sorted(c["at_us"] for c in hp_calls if c["call"] == "finished")
+    busy_again = sorted(
+        [c["at_us"] for c in hp_calls if c["call"] == "started"]
+        + [k["arrived_us"] for k in trace if k["priority"] == HP_PRIORITY]
+    )
+    lp_issued = sorted(k["issued_us"] for k in trace if k["priority"] != HP_PRIORITY)
+    delays = []
+    for end in ended:
+        i = bisect.bisect_right(busy_again, end)
+        next_busy = busy_again[i] if i < len(busy_again) else math.inf
+        j = bisect.bisect_left(lp_issued, end)
+        if next_busy - end > shortest_us and j < len(lp_issued) and lp_issued[j] < next_busy:
+            delays.append(lp_issued[j] - end)
+    return _median(delays) if delays else None
 
 
 def lp_hole_causes(
@@ -289,6 +316,10 @@ def summarize(runs: dict[str, ModeRun], idle: float | None, timeline: dict[str, 
     }
     predictions = {mode: lp_predictions(timeline[mode].trace) for mode in filling}
     causes = {mode: lp_hole_causes(timeline[mode].trace) for mode in filling}
+    releases = {
+        mode: lp_release_after_calls(timeline[mode].trace, timeline[mode].calls or [])
+        for mode in filling
+    }
     notes = {mode: server_notes(runs[mode].server_log) for mode in SHARING_MODES if mode in runs}
     return {
         "modes": rows,
@@ -296,6 +327,7 @@ def summarize(runs: dict[str, ModeRun], idle: float | None, timeline: dict[str, 
         "gap_filling": {mode: value for mode, value in filling.items() if value is not None},
         "lp_predictions": {mode: p for mode, p in predictions.items() if p is not None},
         "lp_hole_causes": {mode: c for mode, c in causes.items() if c is not None},
+        "lp_release_after_calls": {mode: r for mode, r in releases.items() if r is not None},
         "hp_idle_fraction": idle,
         "lp_fits_kps": fits,
         "scheduler_overhead": overhead,
@@ -342,6 +374,11 @@ def render(summary: Json, command: str, failures: list[str]) -> str:
             f"{share:.1%} of the time: {late:.0%} of it before an LP launch that reached the "
             f"server after the previous LP kernel ended, {held:.0%} before one the policy held"
             for mode, (share, late, held) in summary["lp_hole_causes"].items()
+        ),
+        *(
+            f"- {mode}: the first LP launch of an HP pause issued {delay:.0f} us after the "
+            "HP call that began the pause ended (median; the server's clock)"
+            for mode, delay in summary["lp_release_after_calls"].items()
         ),
         "",
         "Server logs (the table's runs):",
@@ -504,7 +541,9 @@ def run_mode(
             addr = socket_address if args.transport == "unix" else tcp_address
             run = run_programs(mode, mode_dir, args, addr, lp_seconds, failures)
     if trace.exists():
-        run.trace = [json.loads(line) for line in trace.read_text().splitlines() if line]
+        lines = [json.loads(line) for line in trace.read_text().splitlines() if line]
+        run.trace = [line for line in lines if "kernel" in line]
+        run.calls = [line for line in lines if "call" in line]
     run.server_log = (mode_dir / "server.log").read_text(errors="replace")
     return run
 

@@ -225,9 +225,10 @@ class Dispatcher:
     """Runs one policy over the launches of all sessions; thread-safe.
 
     ``trace``: an open text file that receives one JSON line per completed launch (all
-    launches are then timed). ``poll_interval_s``: how long the tracker waits at least
-    between polls while launches are in flight (longer while the oldest unfinished launch
-    of every stream is predicted to run on).
+    launches are then timed) and one per start and end of a synchronizing call.
+    ``poll_interval_s``: how long the tracker waits at least between polls while launches
+    are in flight (longer while the oldest unfinished launch of every stream is predicted
+    to run on).
     """
 
     def __init__(
@@ -242,6 +243,8 @@ class Dispatcher:
         self.policy = policy
         self.profiles = profiles
         self.trace = trace
+        #: Kernel lines (the tracker) and call lines (sessions' threads) share the file.
+        self._trace_lock = threading.Lock()
         self.poll_interval_s = poll_interval_s
         self.clock = clock
         #: Whether launches can be held; FIFO never holds, so it needs no tracker wake-ups.
@@ -475,16 +478,34 @@ class Dispatcher:
     def call_started(self, task_id: int) -> None:
         """The task's session began a synchronizing call (a copy, a synchronization)."""
         with self._lock:
-            self.policy.call_started(task_id, self.clock())
+            now = self.clock()
+            self.policy.call_started(task_id, now)
+            self._trace_call(task_id, "started", now)
 
     def call_finished(self, task_id: int) -> None:
         """That call ended; the tracker asks the policy what this frees."""
         with self._lock:
             now = self.clock()
             self.policy.call_finished(task_id, now)
+            self._trace_call(task_id, "finished", now)
             if self._held:
                 self._due = now
                 self._wake.notify()
+
+    def _trace_call(self, task_id: int, event: str, now: float) -> None:
+        """A trace line for a synchronizing call's start or end, on the host clock (call
+        with the lock held): the report times what follows a task's calls with it."""
+        if self.trace is None:
+            return
+        task = self._tasks.get(task_id)
+        line = {
+            "task": task_id,
+            "priority": None if task is None else task.priority,
+            "call": event,
+            "at_us": round(now, 3),
+        }
+        with self._trace_lock:
+            self.trace.write(json.dumps(line) + "\n")
 
     def close(self) -> None:
         """Stop the tracker; launches still held fail with ``DispatcherClosed``."""
@@ -704,4 +725,5 @@ class Dispatcher:
                     )
                 )
         if lines:
-            self.trace.write("\n".join(lines) + "\n")
+            with self._trace_lock:
+                self.trace.write("\n".join(lines) + "\n")

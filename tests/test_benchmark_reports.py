@@ -107,6 +107,33 @@ def test_the_report_reads_worker_launch_counts_and_held_launches_from_the_server
     assert scheduling.server_notes("") == {"worker_launches": [], "held_warnings": 0}
 
 
+def test_lp_release_after_calls_times_each_pause_from_hp_call_end_to_lp_issue() -> None:
+    def kernel(priority: int, arrived: float, issued: float) -> dict[str, float]:
+        return {"priority": priority, "arrived_us": arrived, "issued_us": issued}
+
+    def call(event: str, at: float) -> dict[str, object]:
+        return {"priority": 9, "call": event, "at_us": at}
+
+    trace = [
+        kernel(9, 0.0, 0.0),  # request 1
+        kernel(0, 50.0, 1300.0),  # LP held through it, issued 300 us into the pause
+        kernel(9, 3000.0, 3000.0),  # request 2
+        kernel(0, 3100.0, 5100.0),  # 100 us into the next pause
+        kernel(9, 7000.0, 7000.0),  # request 3
+        kernel(9, 7600.0, 7600.0),
+    ]
+    calls = [
+        call("started", 900.0),
+        call("finished", 1000.0),
+        call("started", 4900.0),
+        call("finished", 5000.0),
+        call("started", 7510.0),
+        call("finished", 7550.0),  # 50 us to the next launch: not a pause
+    ]
+    assert scheduling.lp_release_after_calls(trace, calls) == 200.0  # median of 300, 100
+    assert scheduling.lp_release_after_calls(trace, []) is None
+
+
 def test_the_report_renders_a_table_targets_and_server_notes() -> None:
     hp = {"latencies_ms": [2.0, 2.2], "windows": [[0.0, 1.0], [1.0, 2.0]]}
     lp = {"progress": [[0.0, 0.0], [2.0, 1000.0]]}

@@ -295,6 +295,22 @@ def test_a_trace_line_per_completed_launch() -> None:
     assert gpu.issued == [("gemm", True)]  # a trace times every launch
 
 
+def test_a_trace_line_per_start_and_end_of_a_synchronizing_call() -> None:
+    trace = io.StringIO()
+    now = [1.0]
+    dispatcher = Dispatcher(FifoPolicy(), trace=trace, clock=lambda: now[0])
+    dispatcher.add_task(7, 3, "client-a")
+    dispatcher.call_started(7)
+    now[0] = 2.0
+    dispatcher.call_finished(7)
+    dispatcher.close()
+    lines = [json.loads(line) for line in trace.getvalue().splitlines()]
+    assert lines == [
+        {"task": 7, "priority": 3, "call": "started", "at_us": 1.0},
+        {"task": 7, "priority": 3, "call": "finished", "at_us": 2.0},
+    ]
+
+
 def test_stream_priorities_follow_task_priorities_under_priority_policies() -> None:
     fikit, fifo = Dispatcher(FikitPolicy()), Dispatcher(FifoPolicy())
     for dispatcher in (fikit, fifo):
