@@ -96,6 +96,84 @@ def test_held_launches_are_issued_in_order_when_the_high_task_finishes() -> None
     dispatcher.close()
 
 
+def test_deferred_launches_return_at_once_queue_in_order_and_settle_waits_for_them() -> None:
+    policy = PriorityPolicy(quiet_after_us=0)
+    dispatcher, gpu = Dispatcher(policy), FakeGpu()
+    dispatcher.add_task(1, 9)
+    dispatcher.add_task(2, 0)
+    dispatcher.launch(1, "k", "hp", gpu.issuer("hp"))
+    deferred = [
+        dispatcher.launch(2, "k", f"lp{i}", gpu.issuer(f"lp{i}"), defer=True) for i in range(3)
+    ]
+    assert deferred == [True, True, True]
+    assert policy.describe(0.0)["tasks"][2]["held"] == 3  # the policy sees all of them
+    settling = in_thread(dispatcher.settle, 2)
+    settling.join(0.2)
+    assert settling.is_alive() and [name for name, _ in gpu.issued] == ["hp"]
+    gpu.probes[0].finished.set()
+    settling.join(5)
+    assert not settling.is_alive()
+    assert [name for name, _ in gpu.issued] == ["hp", "lp0", "lp1", "lp2"]
+    assert not dispatcher.launch(2, "k", "lp3", gpu.issuer("lp3"), defer=True)  # free: direct
+    assert [name for name, _ in gpu.issued][-1] == "lp3"
+    dispatcher.close()
+
+
+def test_a_released_launch_waits_for_the_tasks_earlier_deferred_ones() -> None:
+    dispatcher, gpu = Dispatcher(PriorityPolicy(quiet_after_us=0)), FakeGpu()
+    dispatcher.add_task(1, 9)
+    dispatcher.add_task(2, 0)
+    dispatcher.launch(1, "k", "hp", gpu.issuer("hp"))
+    assert dispatcher.launch(2, "k", "lp0", gpu.issuer("lp0"), defer=True)
+    gpu.probes[0].finished.set()
+    # Released at arrival, or queued behind lp0 while it is still on its way out.
+    dispatcher.launch(2, "k", "lp1", gpu.issuer("lp1"), defer=True)
+    dispatcher.settle(2)
+    assert [name for name, _ in gpu.issued] == ["hp", "lp0", "lp1"]
+    dispatcher.close()
+
+
+def test_a_deferred_launch_error_surfaces_at_settle() -> None:
+    dispatcher, gpu = Dispatcher(PriorityPolicy(quiet_after_us=0)), FakeGpu()
+    dispatcher.add_task(1, 9)
+    dispatcher.add_task(2, 0)
+    dispatcher.launch(1, "k", "hp", gpu.issuer("hp"))
+    assert dispatcher.launch(2, "k", "bad", gpu.issuer("bad", fail=True), defer=True)
+    assert dispatcher.launch(2, "k", "lp", gpu.issuer("lp"), defer=True)
+    gpu.probes[0].finished.set()
+    with pytest.raises(CudaError):
+        dispatcher.settle(2)
+    assert [name for name, _ in gpu.issued] == ["hp", "lp"]
+    dispatcher.settle(2)  # reported once
+    dispatcher.close()
+
+
+def test_removing_a_task_drops_its_deferred_launches_unissued() -> None:
+    dispatcher, gpu = Dispatcher(PriorityPolicy(quiet_after_us=0)), FakeGpu()
+    dispatcher.add_task(1, 9)
+    dispatcher.add_task(2, 0)
+    dispatcher.launch(1, "k", "hp", gpu.issuer("hp"))
+    for i in range(2):
+        assert dispatcher.launch(2, "k", f"lp{i}", gpu.issuer(f"lp{i}"), defer=True)
+    dispatcher.remove_task(2)
+    gpu.probes[0].finished.set()
+    dispatcher.add_task(3, 0)
+    dispatcher.launch(3, "k", "other", gpu.issuer("other"))  # nothing of task 2 holds it
+    assert [name for name, _ in gpu.issued] == ["hp", "other"]
+    dispatcher.close()
+
+
+def test_closing_fails_deferred_launches_and_settle_reports_it() -> None:
+    dispatcher, gpu = Dispatcher(PriorityPolicy(quiet_after_us=0)), FakeGpu()
+    dispatcher.add_task(1, 9)
+    dispatcher.add_task(2, 0)
+    dispatcher.launch(1, "k", "hp", gpu.issuer("hp"))
+    assert dispatcher.launch(2, "k", "lp", gpu.issuer("lp"), defer=True)
+    dispatcher.close()
+    with pytest.raises(DispatcherClosed):
+        dispatcher.settle(2)
+
+
 def test_a_launch_made_under_a_lease_is_tracked_and_sets_the_timing_of_the_next(
     tmp_path: Path,
 ) -> None:
