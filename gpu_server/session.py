@@ -132,6 +132,10 @@ class StreamEntry:
     marked_work: int = -1
 
 
+#: Parameter buffers a function remembers as checked (``FunctionEntry.checked``).
+CHECKED_PARAMS_KEPT = 8
+
+
 @dataclass
 class FunctionEntry:
     """A kernel handle: the backend function, its name and its parameter layout."""
@@ -148,8 +152,11 @@ class FunctionEntry:
     per_context: dict[int, Any] = field(default_factory=dict)
     #: Kernel IDs by (grid, block, dynamic shared memory), computed once each.
     kernel_ids: dict[tuple[Any, ...], str] = field(default_factory=dict)
-    #: (ownership generation, parameters) of the last launch whose pointers were checked.
-    checked: tuple[int, bytes] | None = None
+    #: Parameter buffers whose pointers were checked, while the ownership generation is
+    #: ``checked_generation``: a launch loop passes the same few buffers (a ping-pong
+    #: stencil alternates two), each checked once.
+    checked: set[bytes] = field(default_factory=set)
+    checked_generation: int = -1
 
     def kernel_id(self, grid: list[int], block: list[int], shared_mem_bytes: int) -> str:
         """The kernel ID of a launch of this function with this geometry."""
@@ -908,10 +915,14 @@ class Session:
         fn, entry = self._function(handle, ctx)
         if len(params) < entry.layout.total_size:
             raise invalid_value("kernel parameters shorter than the kernel's layout")
-        checked = (self.ownership.generation, params)
-        if entry.checked != checked:  # a launch loop passes the same buffers every time
+        generation = self.ownership.generation
+        if entry.checked_generation != generation:
+            entry.checked, entry.checked_generation = set(), generation
+        if params not in entry.checked:
             self._check_pointers(entry.layout, params)
-            entry.checked = checked
+            if len(entry.checked) >= CHECKED_PARAMS_KEPT:
+                entry.checked.clear()
+            entry.checked.add(params)
         kid = entry.kernel_id(grid, block, shared_mem_bytes)
         context, backend_stream = self._work_stream(stream, ctx if entry.ctx is None else entry.ctx)
         config = LaunchConfig(

@@ -31,6 +31,7 @@ priorities. A task that is not active is *quiet*.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -622,8 +623,9 @@ class FikitPolicy(PriorityPolicy):
             return []
         room = fit[0]
         released: list[PendingLaunch] = []
-        for level in range(floor - 1, LOWEST_PRIORITY - 1, -1):
-            tasks = [task for task in self._tasks.values() if task.priority == level]
+        waiting = (task for task in self._ordered if task.priority < floor and task.held)
+        for _, level in itertools.groupby(waiting, key=lambda task: task.priority):
+            tasks = list(level)  # highest level first: ``_ordered`` is by priority
             while (best := self._best_fit(tasks, room)) is not None:
                 launch = self._hand_out(best)
                 room -= self.cost_us(launch)

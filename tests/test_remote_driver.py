@@ -517,6 +517,24 @@ def test_a_pointer_check_is_made_again_once_the_memory_changes_owner() -> None:
     dispatcher.close()
 
 
+def test_alternating_parameter_buffers_are_each_checked_once(monkeypatch) -> None:
+    dispatcher = Dispatcher(FifoPolicy())
+    session = Session(1, SimBackend(), dispatcher, handle_counter(), 0)
+    ctx = session.execute(["cuDevicePrimaryCtxRetain", True, 0])[1]
+    module = session.execute(["cuModuleLoadData", True, ctx, SAXPY_PTX, {}])[1]
+    saxpy = session.execute(["cuModuleGetFunction", True, module, "saxpy"])[1]
+    checks = []
+    check = session._check_pointers
+    monkeypatch.setattr(session, "_check_pointers", lambda *a: checks.append(a) or check(*a))
+    ping, pong = (bytes(8) + bytes([n]) * 24 + bytes(4) for n in (1, 2))
+    for params in [ping, pong] * 5:  # a stencil's two buffers, swapped each step
+        launch = ["cuLaunchKernel", True, ctx, saxpy, [1, 1, 1], [64, 1, 1], 0, 0, params]
+        assert session.execute(launch) == [0]
+    assert len(checks) == 2
+    session.close()
+    dispatcher.close()
+
+
 @pytest.fixture
 def unix_remote(sim_server) -> Iterator[ModuleType]:
     """The driver stub with a fresh session to the sim server over the unix socket."""
