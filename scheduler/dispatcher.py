@@ -378,11 +378,14 @@ class Dispatcher:
     ) -> bool:
         """Issue a launch of ``kernel_id`` now, or once the policy releases it.
 
-        A launch the policy holds blocks the caller until it went out, or with ``defer``
-        is left to the tracker: the call returns True at once, so that a session goes on
-        reading its calls and the policy sees the task's next launches while this one
-        waits. Later launches of the task then queue behind it, and the task's session
-        calls ``settle`` before anything that must observe them. Errors of ``issue`` (a
+        A launch the policy holds blocks the caller until it went out. With ``defer``,
+        one held while the policy fills a gap of a higher task (``Policy.filling``) is
+        left to the tracker instead: the call returns True at once, so that the session
+        goes on reading its calls and the policy sees the task's next launches while
+        this one waits. Later launches of the task then queue behind it, and its session
+        calls ``settle`` before anything that must observe them. While the higher task
+        is busy, blocking keeps the session off the interpreter the higher task's
+        session needs (under ``--isolation shared``). Errors of ``issue`` (a
         ``CudaError``) propagate to the caller, or to ``settle`` for a deferred launch.
 
         A task the policy leases (``Policy.leased``) issues at once and is counted after,
@@ -425,6 +428,7 @@ class Dispatcher:
             while deferred and deferred[0].issued.is_set() and deferred[0].error is None:
                 deferred.popleft()
             direct = mine and not deferred
+            defer = defer and (mine or self.policy.filling(now))
             if direct:
                 task.in_flight += 1
             else:

@@ -96,36 +96,55 @@ def test_held_launches_are_issued_in_order_when_the_high_task_finishes() -> None
     dispatcher.close()
 
 
-def test_deferred_launches_return_at_once_queue_in_order_and_settle_waits_for_them() -> None:
-    policy = PriorityPolicy(quiet_after_us=0)
-    dispatcher, gpu = Dispatcher(policy), FakeGpu()
+def in_a_gap() -> tuple[Dispatcher, FakeGpu]:
+    """Task 1 (priority 9) launched and finished, so it sits in an idle gap it never
+    leaves; task 2 (priority 0) launches kernels of unknown duration, which fit no gap."""
+    dispatcher, gpu = Dispatcher(FikitPolicy(quiet_after_us=1e12)), FakeGpu()
     dispatcher.add_task(1, 9)
     dispatcher.add_task(2, 0)
     dispatcher.launch(1, "k", "hp", gpu.issuer("hp"))
+    gpu.probes[0].finished.set()
+    assert wait_until(lambda: dispatcher.policy.filling(dispatcher.clock()))
+    return dispatcher, gpu
+
+
+def test_launches_held_in_a_gap_return_at_once_and_settle_waits_for_them() -> None:
+    dispatcher, gpu = in_a_gap()
     deferred = [
         dispatcher.launch(2, "k", f"lp{i}", gpu.issuer(f"lp{i}"), defer=True) for i in range(3)
     ]
     assert deferred == [True, True, True]
-    assert policy.describe(0.0)["tasks"][2]["held"] == 3  # the policy sees all of them
+    assert dispatcher.policy.describe(0.0)["tasks"][2]["held"] == 3  # seen together
     settling = in_thread(dispatcher.settle, 2)
     settling.join(0.2)
     assert settling.is_alive() and [name for name, _ in gpu.issued] == ["hp"]
-    gpu.probes[0].finished.set()
+    dispatcher.remove_task(1)  # alone now: its launches go, in order
     settling.join(5)
     assert not settling.is_alive()
     assert [name for name, _ in gpu.issued] == ["hp", "lp0", "lp1", "lp2"]
-    assert not dispatcher.launch(2, "k", "lp3", gpu.issuer("lp3"), defer=True)  # free: direct
+    assert not dispatcher.launch(2, "k", "lp3", gpu.issuer("lp3"), defer=True)  # direct
     assert [name for name, _ in gpu.issued][-1] == "lp3"
     dispatcher.close()
 
 
-def test_a_released_launch_waits_for_the_tasks_earlier_deferred_ones() -> None:
-    dispatcher, gpu = Dispatcher(PriorityPolicy(quiet_after_us=0)), FakeGpu()
+def test_a_launch_held_while_the_high_task_is_busy_blocks_its_session() -> None:
+    dispatcher, gpu = Dispatcher(FikitPolicy(quiet_after_us=1e12)), FakeGpu()
     dispatcher.add_task(1, 9)
     dispatcher.add_task(2, 0)
-    dispatcher.launch(1, "k", "hp", gpu.issuer("hp"))
+    dispatcher.launch(1, "k", "hp", gpu.issuer("hp"))  # in flight: the high task is busy
+    waiter = in_thread(dispatcher.launch, 2, "k", "lp", gpu.issuer("lp"), True)
+    waiter.join(0.2)
+    assert waiter.is_alive() and [name for name, _ in gpu.issued] == ["hp"]
+    dispatcher.remove_task(1)
+    waiter.join(5)
+    assert [name for name, _ in gpu.issued] == ["hp", "lp"]
+    dispatcher.close()
+
+
+def test_a_released_launch_waits_for_the_tasks_earlier_deferred_ones() -> None:
+    dispatcher, gpu = in_a_gap()
     assert dispatcher.launch(2, "k", "lp0", gpu.issuer("lp0"), defer=True)
-    gpu.probes[0].finished.set()
+    dispatcher.remove_task(1)
     # Released at arrival, or queued behind lp0 while it is still on its way out.
     dispatcher.launch(2, "k", "lp1", gpu.issuer("lp1"), defer=True)
     dispatcher.settle(2)
@@ -134,13 +153,10 @@ def test_a_released_launch_waits_for_the_tasks_earlier_deferred_ones() -> None:
 
 
 def test_a_deferred_launch_error_surfaces_at_settle() -> None:
-    dispatcher, gpu = Dispatcher(PriorityPolicy(quiet_after_us=0)), FakeGpu()
-    dispatcher.add_task(1, 9)
-    dispatcher.add_task(2, 0)
-    dispatcher.launch(1, "k", "hp", gpu.issuer("hp"))
+    dispatcher, gpu = in_a_gap()
     assert dispatcher.launch(2, "k", "bad", gpu.issuer("bad", fail=True), defer=True)
     assert dispatcher.launch(2, "k", "lp", gpu.issuer("lp"), defer=True)
-    gpu.probes[0].finished.set()
+    dispatcher.remove_task(1)
     with pytest.raises(CudaError):
         dispatcher.settle(2)
     assert [name for name, _ in gpu.issued] == ["hp", "lp"]
@@ -149,14 +165,11 @@ def test_a_deferred_launch_error_surfaces_at_settle() -> None:
 
 
 def test_removing_a_task_drops_its_deferred_launches_unissued() -> None:
-    dispatcher, gpu = Dispatcher(PriorityPolicy(quiet_after_us=0)), FakeGpu()
-    dispatcher.add_task(1, 9)
-    dispatcher.add_task(2, 0)
-    dispatcher.launch(1, "k", "hp", gpu.issuer("hp"))
+    dispatcher, gpu = in_a_gap()
     for i in range(2):
         assert dispatcher.launch(2, "k", f"lp{i}", gpu.issuer(f"lp{i}"), defer=True)
     dispatcher.remove_task(2)
-    gpu.probes[0].finished.set()
+    dispatcher.remove_task(1)
     dispatcher.add_task(3, 0)
     dispatcher.launch(3, "k", "other", gpu.issuer("other"))  # nothing of task 2 holds it
     assert [name for name, _ in gpu.issued] == ["hp", "other"]
@@ -164,10 +177,7 @@ def test_removing_a_task_drops_its_deferred_launches_unissued() -> None:
 
 
 def test_closing_fails_deferred_launches_and_settle_reports_it() -> None:
-    dispatcher, gpu = Dispatcher(PriorityPolicy(quiet_after_us=0)), FakeGpu()
-    dispatcher.add_task(1, 9)
-    dispatcher.add_task(2, 0)
-    dispatcher.launch(1, "k", "hp", gpu.issuer("hp"))
+    dispatcher, gpu = in_a_gap()
     assert dispatcher.launch(2, "k", "lp", gpu.issuer("lp"), defer=True)
     dispatcher.close()
     with pytest.raises(DispatcherClosed):
