@@ -217,9 +217,6 @@ class Session:
         self.dispatcher = dispatcher
         self._ids = handle_ids
         self.deferred_error = 0
-        #: (context, stream) of the launches the dispatcher deferred (``Dispatcher.launch``)
-        #: and the session has not settled since: any other call waits for them first.
-        self._deferred_on: tuple[int, int] | None = None
         #: The error, once a call of this session saw the GPU state of the process lost.
         self.fault = 0
         self.contexts: dict[int, ContextEntry] = {}
@@ -274,8 +271,6 @@ class Session:
             if entry is None:
                 raise CudaError(CUresult.CUDA_ERROR_NOT_SUPPORTED, f"unknown call {name!r}")
             fn, synchronizing = entry
-            if self._deferred_on is not None and name != "cuLaunchKernel":
-                self._settle_launches()
             if synchronizing:
                 # The task is busy until its result exists: no idle gap to fill meanwhile.
                 self.dispatcher.call_started(self.id)
@@ -285,9 +280,6 @@ class Session:
                     self.dispatcher.call_finished(self.id)
             else:
                 values = fn(self, *args)
-                if wants_reply and self._deferred_on is not None:
-                    self._deferred_on = None
-                    self.dispatcher.settle(self.id)  # the reply says whether it went out
             status = 0
         except CudaError as err:
             status, values = err.code, ()
@@ -309,18 +301,8 @@ class Session:
             status, values, self.deferred_error = self.deferred_error, (), 0
         return [status, *values]
 
-    def _settle_launches(self) -> None:
-        """Wait until the launches the dispatcher deferred went out; an error of one is
-        reported like that of any posted call, at the next synchronizing call."""
-        self._deferred_on = None
-        try:
-            self.dispatcher.settle(self.id)
-        except CudaError as err:
-            self.deferred_error = self.deferred_error or err.code
-
     def close(self) -> None:
         """Free everything the session still holds; errors are logged, never raised."""
-        self.dispatcher.remove_task(self.id)  # first: no deferred launch may go out later
         if self._pinned is not None:
             self._quietly(self.backend.host_unregister, self._pinned)
             self._pinned = None
@@ -329,6 +311,7 @@ class Session:
         for handle, lib in list(self.libraries.items()):
             self._quietly(self.backend.library_unload, lib.obj)
             del self.libraries[handle]
+        self.dispatcher.remove_task(self.id)
 
     # -- lookups -------------------------------------------------------------------------
     def _new_handle(self) -> int:
@@ -910,8 +893,6 @@ class Session:
         stream: int,
         params: bytes,
     ) -> tuple[()]:
-        if self._deferred_on is not None and self._deferred_on != (ctx, stream):
-            self._settle_launches()  # work on another stream is ordered after them
         fn, entry = self._function(handle, ctx)
         if len(params) < entry.layout.total_size:
             raise invalid_value("kernel parameters shorter than the kernel's layout")
@@ -936,8 +917,7 @@ class Session:
         def issue(timed: bool) -> LaunchProbe:
             return launch(backend_ctx, fn, config, params, layout, timed)
 
-        if self.dispatcher.launch(self.id, kid, entry.name, issue, defer=True):
-            self._deferred_on = (ctx, stream)
+        self.dispatcher.launch(self.id, kid, entry.name, issue)
         return ()
 
     def _check_pointers(self, layout: ParamLayout, params: bytes) -> None:

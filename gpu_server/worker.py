@@ -229,11 +229,9 @@ class DispatcherLink:
         else:
             self._to_time.add(message[1])
 
-    def launch(
-        self, task_id: int, kernel_id: str, name: str, issue: IssueFn, defer: bool = False
-    ) -> bool:
+    def launch(self, task_id: int, kernel_id: str, name: str, issue: IssueFn) -> None:
         """Issue the launch at once under a lease, else once the front end's policy
-        releases it; either way the front end learns of it. Never deferred: False."""
+        releases it; either way the front end learns of it."""
         if self.leased or self._on_credit(kernel_id):
             self.stats["leased" if self.leased else "on credit"] += 1
             timed = kernel_id in self._to_time or kernel_id not in self._seen
@@ -244,7 +242,7 @@ class DispatcherLink:
             key = stream_key(probe.stream_key)
             self.control.hold("leased", task_id, kernel_id, name, probe_id, key, timed)
             self._follow(probe_id, probe)
-            return False
+            return
         self.control.send("launch", task_id, kernel_id, name)
         asked = clock_us()
         grant = self._reply()
@@ -275,10 +273,6 @@ class DispatcherLink:
         probe_id = next(self._ids)
         self.control.send("issued", probe_id, stream_key(probe.stream_key), 0)
         self._follow(probe_id, probe)
-        return False
-
-    def settle(self, task_id: int) -> None:
-        """Nothing to wait for: ``launch`` returns once its launch went out."""
 
     def _on_credit(self, kernel_id: str) -> bool:
         """Whether the last go's credit lets a launch of ``kernel_id`` go unasked; while

@@ -169,9 +169,6 @@ class _TaskState:
     in_flight: int = 0
     #: (when, kernel ID) of the completion that left the task with nothing in flight.
     idle_since: tuple[float, str] | None = None
-    #: Its launches left to the tracker (``launch(defer=True)``), oldest first, until
-    #: ``settle`` (or a later launch) finds them issued; each is issued in this order.
-    deferred: deque[_Held] = field(default_factory=deque)
 
 
 #: Longest a session waits for its turn before one call while higher tasks run frames: a
@@ -261,8 +258,6 @@ class Dispatcher:
         #: The tracker's least wait between polls while nothing is held (see ``_lease``).
         self._idle_poll_s = UNCONTENDED_POLL_INTERVAL_S
         self._held: dict[int, _Held] = {}
-        #: Tasks with deferred launches not yet seen issued: they launch through the policy.
-        self._deferring: set[int] = set()
         self._to_issue: deque[_Held] = deque()
         self._streams: dict[Hashable, deque[_InFlight]] = {}
         self._closed = False
@@ -295,28 +290,18 @@ class Dispatcher:
             self._lease()
 
     def remove_task(self, task_id: int) -> None:
-        """A session ended; launches it still has in flight are tracked until done.
-
-        Its held launches are dropped, and those released but not yet issued too; returns
-        once none of its launches is being issued, so its contexts may go."""
+        """A session ended; launches it still has in flight are tracked until done."""
         with self._lock:
             dropped = self.policy.remove_task(task_id, self.clock())
-            task = self._tasks.pop(task_id, None)
-            self._deferring.discard(task_id)
+            self._tasks.pop(task_id, None)
             self._lease()
             held = [self._held.pop(launch.seq) for launch in dropped if launch.seq in self._held]
-            queued = [w for w in self._to_issue if w.launch.task_id == task_id]
-            for waiting in queued:
-                self._to_issue.remove(waiting)
-                self._complete(waiting.launch, self.clock())  # handed out, never issued
             if self._held:
                 self._due = self.clock()  # what the task held back may go now
             self._wake.notify()
-        for waiting in held + queued:  # their session is gone: never issued
+        for waiting in held:  # their sessions are gone (a GPU worker lost): never issued
             waiting.error = DispatcherClosed("the task ended")
             waiting.issued.set()
-        for waiting in () if task is None else task.deferred:
-            waiting.issued.wait()  # the tracker may be issuing one now
 
     def _lease(self) -> None:
         """Renew the leased tasks, and how often the tracker polls while nothing is held
@@ -373,29 +358,20 @@ class Dispatcher:
             self._cpu.wait_for(lambda: self._top_running <= priority, TURN_WAIT_S)
 
     # -- launches ------------------------------------------------------------------------
-    def launch(
-        self, task_id: int, kernel_id: str, name: str, issue: IssueFn, defer: bool = False
-    ) -> bool:
-        """Issue a launch of ``kernel_id`` now, or once the policy releases it.
-
-        A launch the policy holds blocks the caller until it went out. With ``defer``,
-        one held while the policy fills a gap of a higher task (``Policy.filling``) is
-        left to the tracker instead: the call returns True at once, so that the session
-        goes on reading its calls and the policy sees the task's next launches while
-        this one waits. Later launches of the task then queue behind it, and its session
-        calls ``settle`` before anything that must observe them. While the higher task
-        is busy, blocking keeps the session off the interpreter the higher task's
-        session needs (under ``--isolation shared``). Errors of ``issue`` (a
-        ``CudaError``) propagate to the caller, or to ``settle`` for a deferred launch.
+    def launch(self, task_id: int, kernel_id: str, name: str, issue: IssueFn) -> None:
+        """Issue a launch of ``kernel_id`` now, or block until the policy releases it.
 
         A task the policy leases (``Policy.leased``) issues at once and is counted after,
         under one lock, without asking the policy: the launch path of a task alone, of
-        every task under FIFO and of the top level under the priority policies.
+        every task under FIFO and of the top level under the priority policies. Its own
+        earlier launches cannot be held meanwhile, since each call of a session waits
+        until its launch went out. Errors of ``issue`` (a ``CudaError``) propagate to the
+        caller either way.
         """
         profiles = self.profiles
         timed, predicted = (False, None) if profiles is None else profiles.launch_plan(kernel_id)
         timed = timed or self.trace is not None
-        if task_id in self._leased and task_id not in self._deferring and not self._closed:
+        if task_id in self._leased and not self._closed:
             probe = issue(timed)
             with self._lock:
                 if task_id in self._tasks:
@@ -407,11 +383,11 @@ class Dispatcher:
                             # A run of launches is one record to the policy and the tracker.
                             last.join(kernel_id, probe, predicted or 0.0, now)
                             self.launches += 1
-                            return False
+                            return
                     self._count_unasked(task_id, kernel_id, name, probe, timed, predicted, now)
-                    return False
+                    return
             probe.release()  # the task ended meanwhile: nobody is left to tell
-            return False
+            return
         with self._lock:
             if self._closed:
                 raise DispatcherClosed("the server is shutting down")
@@ -424,57 +400,19 @@ class Dispatcher:
                     mine = True
                 else:
                     self._to_issue.append(self._held.pop(released.seq))
-            deferred = task.deferred
-            while deferred and deferred[0].issued.is_set() and deferred[0].error is None:
-                deferred.popleft()
-            direct = mine and not deferred
-            defer = defer and (mine or self.policy.filling(now))
-            if direct:
+            if mine:
                 task.in_flight += 1
             else:
-                held = _Held(launch, name, issue, timed)
-                if mine:  # released, but after the task's earlier launches
-                    self._to_issue.append(held)
-                else:
-                    self._held[launch.seq] = held
-                if defer:
-                    deferred.append(held)
-            if deferred:
-                self._deferring.add(task_id)
-            else:
-                self._deferring.discard(task_id)
+                held = self._held[launch.seq] = _Held(launch, name, issue, timed)
             self._due = self.policy.next_event(now) if self._held else None
             if self._to_issue or not mine:
                 self._wake.notify()  # issue what was released; time the held launch's release
-        if direct:
+        if mine:
             self._issue(launch, name, issue, timed)
-            return False
-        if defer:
-            return True
+            return
         held.issued.wait()
         if held.error is not None:
             raise held.error
-        return False
-
-    def settle(self, task_id: int) -> None:
-        """Wait until the task's deferred launches (``launch(defer=True)``) went out; raise
-        the first error among them."""
-        task = self._tasks.get(task_id)
-        if task is None:
-            return
-        with self._lock:
-            waiting = list(task.deferred)
-        error = None
-        for held in waiting:
-            held.issued.wait()
-            error = error or held.error
-        with self._lock:
-            for _ in waiting:
-                task.deferred.popleft()
-            if not task.deferred:
-                self._deferring.discard(task_id)
-        if error is not None:
-            raise error
 
     def leased_tasks(self) -> set[int]:
         """Tasks whose launches the policy issues at arrival until a task comes or goes:
@@ -576,8 +514,7 @@ class Dispatcher:
             self._wake.notify()
         self._tracker.join()
         with self._lock:
-            held = [*self._held.values(), *self._to_issue]
-            self._held, self._to_issue = {}, deque()
+            held, self._held = list(self._held.values()), {}
         for waiting in held:
             waiting.error = DispatcherClosed("the server is shutting down")
             waiting.issued.set()
@@ -729,19 +666,14 @@ class Dispatcher:
         )
 
     def _issue_held(self, waiting: _Held) -> None:
-        """Issue a released launch, unless its task ended since (its contexts may be gone)."""
         with self._lock:
             task = self._tasks.get(waiting.launch.task_id)
-            if task is None:
-                self._complete(waiting.launch, self.clock())
-                waiting.error = DispatcherClosed("the task ended")
-            else:
+            if task is not None:
                 task.in_flight += 1
-        if task is not None:
-            try:
-                self._issue(waiting.launch, waiting.name, waiting.issue, waiting.timed)
-            except BaseException as err:
-                waiting.error = err
+        try:
+            self._issue(waiting.launch, waiting.name, waiting.issue, waiting.timed)
+        except BaseException as err:
+            waiting.error = err
         waiting.issued.set()
 
     def _finish(self, finished: list[list[_Seen]], looked_before: float) -> None:

@@ -124,10 +124,6 @@ class Policy(Protocol):
     def issued(self, launch: PendingLaunch, now: float) -> None:
         """A launch handed out by ``take_issuable`` went to the GPU."""
 
-    def filling(self, now: float) -> bool:
-        """Whether held launches may now be released into an idle gap of the top level
-        (they compete for its room), rather than only once a higher task stops."""
-
     def completed(self, launch: PendingLaunch, now: float) -> None:
         """The GPU finished a launch (or issuing it failed); ``now`` may be the caller's
         estimate of when, earlier than events it reported since."""
@@ -275,10 +271,6 @@ class _QueuedPolicy:
 
     def issued(self, launch: PendingLaunch, now: float) -> None:
         """Nothing to do: a launch counts as in flight from the moment it is handed out."""
-
-    def filling(self, now: float) -> bool:
-        """Never: a held launch waits for the tasks above it to stop."""
-        return False
 
     def completed(self, launch: PendingLaunch, now: float) -> None:
         """Stop counting the launch; its task goes idle if that was its last one."""
@@ -576,10 +568,6 @@ class FikitPolicy(PriorityPolicy):
         credit = Credit(kernel_id, count, cost_us, now + remaining * self.gap_margin)
         self._credits[task_id] = credit
         return credit
-
-    def filling(self, now: float) -> bool:
-        """While every active task at the top level is idle."""
-        return self._room(self._free_floor(now), now) is not None
 
     def cost_us(self, launch: PendingLaunch) -> float:
         """The duration used for fitting: the prediction, or ``default_unknown_us``."""

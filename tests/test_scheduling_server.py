@@ -97,42 +97,6 @@ def test_low_priority_launch_waits_for_the_active_high_priority_task(server_for,
     lp.close()
 
 
-def test_launches_held_in_a_high_tasks_gap_do_not_stop_their_session(server_for) -> None:
-    policy = FikitPolicy(quiet_after_us=1e12)  # the high task never goes quiet
-    server = server_for(policy)
-    hp, lp = Task(server, 9, "hp"), Task(server, 0, "lp")
-    hp.launch()
-    hp.sync()  # idle now: a gap, into which kernels never measured do not fit
-    for _ in range(3):
-        lp.launch()
-    # The session read all three while the first waits: the policy sees them together.
-    assert wait_until(lambda: policy.describe(0.0)["tasks"][lp.conn.session_id]["held"] == 3)
-    hp.close()  # the low task is alone: its launches go, in order
-    lp.sync()
-    assert len(server.backend.launches) == 4
-    lp.close()
-
-
-def test_deferred_launches_keep_stream_order_with_later_work_on_other_streams(
-    server_for,
-) -> None:
-    server = server_for(FikitPolicy(quiet_after_us=50_000))
-    server.backend.set_kernel_duration("saxpy", 10_000)
-    hp, lp = Task(server, 9, "hp"), Task(server, 0, "lp")
-    blocking = lp.value("cuStreamCreate", lp.ctx, 0, 0)
-    hp.launch()
-    hp.sync()
-    lp.launch(blocking)  # deferred in the high task's gap, until it goes quiet
-    lp.launch(0)  # the NULL stream still waits for it
-    lp.launch(blocking)
-    lp.sync()
-    _, first, null, after = launches_of(server, 4)
-    assert null.start_ns >= first.end_ns
-    assert after.start_ns >= null.end_ns
-    hp.close()
-    lp.close()
-
-
 def test_fifo_runs_low_priority_work_beside_high_priority_work(server_for) -> None:
     server = server_for(FifoPolicy())
     server.backend.set_kernel_duration("saxpy", 40_000)
