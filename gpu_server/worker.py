@@ -237,10 +237,14 @@ class DispatcherLink:
             timed = kernel_id in self._to_time or kernel_id not in self._seen
             self._seen.add(kernel_id)
             self._to_time.discard(kernel_id)
+            arrived = clock_us()  # the front end's clock too (CLOCK_MONOTONIC)
             probe = issue(timed)
             probe_id = next(self._ids)
             key = stream_key(probe.stream_key)
-            self.control.hold("leased", task_id, kernel_id, name, probe_id, key, timed)
+            # A launch that ends an idle gap leaves at once: until the front end hears
+            # of it, the policy counts the task idle and may fill the gap it has left.
+            report = self.control.send if self._in_flight == 0 else self.control.hold
+            report("leased", task_id, kernel_id, name, probe_id, key, timed, arrived)
             self._follow(probe_id, probe)
             return
         self.control.send("launch", task_id, kernel_id, name)

@@ -246,11 +246,18 @@ class WorkerProcess:
         self._launches.put([task_id, kernel_id, name])
 
     def _on_leased(
-        self, task_id: int, kernel_id: str, name: str, probe_id: int, stream_key: int, timed: bool
+        self,
+        task_id: int,
+        kernel_id: str,
+        name: str,
+        probe_id: int,
+        stream_key: int,
+        timed: bool,
+        arrived_us: float,
     ) -> None:
         assert self.dispatcher is not None
         probe = self._remote_probe(probe_id, stream_key)
-        if self.dispatcher.launched(task_id, kernel_id, name, probe, timed):
+        if self.dispatcher.launched(task_id, kernel_id, name, probe, timed, arrived_us):
             self._control.send("time", kernel_id)
 
     def _on_issued(self, probe_id: int, stream_key: int, error: int) -> None:

@@ -372,10 +372,12 @@ class Dispatcher:
         timed, predicted = (False, None) if profiles is None else profiles.launch_plan(kernel_id)
         timed = timed or self.trace is not None
         if task_id in self._leased and not self._closed:
+            # Arrived now: the lock may be busy after the issue, and a late stamp would
+            # lengthen the task's measured gap by the wait.
+            now = self.clock()
             probe = issue(timed)
             with self._lock:
                 if task_id in self._tasks:
-                    now = self.clock()
                     queue = self._streams.get(probe.stream_key)
                     if queue and not timed:
                         last = queue[-1]
@@ -420,17 +422,25 @@ class Dispatcher:
         return set(self._leased)
 
     def launched(
-        self, task_id: int, kernel_id: str, name: str, probe: LaunchProbe, timed: bool
+        self,
+        task_id: int,
+        kernel_id: str,
+        name: str,
+        probe: LaunchProbe,
+        timed: bool,
+        arrived_us: float | None = None,
     ) -> bool:
         """A launch that a task issued without asking (under a lease, ``leased_tasks``, or
-        on credit, ``credit``): it counts and is tracked like any other. Returns whether
-        the profiles want the task's next launch of ``kernel_id`` timed."""
+        on credit, ``credit``), at ``arrived_us`` on this clock (default: now): it counts
+        and is tracked like any other. Returns whether the profiles want the task's next
+        launch of ``kernel_id`` timed."""
         profiles = self.profiles
         measure, predicted = (False, None) if profiles is None else profiles.launch_plan(kernel_id)
         with self._lock:
             if self._closed or task_id not in self._tasks:  # the report outran the task's end
                 return False
-            self._count_unasked(task_id, kernel_id, name, probe, timed, predicted, self.clock())
+            now = self.clock() if arrived_us is None else arrived_us
+            self._count_unasked(task_id, kernel_id, name, probe, timed, predicted, now)
         return measure or self.trace is not None
 
     def _count_unasked(

@@ -362,7 +362,8 @@ class _QueuedPolicy:
         task = self._tasks[launch.task_id]
         task.launched = True
         if task.idle_after_kernel and (task.idle_since is not None or task.idle_before):
-            self._gap_ended(task.task_id, task.gap_key, task.idle_for(now))
+            # An arrival stamped before a completion placed by a later poll: no gap.
+            self._gap_ended(task.task_id, task.gap_key, max(0.0, task.idle_for(now)))
         task.idle_since = None
         task.idle_before = 0.0
         task.idle_after_kernel = ""

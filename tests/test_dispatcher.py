@@ -295,6 +295,38 @@ def test_a_trace_line_per_completed_launch() -> None:
     assert gpu.issued == [("gemm", True)]  # a trace times every launch
 
 
+def test_a_leased_launch_arrives_when_it_came_not_when_the_lock_was_free() -> None:
+    trace = io.StringIO()
+    now = [5.0]
+    dispatcher = Dispatcher(FifoPolicy(), trace=trace, clock=lambda: now[0])
+    gpu = FakeGpu()
+    dispatcher.add_task(7, 3)
+    issue = gpu.issuer("gemm")
+
+    def slow_issue(timed: bool) -> FakeProbe:
+        now[0] = 400.0  # the issue, then the wait for the lock, took this long
+        return issue(timed)
+
+    dispatcher.launch(7, "abc", "gemm", slow_issue)
+    gpu.probes[0].finished.set()
+    assert wait_until(lambda: trace.getvalue().endswith("\n"))
+    dispatcher.close()
+    line = json.loads(trace.getvalue())
+    assert (line["arrived_us"], line["issued_us"]) == (5.0, 5.0)
+
+
+def test_a_reported_launch_arrives_at_the_time_its_worker_stamped() -> None:
+    trace = io.StringIO()
+    dispatcher = Dispatcher(FifoPolicy(), trace=trace, clock=lambda: 900.0)
+    dispatcher.add_task(7, 3)
+    probe = FakeProbe("s", (10.0, 35.0))
+    dispatcher.launched(7, "abc", "gemm", probe, True, arrived_us=640.0)  # heard at 900
+    probe.finished.set()
+    assert wait_until(lambda: trace.getvalue().endswith("\n"))
+    dispatcher.close()
+    assert json.loads(trace.getvalue())["arrived_us"] == 640.0
+
+
 def test_a_trace_line_per_start_and_end_of_a_synchronizing_call() -> None:
     trace = io.StringIO()
     now = [1.0]

@@ -412,6 +412,22 @@ def test_a_worker_launches_unasked_within_its_credit_window_then_asks_again() ->
     link.close()
 
 
+def test_a_leased_launch_is_reported_with_the_time_it_came_before_its_issue() -> None:
+    control = FakeControl()
+    link = DispatcherLink(control)  # type: ignore[arg-type]
+    control.on_notice(["lease", True])
+    issued_at = []
+
+    def issue(timed: bool) -> FinishingProbe:
+        issued_at.append(clock_us())
+        return FinishingProbe()
+
+    link.launch(1, "k", "k", issue)
+    (report,) = control.sent  # the task was idle: the report leaves at once
+    assert report[0] == "leased" and report[-1] <= issued_at[0]
+    link.close()
+
+
 def test_a_worker_reports_a_burst_of_launches_and_their_completions_together() -> None:
     class BurstProbe(FinishingProbe):
         queries = 0
@@ -429,7 +445,8 @@ def test_a_worker_reports_a_burst_of_launches_and_their_completions_together() -
     control.on_notice(["lease", True])
     for _ in range(1000):
         link.launch(1, "k", "k", lambda timed: BurstProbe())
-    assert not control.sent and len(control.held) == 1000  # reports wait for the frame's end
+    # The first ends an idle gap and leaves at once; the rest wait for the frame's end.
+    assert [m[0] for m in control.sent] == ["leased"] and len(control.held) == 999
     BurstProbe.queries = 0
     BurstProbe.finished.set()  # the stream ran them all
     assert wait_until(lambda: sum(len(m) // 3 for m in control.sent if m[0] == "done") == 1000)
