@@ -221,6 +221,55 @@ def lp_hole_causes(
     return holes / total, late / holes, held / holes
 
 
+def hp_slowdown(
+    trace: list[Json], alone: list[Json], kernels_per_request: int
+) -> tuple[float, float] | None:
+    """How much longer HP's kernels ran in a traced sharing run than alone, in us per
+    request: each kernel against the median of its kernel ID in the traced hp-alone run,
+    summed over the kernels that had an LP kernel on the GPU beside them, and over those
+    that had none (what LP left behind: the caches, the clocks). None without both."""
+    durations: dict[str, list[float]] = {}
+    for k in alone:
+        if k["priority"] == HP_PRIORITY:
+            durations.setdefault(k["kernel_id"], []).append(k["end_us"] - k["start_us"])
+    medians = {kid: _median(values) for kid, values in durations.items()}
+    hp = [k for k in trace if k["priority"] == HP_PRIORITY and k["kernel_id"] in medians]
+    if not hp or kernels_per_request < 1:
+        return None
+    lp_busy: list[list[float]] = []  # LP's busy time, as disjoint intervals in order
+    lp = sorted((k["start_us"], k["end_us"]) for k in trace if k["priority"] != HP_PRIORITY)
+    for start, end in lp:
+        if lp_busy and start <= lp_busy[-1][1]:
+            lp_busy[-1][1] = max(lp_busy[-1][1], end)
+        else:
+            lp_busy.append([start, end])
+    starts = [start for start, _ in lp_busy]
+    beside = without = 0.0
+    for k in hp:
+        extra = k["end_us"] - k["start_us"] - medians[k["kernel_id"]]
+        i = bisect.bisect_left(starts, k["end_us"]) - 1  # the last LP stretch begun before
+        if i >= 0 and lp_busy[i][1] > k["start_us"]:
+            beside += extra
+        else:
+            without += extra
+    requests = len(hp) / kernels_per_request
+    return beside / requests, without / requests
+
+
+def lp_turnaround(calls: list[Json], trace: list[Json]) -> float | None:
+    """Median time from the end of an LP synchronizing call to the arrival of that task's
+    next launch at the dispatcher (us, the server's clock): the LP job's own round trip."""
+    delays = []
+    for task in {c["task"] for c in calls if c["priority"] != HP_PRIORITY}:
+        ended = sorted(c["at_us"] for c in calls if c["task"] == task and c["call"] == "finished")
+        arrived = sorted(k["arrived_us"] for k in trace if k.get("task") == task)
+        for end in ended:
+            i = bisect.bisect_left(arrived, end)
+            if i < len(arrived):
+                delays.append(arrived[i] - end)
+    return _median(delays) if delays else None
+
+
 def lp_predictions(trace: list[Json]) -> tuple[float, float] | None:
     """What the policy knew of LP launches' durations in a traced run: the share traced
     without a prediction (fitted as ``--max-lp-inflight-us`` each) and the median of the
@@ -320,6 +369,15 @@ def summarize(runs: dict[str, ModeRun], idle: float | None, timeline: dict[str, 
         mode: lp_release_after_calls(timeline[mode].trace, timeline[mode].calls or [])
         for mode in filling
     }
+    alone = timeline.get("hp-alone")
+    slowdowns = {
+        mode: hp_slowdown(timeline[mode].trace, alone.trace, alone.hp["kernels_per_request"])
+        for mode in filling
+        if alone is not None and alone.trace and alone.hp
+    }
+    turnarounds = {
+        mode: lp_turnaround(timeline[mode].calls or [], timeline[mode].trace) for mode in filling
+    }
     notes = {mode: server_notes(runs[mode].server_log) for mode in SHARING_MODES if mode in runs}
     return {
         "modes": rows,
@@ -328,6 +386,8 @@ def summarize(runs: dict[str, ModeRun], idle: float | None, timeline: dict[str, 
         "lp_predictions": {mode: p for mode, p in predictions.items() if p is not None},
         "lp_hole_causes": {mode: c for mode, c in causes.items() if c is not None},
         "lp_release_after_calls": {mode: r for mode, r in releases.items() if r is not None},
+        "hp_slowdown": {mode: d for mode, d in slowdowns.items() if d is not None},
+        "lp_turnaround": {mode: t for mode, t in turnarounds.items() if t is not None},
         "hp_idle_fraction": idle,
         "lp_fits_kps": fits,
         "scheduler_overhead": overhead,
@@ -379,6 +439,17 @@ def render(summary: Json, command: str, failures: list[str]) -> str:
             f"- {mode}: the first LP launch of an HP pause issued {delay:.0f} us after the "
             "HP call that began the pause ended (median; the server's clock)"
             for mode, delay in summary["lp_release_after_calls"].items()
+        ),
+        *(
+            f"- {mode}: LP's next launch reached the server {delay:.0f} us after its "
+            "synchronizing call ended (median; the server's clock)"
+            for mode, delay in summary["lp_turnaround"].items()
+        ),
+        *(
+            f"- {mode}: HP's kernels ran {beside:.0f} us per request longer than alone with "
+            f"an LP kernel beside them, {after:.0f} us with none (against each kernel's "
+            "median in the traced hp-alone run)"
+            for mode, (beside, after) in summary["hp_slowdown"].items()
         ),
         "",
         "Server logs (the table's runs):",

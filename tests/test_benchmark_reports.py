@@ -134,6 +134,43 @@ def test_lp_release_after_calls_times_each_pause_from_hp_call_end_to_lp_issue() 
     assert scheduling.lp_release_after_calls(trace, []) is None
 
 
+def test_hp_slowdown_splits_extra_kernel_time_by_whether_lp_ran_beside() -> None:
+    def hp(kid: str, start: float, end: float) -> dict[str, object]:
+        return {**kernel(9, start, end), "kernel_id": kid}
+
+    alone = [hp("a", 0, 10), hp("a", 100, 110), hp("b", 200, 250)]
+    shared = [
+        hp("a", 1000, 1030),  # 20 us longer, LP beside it
+        hp("b", 1100, 1160),  # 10 us longer, LP ended before it began
+        hp("a", 2000, 2015),  # 5 us longer, an LP stretch starts inside it
+        hp("b", 2100, 2150),  # as fast as alone
+        hp("c", 3000, 3100),  # never ran alone: left out
+        kernel(0, 990, 1020),
+        kernel(0, 1010, 1090),  # with the one before, one stretch 990..1090
+        kernel(0, 2010, 2040),
+    ]
+    # 4 kernels of known IDs in 2-kernel requests: 2 requests.
+    assert scheduling.hp_slowdown(shared, alone, 2) == ((20 + 5) / 2, (10 + 0) / 2)
+    assert scheduling.hp_slowdown(shared, [], 2) is None
+
+
+def test_lp_turnaround_times_an_lp_call_end_to_its_next_launch() -> None:
+    calls = [
+        {"task": 1, "priority": 0, "call": "finished", "at_us": 100.0},
+        {"task": 1, "priority": 0, "call": "finished", "at_us": 500.0},
+        {"task": 2, "priority": 9, "call": "finished", "at_us": 100.0},  # HP's: not counted
+    ]
+    trace = [
+        {"task": 1, "priority": 0, "arrived_us": 50.0},
+        {"task": 1, "priority": 0, "arrived_us": 250.0},  # 150 after the first call
+        {"task": 1, "priority": 0, "arrived_us": 260.0},
+        {"task": 1, "priority": 0, "arrived_us": 550.0},  # 50 after the second
+        {"task": 2, "priority": 9, "arrived_us": 110.0},
+    ]
+    assert scheduling.lp_turnaround(calls, trace) == 100.0
+    assert scheduling.lp_turnaround([], trace) is None
+
+
 def test_the_report_renders_a_table_targets_and_server_notes() -> None:
     hp = {"latencies_ms": [2.0, 2.2], "windows": [[0.0, 1.0], [1.0, 2.0]]}
     lp = {"progress": [[0.0, 0.0], [2.0, 1000.0]]}
