@@ -20,7 +20,7 @@ kernel the first LP kernel of a pause between HP's requests starts (median).
 import argparse
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from scheduling import PAUSE_MIN_US, gap_filling
 
@@ -86,6 +86,12 @@ LP_BATCH = TaskSpec(
     depth=LP_ITERATION,
     sync_per_request=True,
 )
+
+#: How long after its held launch went out a blocked session's next launch arrived: median
+#: in the `e8c0edf` `shared` fikit trace (held LP launches' issue to the next arrival).
+HELD_RESUME_US = 15.0
+#: The same job as the server runs it: the policy sees one held launch of it at a time.
+LP_BLOCKED = replace(LP_BATCH, held_resume_us=HELD_RESUME_US)
 
 
 def lp_alone_rate(lp: TaskSpec) -> float:
@@ -158,12 +164,16 @@ def configurations() -> list[Configuration]:
     ]
     rows += [
         Configuration(
-            f"fikit, LP syncs every {LP_ITERATION} kernels, HP's {RESULT_COPY_US:.0f} us "
-            f"result copy, heard {delay:.0f} us late",
+            f"fikit, LP syncs every {LP_ITERATION} kernels{blocked}, HP's "
+            f"{RESULT_COPY_US:.0f} us result copy, heard {delay:.0f} us late",
             fikit(MAX_LP_INFLIGHT_US),
             delay,
-            LP_BATCH,
+            lp,
             RESULT_COPY_US,
+        )
+        for blocked, lp in (
+            ("", LP_BATCH),
+            (f", its session blocked while held (+{HELD_RESUME_US:.0f} us)", LP_BLOCKED),
         )
         for delay in (0.0, 100.0)
     ]

@@ -10,7 +10,9 @@ are outstanding, otherwise after the completion that frees a slot. With ``depth=
 an inference step that synchronizes on every kernel and does host work between kernels; with
 a larger depth and no gaps it is a saturating training-like stream; with
 ``sync_per_request`` it is a batch job that launches a request's kernels, waits for them all
-and only then starts the next request.
+and only then starts the next request. With ``held_resume_us`` a task makes no launch while
+one of its launches is held by the policy, as a server session whose one thread a held
+launch blocks: the policy then sees at most one held launch of it at a time.
 
 The GPU runs issued kernels one at a time in issue order (one hardware queue, no
 preemption). A real GPU can overlap kernels of different streams; this model is the
@@ -67,6 +69,10 @@ class TaskSpec:
     #: launch completed. The policy sees the task busy meanwhile (``Policy.call_started``,
     #: ``call_finished``), and the next request's gap follows the call's end.
     result_copy_us: float | None = None
+    #: When set, the task makes no launch while one of its launches is held, and its next
+    #: comes this long after the held one was issued (plus its host gap): the server's
+    #: sessions read their calls on one thread, which a held launch blocks until released.
+    held_resume_us: float | None = None
     #: Every gap is scaled by a factor drawn uniformly from [1 - jitter, 1 + jitter].
     gap_jitter: float = 0.0
     start_us: float = 0.0
@@ -204,6 +210,8 @@ class _TaskRun:
     rng: random.Random
     launched: int = 0
     outstanding: int = 0
+    #: Arrived and not yet issued.
+    held: int = 0
     arrival_pending: bool = False
     #: In its result copy (``TaskSpec.result_copy_us``).
     in_call: bool = False
@@ -346,14 +354,16 @@ class _Simulation:
                 self.policy.call_finished(subject, now)
                 self._next_launch(task, now)
 
-    def _next_launch(self, task: _TaskRun, now: float) -> None:
-        """Schedule the task's next arrival if it may make one."""
+    def _next_launch(self, task: _TaskRun, now: float, delay_us: float = 0.0) -> None:
+        """Schedule the task's next arrival if it may make one, ``delay_us`` later than its
+        host gap says."""
         total = task.spec.launches
         if (
             task.gone
             or task.arrival_pending
             or task.in_call
             or task.outstanding >= task.spec.depth
+            or (task.spec.held_resume_us is not None and task.held)
             or (total is not None and task.launched >= total)
             or (
                 task.spec.sync_per_request
@@ -365,7 +375,7 @@ class _Simulation:
         jitter = task.spec.gap_jitter
         gap = task.spec.gap_before_us(task.launched) * task.rng.uniform(1 - jitter, 1 + jitter)
         task.arrival_pending = True
-        self._push(now + gap, _Event.ARRIVE, task.spec.task_id)
+        self._push(now + delay_us + gap, _Event.ARRIVE, task.spec.task_id)
 
     def _arrive(self, task: _TaskRun, now: float) -> None:
         task.arrival_pending = False
@@ -384,6 +394,7 @@ class _Simulation:
         self.launches[launch.seq] = _Launch(launch, kernel, n, request, now)
         task.launched += 1
         task.outstanding += 1
+        task.held += 1
         self.policy.arrive(launch, now)
         if spec.result_copy_us is not None and n % len(spec.kernels) == len(spec.kernels) - 1:
             task.in_call = True
@@ -435,6 +446,11 @@ class _Simulation:
             entry = self.launches[launch.seq]
             entry.issue_us = now
             self.gpu_queue.append(entry)
+            task = self.tasks[launch.task_id]
+            task.held -= 1
+            resume = task.spec.held_resume_us
+            if resume is not None:  # a session that waited for the release wakes first
+                self._next_launch(task, now, resume if entry.arrive_us < now else 0.0)
         if self.running is None and self.gpu_queue:
             entry = self.running = self.gpu_queue.popleft()
             end = now + entry.kernel.duration_us

@@ -164,6 +164,20 @@ def test_a_task_that_synchronizes_per_request_waits_for_its_kernels_before_the_n
     assert runs[8].arrive_us == pytest.approx(runs[7].end_us + 100.0)
 
 
+@pytest.mark.parametrize(
+    ("resume_us", "arrivals"), [(None, [0.0] * 4), (7.0, [0.0] + [1007.0] * 3)]
+)
+def test_a_task_blocked_while_held_makes_its_next_launch_after_the_release(
+    resume_us: float | None, arrivals: list[float]
+) -> None:
+    hp = TaskSpec(HP, 9, kernels("h", (1000.0,)))
+    lp = TaskSpec(2, 0, kernels("l", (10.0,)), requests=4, depth=4, held_resume_us=resume_us)
+    shared = simulate([hp, lp], PriorityPolicy(quiet_after_us=0.0))
+    # Held behind HP's kernel until 1000; a blocked session reads its next launch 7 us
+    # after the release, and those go at once: they were never held.
+    assert [run.arrive_us for run in shared.runs(2)] == arrivals
+
+
 def test_fifo_slows_the_hp_task_down() -> None:
     shared = simulate(WORKLOAD, FifoPolicy())
     assert slowdown(shared) > 1.5
