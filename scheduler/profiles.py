@@ -326,8 +326,7 @@ class ProfileStore:
         True for every launch in the measurement stage; in the sharing stage, True for every
         ``sample_every``-th launch (counted per kernel ID in this process).
         """
-        with self._lock:
-            return self._plan(kernel_id)[1] or self._sampled(kernel_id)
+        return self.launch_plan(kernel_id)[0]
 
     def _sampled(self, kernel_id: str) -> bool:
         """Counts a sharing-stage launch; True for every ``sample_every``-th."""
