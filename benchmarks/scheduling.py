@@ -270,6 +270,24 @@ def lp_turnaround(calls: list[Json], trace: list[Json]) -> float | None:
     return _median(delays) if delays else None
 
 
+def dispatch_latencies(trace: list[Json]) -> tuple[float, float, float] | None:
+    """Medians (us) along a launch's way through a traced server: for LP launches the
+    policy held, from arrival to release and from release to issue; for every launch, from
+    its GPU end to the tracker seeing it done (the GPU time placed on the host clock). None
+    for a trace without release times."""
+    traced = [k for k in trace if "released_us" in k]
+    if not traced:
+        return None
+    held = [
+        k for k in traced if k["priority"] != HP_PRIORITY and k["released_us"] > k["arrived_us"]
+    ]
+    return (
+        _median([k["released_us"] - k["arrived_us"] for k in held]),
+        _median([k["issued_us"] - k["released_us"] for k in held]),
+        _median([k["seen_us"] - k["end_us"] for k in traced]),
+    )
+
+
 def lp_predictions(trace: list[Json]) -> tuple[float, float] | None:
     """What the policy knew of LP launches' durations in a traced run: the share traced
     without a prediction (fitted as ``--max-lp-inflight-us`` each) and the median of the
@@ -375,6 +393,7 @@ def summarize(runs: dict[str, ModeRun], idle: float | None, timeline: dict[str, 
         for mode in filling
         if alone is not None and alone.trace and alone.hp
     }
+    latencies = {mode: dispatch_latencies(timeline[mode].trace) for mode in filling}
     turnarounds = {
         mode: lp_turnaround(timeline[mode].calls or [], timeline[mode].trace) for mode in filling
     }
@@ -388,6 +407,7 @@ def summarize(runs: dict[str, ModeRun], idle: float | None, timeline: dict[str, 
         "lp_release_after_calls": {mode: r for mode, r in releases.items() if r is not None},
         "hp_slowdown": {mode: d for mode, d in slowdowns.items() if d is not None},
         "lp_turnaround": {mode: t for mode, t in turnarounds.items() if t is not None},
+        "dispatch_latencies": {mode: d for mode, d in latencies.items() if d is not None},
         "hp_idle_fraction": idle,
         "lp_fits_kps": fits,
         "scheduler_overhead": overhead,
@@ -444,6 +464,12 @@ def render(summary: Json, command: str, failures: list[str]) -> str:
             f"- {mode}: LP's next launch reached the server {delay:.0f} us after its "
             "synchronizing call ended (median; the server's clock)"
             for mode, delay in summary["lp_turnaround"].items()
+        ),
+        *(
+            f"- {mode}: held LP launches released {held:.0f} us after they arrived and "
+            f"issued {issue:.0f} us after that; completions seen {seen:.0f} us after the GPU "
+            "finished them (medians; the last compares the host clock with the GPU's)"
+            for mode, (held, issue, seen) in summary["dispatch_latencies"].items()
         ),
         *(
             f"- {mode}: HP's kernels ran {beside:.0f} us per request longer than alone with "

@@ -94,6 +94,8 @@ class _Held:
     timed: bool
     issued: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
+    #: When the policy released it (host microseconds); NaN while held.
+    released_us: float = math.nan
 
 
 class _InFlight:
@@ -108,6 +110,7 @@ class _InFlight:
         "launch",
         "name",
         "probe",
+        "released_us",
         "replaced",
         "timed",
     )
@@ -120,13 +123,16 @@ class _InFlight:
         timed: bool,
         issued_us: float,
         due_us: float,
+        released_us: float,
     ) -> None:
         self.launch = launch
         self.name = name
         self.probe = probe
         self.timed = timed
-        #: When the first launch was on its stream (host microseconds).
+        #: When the first launch was on its stream, and when the policy let it go (host
+        #: microseconds; its arrival for a launch the policy never held).
         self.issued_us = issued_us
+        self.released_us = released_us
         #: When the newest launch should finish (host microseconds): the predicted
         #: durations after those ahead of it on its stream; the tracker checks no sooner.
         self.due_us = due_us
@@ -401,7 +407,7 @@ class Dispatcher:
                 if released is launch:
                     mine = True
                 else:
-                    self._to_issue.append(self._held.pop(released.seq))
+                    self._queue_released(released, now)
             if mine:
                 task.in_flight += 1
             else:
@@ -410,7 +416,7 @@ class Dispatcher:
             if self._to_issue or not mine:
                 self._wake.notify()  # issue what was released; time the held launch's release
         if mine:
-            self._issue(launch, name, issue, timed)
+            self._issue(launch, name, issue, timed, launch.arrived_us)
             return
         held.issued.wait()
         if held.error is not None:
@@ -458,7 +464,7 @@ class Dispatcher:
         task, launch = self._arriving(task_id, kernel_id, predicted, now)
         self.policy.issue_now(launch, now)
         task.in_flight += 1
-        self._follow_locked(launch, name, probe, timed, now)
+        self._follow_locked(launch, name, probe, timed, now, now)
 
     def credit(self, task_id: int, kernel_id: str) -> Credit:
         """After a launch of ``kernel_id`` by the task went out: how many more of it the
@@ -529,25 +535,31 @@ class Dispatcher:
             waiting.error = DispatcherClosed("the server is shutting down")
             waiting.issued.set()
 
-    def _issue(self, launch: PendingLaunch, name: str, issue: IssueFn, timed: bool) -> None:
-        """Put a released launch on the GPU and start tracking it (the task already counts it)."""
+    def _issue(
+        self, launch: PendingLaunch, name: str, issue: IssueFn, timed: bool, released_us: float
+    ) -> None:
+        """Put a launch the policy released at ``released_us`` on the GPU and start tracking
+        it (the task already counts it)."""
         try:
             probe = issue(timed)
         except BaseException:
             with self._lock:
                 self._complete(launch, self.clock())
             raise
-        self._follow(launch, name, probe, timed)
-
-    def _follow(self, launch: PendingLaunch, name: str, probe: LaunchProbe, timed: bool) -> None:
-        """Track an issued launch's probe until it says the launch finished."""
         with self._lock:
-            self._follow_locked(launch, name, probe, timed, self.clock())
+            self._follow_locked(launch, name, probe, timed, self.clock(), released_us)
 
     def _follow_locked(
-        self, launch: PendingLaunch, name: str, probe: LaunchProbe, timed: bool, now: float
+        self,
+        launch: PendingLaunch,
+        name: str,
+        probe: LaunchProbe,
+        timed: bool,
+        now: float,
+        released_us: float,
     ) -> None:
-        """``_follow`` with the lock held, at ``now``."""
+        """Track an issued launch's probe until it says the launch finished (call with the
+        lock held): issued at ``now``, released by the policy at ``released_us``."""
         self.launches += 1
         self.timed_launches += timed
         queue = self._streams.get(probe.stream_key)
@@ -555,7 +567,7 @@ class Dispatcher:
             queue = self._streams[probe.stream_key] = deque()
         starts = max(queue[-1].due_us, now) if queue else now
         due = starts + (launch.predicted_us or 0.0)
-        queue.append(_InFlight(launch, name, probe, timed, now, due))
+        queue.append(_InFlight(launch, name, probe, timed, now, due, released_us))
         if due + self._poll_slack_us < self._poll_at:  # the tracker would ask too late
             self._wake.notify()
 
@@ -648,8 +660,15 @@ class Dispatcher:
         if not self._held:
             return
         for released in self.policy.take_issuable(now):
-            self._to_issue.append(self._held.pop(released.seq))
+            self._queue_released(released, now)
         self._due = self.policy.next_event(now) if self._held else None
+
+    def _queue_released(self, launch: PendingLaunch, now: float) -> None:
+        """A held launch the policy released now goes to the tracker to issue (call with
+        the lock held)."""
+        waiting = self._held.pop(launch.seq)
+        waiting.released_us = now
+        self._to_issue.append(waiting)
 
     def _warn_if_held_long(self) -> None:
         """Log the oldest held launch once it waited HELD_WARNING_US, with the policy's view
@@ -681,7 +700,9 @@ class Dispatcher:
             if task is not None:
                 task.in_flight += 1
         try:
-            self._issue(waiting.launch, waiting.name, waiting.issue, waiting.timed)
+            self._issue(
+                waiting.launch, waiting.name, waiting.issue, waiting.timed, waiting.released_us
+            )
         except BaseException as err:
             waiting.error = err
         waiting.issued.set()
@@ -693,7 +714,7 @@ class Dispatcher:
         lines = []
         done: list[_InFlight] = []
         with self._lock:
-            now = self.clock()
+            now = seen_us = self.clock()
             for seen in finished:
                 key = seen[0][1].stream_key
                 queue = self._streams[key]
@@ -728,9 +749,11 @@ class Dispatcher:
                             "kernel_id": record.launch.kernel_id,
                             "predicted_us": record.launch.predicted_us,
                             "arrived_us": round(record.launch.arrived_us, 3),
+                            "released_us": round(record.released_us, 3),
                             "issued_us": round(record.issued_us, 3),
                             "start_us": round(start, 3),
                             "end_us": round(end, 3),
+                            "seen_us": round(seen_us, 3),
                         }
                     )
                 )

@@ -171,6 +171,27 @@ def test_lp_turnaround_times_an_lp_call_end_to_its_next_launch() -> None:
     assert scheduling.lp_turnaround([], trace) is None
 
 
+def test_dispatch_latencies_time_release_issue_and_the_tracker_seeing_completions() -> None:
+    def traced(priority: int, arrived: float, released: float, issued: float) -> dict:
+        end = issued + 50.0
+        return {
+            **kernel(priority, issued + 5.0, end),
+            "arrived_us": arrived,
+            "released_us": released,
+            "issued_us": issued,
+            "seen_us": end + 20.0,
+        }
+
+    trace = [
+        traced(9, 0.0, 0.0, 1.0),  # HP: never held
+        traced(0, 10.0, 110.0, 112.0),  # held 100, issued 2 after
+        traced(0, 20.0, 320.0, 326.0),  # held 300, issued 6 after
+        traced(0, 400.0, 400.0, 401.0),  # released at arrival: not held
+    ]
+    assert scheduling.dispatch_latencies(trace) == (200.0, 4.0, 20.0)
+    assert scheduling.dispatch_latencies([kernel(0, 0, 1)]) is None
+
+
 def test_the_report_renders_a_table_targets_and_server_notes() -> None:
     hp = {"latencies_ms": [2.0, 2.2], "windows": [[0.0, 1.0], [1.0, 2.0]]}
     lp = {"progress": [[0.0, 0.0], [2.0, 1000.0]]}

@@ -288,9 +288,11 @@ def test_a_trace_line_per_completed_launch() -> None:
         "kernel_id": "abc",
         "predicted_us": None,  # no profiles: the policy fits it as never measured
         "arrived_us": 5.0,  # host times, on the dispatcher's clock
+        "released_us": 5.0,
         "issued_us": 5.0,
         "start_us": 10.0,
         "end_us": 35.0,
+        "seen_us": 5.0,
     }
     assert gpu.issued == [("gemm", True)]  # a trace times every launch
 
@@ -325,6 +327,30 @@ def test_a_reported_launch_arrives_at_the_time_its_worker_stamped() -> None:
     assert wait_until(lambda: trace.getvalue().endswith("\n"))
     dispatcher.close()
     assert json.loads(trace.getvalue())["arrived_us"] == 640.0
+
+
+def test_a_trace_line_says_when_a_held_launch_was_released_and_a_completion_seen() -> None:
+    trace = io.StringIO()
+    now = [1.0]
+    dispatcher = Dispatcher(PriorityPolicy(quiet_after_us=0), trace=trace, clock=lambda: now[0])
+    gpu = FakeGpu()
+    dispatcher.add_task(1, 9)
+    dispatcher.add_task(2, 0)
+    dispatcher.launch(1, "k", "hp", gpu.issuer("hp"))
+    now[0] = 2.0
+    waiter = in_thread(dispatcher.launch, 2, "k", "lp", gpu.issuer("lp"))
+    assert wait_until(lambda: dispatcher.policy.describe(2.0)["tasks"][2]["held"] == 1)
+    now[0] = 50.0
+    gpu.probes[0].finished.set()  # the tracker sees HP done at 50 and releases LP
+    waiter.join(5)
+    now[0] = 70.0
+    gpu.probes[1].finished.set()
+    assert wait_until(lambda: trace.getvalue().count("\n") == 2)
+    dispatcher.close()
+    lines = {line["kernel"]: line for line in map(json.loads, trace.getvalue().splitlines())}
+    when = ("arrived_us", "released_us", "issued_us", "seen_us")
+    assert [lines["hp"][key] for key in when] == [1.0, 1.0, 1.0, 50.0]
+    assert [lines["lp"][key] for key in when] == [2.0, 50.0, 50.0, 70.0]
 
 
 def test_a_trace_line_per_start_and_end_of_a_synchronizing_call() -> None:
