@@ -11,10 +11,11 @@ launches 8, waits for them and needs a round trip (LP_SYNC_US) before the next 8
 model's GPU runs one kernel at a time, and the server hears of each completion a fixed
 delay after it happened (``report_delay_us``: how late its completion tracker sees it).
 The last rows end each HP request with a synchronizing result copy, as the inference
-program's download does (HP is busy while it runs). Prints, per configuration, HP's mean
-request latency over running alone, LP's kernels over what fits (LP's rate alone times
-HP's idle fraction alone), as the benchmark reports them, and how long after HP's last
-kernel the first LP kernel of a pause between HP's requests starts (median).
+program's download does (HP's kernels are done meanwhile, so LP may fill it). Prints, per
+configuration, HP's mean request latency over running alone, LP's kernels over what fits
+(LP's rate alone times HP's idle fraction alone), as the benchmark reports them, and how
+long after HP's last kernel the first LP kernel of a pause between HP's requests starts
+(median).
 """
 
 import argparse

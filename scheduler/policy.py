@@ -13,7 +13,9 @@ thread or touches CUDA. The caller drives it with events:
 - ``next_event`` to learn when to call ``take_issuable`` again if nothing else happens;
 - ``call_started`` / ``call_finished`` around a task's synchronizing work other than
   kernels (a copy, a synchronization): the task is busy meanwhile, so its idle gap opens
-  only when its result is on its way back, not while it is still being produced.
+  only when its result is on its way back, not while it is still being produced. Its
+  kernels may all be done before the call is (a result copy): the SMs are free then, and
+  FIKIT fills that time as part of the gap the call ends in.
 
 A task's *gap* after a kernel is its idle time from that kernel's completion to its next
 launch, not counting the time its calls ran in between: a request's tail (copy the result
@@ -173,7 +175,12 @@ class _Task:
 
     @property
     def busy(self) -> bool:
-        return bool(self.held) or self.in_flight > 0 or self.in_call
+        return self.launching or self.in_call
+
+    @property
+    def launching(self) -> bool:
+        """Whether the task has launches held or on the GPU."""
+        return bool(self.held) or self.in_flight > 0
 
     def went_idle(self, now: float) -> None:
         """Open an idle gap now, unless the task is busy or never launched."""
@@ -285,12 +292,14 @@ class _QueuedPolicy:
         task.went_idle(max(now, task.call_ended))
 
     def call_started(self, task_id: int, now: float) -> None:
-        """The task is busy until ``call_finished``; its current idle stretch ends here."""
+        """The task is busy until ``call_finished``; its current idle stretch ends here.
+        The gap it is in, or the one its launches in flight open, ends after a call."""
         task = self._tasks.get(task_id)
         if task is not None:
             task.idle_before = task.idle_for(now)
             task.idle_since = None
             task.in_call = True
+            task.called_since_launch = True
 
     def call_finished(self, task_id: int, now: float) -> None:
         """The task's call ended: its idle gap opens unless launches keep it busy."""
@@ -298,7 +307,6 @@ class _QueuedPolicy:
         if task is not None:
             task.in_call = False
             task.call_ended = now
-            task.called_since_launch = True
             task.went_idle(now)
 
     def next_event(self, now: float) -> float | None:
@@ -472,7 +480,8 @@ class FikitPolicy(PriorityPolicy):
     """FIKIT: strict priority, plus lower-priority kernels fitted into the top task's idle gaps.
 
     Let H be the highest priority among active tasks. Launches at H are issued at once. While
-    every active task at H is in an idle gap (nothing held, nothing in flight), held launches
+    every active task at H is in an idle gap (nothing held, nothing in flight, perhaps in a
+    call such as a result copy), held launches
     from below H are released by BestPrioFit: highest level first, and within a level the
     task head launch with the largest predicted duration that fits, ties to the earliest. A
     launch fits when the predicted duration of all lower-priority work in flight, itself
@@ -523,7 +532,7 @@ class FikitPolicy(PriorityPolicy):
 
     def describe(self, now: float) -> dict[str, Any]:
         """Adds, per task, its gap's key, predicted length and quiet threshold and its
-        credit; and the room below the floor (None while a task at the floor is busy)."""
+        credit; and the room below the floor (None while a task at the floor launches)."""
         view = super().describe(now)
         view["room_us"] = self._room(view["floor"], now)
         return view
@@ -586,14 +595,18 @@ class FikitPolicy(PriorityPolicy):
         return max(self.quiet_after_us, QUIET_GAP_MARGIN * longest)
 
     def _room(self, floor: int, now: float) -> tuple[float, float] | None:
-        """While every active task at ``floor`` is idle: (predicted work below the floor
-        that may still go, in microseconds; the predicted rest of the gap). Else None."""
+        """While no active task at ``floor`` has a launch held or in flight (each is idle
+        or in a call its kernels are done for): (predicted work below the floor that may
+        still go, in microseconds; the predicted rest of the gap). Else None.
+
+        A call's time does not count against the gap (``_Task.idle_for``), but the task
+        makes no launch before the call returns: filling it costs the task nothing."""
         top = [
             (task_id, task)
             for task_id, task in self._tasks.items()
             if task.priority == floor and self._active(task, now)
         ]
-        if not top or any(task.busy for _, task in top):
+        if not top or any(task.launching for _, task in top):
             return None
         remaining = min(
             self.gaps.predict(task_id, task.gap_key) - task.idle_for(now) for task_id, task in top
