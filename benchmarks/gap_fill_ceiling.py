@@ -178,6 +178,18 @@ def configurations() -> list[Configuration]:
         )
         for delay in (0.0, 100.0)
     ]
+    rows += [
+        Configuration(
+            f"fikit placing LP behind HP's last kernel before a gap, LP syncs every "
+            f"{LP_ITERATION} kernels, HP's {RESULT_COPY_US:.0f} us result copy, heard "
+            f"{delay:.0f} us late",
+            fikit(MAX_LP_INFLIGHT_US, arm_behind=True),
+            delay,
+            LP_BATCH,
+            RESULT_COPY_US,
+        )
+        for delay in (0.0, 100.0, 300.0)
+    ]
     return rows
 
 

@@ -24,13 +24,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 
 from scheduling import GAP_MIN_US, HP_PRIORITY, gap_filling
 
 from gpu_server.cli import GIL_SWITCH_INTERVAL_S, make_policy
 from gpu_server.cli import parse_args as server_args
-from scheduler.dispatcher import Dispatcher
+from scheduler.dispatcher import Dispatcher, IssueFn
 from scheduler.profiles import ProfileStore
 
 HP_TASK, LP_TASK = 1, 2
@@ -71,12 +70,12 @@ class ModelledGpu:
         self._ready: dict[str, float] = {}
         self.kernels: list[dict[str, float]] = []
 
-    def issuer(
-        self, stream: str, priority: int, duration_us: float
-    ) -> Callable[[bool], ModelledProbe]:
-        def issue(timed: bool) -> ModelledProbe:
+    def issuer(self, stream: str, priority: int, duration_us: float) -> IssueFn:
+        def issue(timed: bool, after: ModelledProbe | None = None) -> ModelledProbe:
             with self._lock:
                 start = max(now_us(), self._ready.get(stream, 0.0))
+                if after is not None:
+                    start = max(start, after.end_us)
                 end = self._ready[stream] = start + duration_us
                 self.kernels.append({"priority": priority, "start_us": start, "end_us": end})
             return ModelledProbe(stream, start, end)

@@ -148,11 +148,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def make_policy(args: argparse.Namespace) -> Policy:
-    """The scheduling policy the arguments name."""
+def make_policy(args: argparse.Namespace, in_one_process: bool = True) -> Policy:
+    """The scheduling policy the arguments name, for a dispatcher whose sessions issue
+    their launches in its own process (``in_one_process``: launches of different tasks can
+    be ordered on the GPU, see ``FikitPolicy``'s ``arm_behind``) or in GPU workers."""
     if args.policy == FikitPolicy.name:
         return FikitPolicy(
-            max_lp_inflight_us=args.max_lp_inflight_us, quiet_after_us=args.quiet_after_us
+            max_lp_inflight_us=args.max_lp_inflight_us,
+            quiet_after_us=args.quiet_after_us,
+            arm_behind=in_one_process,
         )
     if args.policy == PriorityPolicy.name:
         return PriorityPolicy(quiet_after_us=args.quiet_after_us)
@@ -160,8 +164,9 @@ def make_policy(args: argparse.Namespace) -> Policy:
 
 
 @contextlib.contextmanager
-def open_dispatcher(args: argparse.Namespace) -> Iterator[Dispatcher]:
-    """The dispatcher with its profile store and trace file; all closed on exit."""
+def open_dispatcher(args: argparse.Namespace, in_one_process: bool) -> Iterator[Dispatcher]:
+    """The dispatcher with its profile store and trace file; all closed on exit.
+    ``in_one_process``: as for ``make_policy``."""
     with contextlib.ExitStack() as stack:
         try:
             profiles = stack.enter_context(
@@ -170,7 +175,7 @@ def open_dispatcher(args: argparse.Namespace) -> Iterator[Dispatcher]:
         except (sqlite3.Error, ValueError) as err:
             raise OSError(f"cannot open the profile database: {err}") from None
         trace = stack.enter_context(Path(args.trace).open("a")) if args.trace else None
-        dispatcher = Dispatcher(make_policy(args), profiles, trace=trace)
+        dispatcher = Dispatcher(make_policy(args, in_one_process), profiles, trace=trace)
         stack.callback(dispatcher.close)
         log.info("policy %s, kernel profiles in %s", args.policy, profiles.path)
         yield dispatcher
@@ -207,8 +212,9 @@ async def open_placement(
             placement: Placement = await asyncio.to_thread(SharedWorker, worker_settings(args))
             cut_off = placement.close
         else:
-            dispatcher = stack.enter_context(open_dispatcher(args))
-            if args.isolation == "process":
+            in_workers = args.isolation == "process"
+            dispatcher = stack.enter_context(open_dispatcher(args, not in_workers))
+            if in_workers:
                 placement = await asyncio.to_thread(
                     WorkerPerSession, worker_settings(args), dispatcher
                 )

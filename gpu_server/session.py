@@ -914,8 +914,8 @@ class Session:
         )
         launch, layout, backend_ctx = self.backend.launch, entry.layout, context.backend_ctx
 
-        def issue(timed: bool) -> LaunchProbe:
-            return launch(backend_ctx, fn, config, params, layout, timed)
+        def issue(timed: bool, after: LaunchProbe | None = None) -> LaunchProbe:
+            return launch(backend_ctx, fn, config, params, layout, timed, after)
 
         self.dispatcher.launch(self.id, kid, entry.name, issue)
         return ()

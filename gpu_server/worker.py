@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> None:
             stack.callback(dispatcher.close)
         else:
             scheduling = argparse.Namespace(**settings["scheduling"])
-            dispatcher = stack.enter_context(open_dispatcher(scheduling))
+            dispatcher = stack.enter_context(open_dispatcher(scheduling, in_one_process=True))
         worker = Worker(backend, dispatcher, control, settings["one_session"])
         worker.serve(settings["socket"])
         settle_interpreter()

@@ -76,8 +76,12 @@ class LaunchProbe(Protocol):
         """Give back what the probe holds (events); called once, after the last query."""
 
 
-#: Puts a launch on its stream and returns its probe, timed or not; raises on failure.
-IssueFn = Callable[[bool], LaunchProbe]
+class IssueFn(Protocol):
+    """Puts a launch on its stream and returns its probe, timed or not; raises on failure.
+    With ``after``, the launch starts on the GPU only once the launch of that probe (of
+    any task of this process) has finished."""
+
+    def __call__(self, timed: bool, after: LaunchProbe | None = None, /) -> LaunchProbe: ...
 
 
 class DispatcherClosed(RuntimeError):
@@ -94,6 +98,8 @@ class _Held:
     timed: bool
     issued: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
+    #: The task whose newest launch it must follow on the GPU (``Policy.behind``).
+    behind: int | None = None
     #: When the policy released it (host microseconds); NaN while held.
     released_us: float = math.nan
 
@@ -175,6 +181,8 @@ class _TaskState:
     in_flight: int = 0
     #: (when, kernel ID) of the completion that left the task with nothing in flight.
     idle_since: tuple[float, str] | None = None
+    #: The record of its newest launch while that is in flight.
+    newest: _InFlight | None = None
 
 
 #: Longest a session waits for its turn before one call while higher tasks run frames: a
@@ -383,18 +391,20 @@ class Dispatcher:
             now = self.clock()
             probe = issue(timed)
             with self._lock:
-                if task_id in self._tasks:
-                    queue = self._streams.get(probe.stream_key)
-                    if queue and not timed:
-                        last = queue[-1]
-                        if last.launch.task_id == task_id and not last.timed:
-                            # A run of launches is one record to the policy and the tracker.
-                            last.join(kernel_id, probe, predicted or 0.0, now)
-                            self.launches += 1
-                            return
-                    self._count_unasked(task_id, kernel_id, name, probe, timed, predicted, now)
+                if task_id not in self._tasks:
+                    probe.release()  # the task ended meanwhile: nobody is left to tell
                     return
-            probe.release()  # the task ended meanwhile: nobody is left to tell
+                queue = self._streams.get(probe.stream_key)
+                last = queue[-1] if queue and not timed else None
+                if last is not None and last.launch.task_id == task_id and not last.timed:
+                    # A run of launches is one record to the policy and the tracker.
+                    last.join(kernel_id, probe, predicted or 0.0, now)
+                    self.policy.joined(task_id, kernel_id, now)
+                    self.launches += 1
+                else:
+                    self._count_unasked(task_id, kernel_id, name, probe, timed, predicted, now)
+                if self._held and self.policy.opens_gap(task_id):
+                    self._release_behind(now)
             return
         with self._lock:
             if self._closed:
@@ -403,9 +413,10 @@ class Dispatcher:
             task, launch = self._arriving(task_id, kernel_id, predicted, now)
             self.policy.arrive(launch, now)
             mine = False
+            behind = None
             for released in self.policy.take_issuable(now):
                 if released is launch:
-                    mine = True
+                    mine, behind = True, self.policy.behind(launch.seq)
                 else:
                     self._queue_released(released, now)
             if mine:
@@ -416,7 +427,7 @@ class Dispatcher:
             if self._to_issue or not mine:
                 self._wake.notify()  # issue what was released; time the held launch's release
         if mine:
-            self._issue(launch, name, issue, timed, launch.arrived_us)
+            self._issue(launch, name, issue, timed, launch.arrived_us, behind)
             return
         held.issued.wait()
         if held.error is not None:
@@ -497,6 +508,8 @@ class Dispatcher:
             now = self.clock()
             self.policy.call_started(task_id, now)
             self._trace_call(task_id, "started", now)
+            if self._held and self.policy.opens_gap(task_id):
+                self._release_behind(now)
 
     def call_finished(self, task_id: int) -> None:
         """That call ended; the tracker asks the policy what this frees."""
@@ -536,12 +549,24 @@ class Dispatcher:
             waiting.issued.set()
 
     def _issue(
-        self, launch: PendingLaunch, name: str, issue: IssueFn, timed: bool, released_us: float
+        self,
+        launch: PendingLaunch,
+        name: str,
+        issue: IssueFn,
+        timed: bool,
+        released_us: float,
+        behind: int | None = None,
     ) -> None:
-        """Put a launch the policy released at ``released_us`` on the GPU and start tracking
-        it (the task already counts it)."""
+        """Put a launch the policy released at ``released_us`` on the GPU, after the newest
+        launch of task ``behind`` if that is still in flight, and start tracking it (the
+        task already counts it)."""
         try:
-            probe = issue(timed)
+            if behind is None:
+                probe = issue(timed)
+            else:
+                with self._lock:  # the tracker gives back no probe meanwhile
+                    newest = self._tasks[behind].newest if behind in self._tasks else None
+                    probe = issue(timed) if newest is None else issue(timed, newest.probe)
         except BaseException:
             with self._lock:
                 self._complete(launch, self.clock())
@@ -567,7 +592,11 @@ class Dispatcher:
             queue = self._streams[probe.stream_key] = deque()
         starts = max(queue[-1].due_us, now) if queue else now
         due = starts + (launch.predicted_us or 0.0)
-        queue.append(_InFlight(launch, name, probe, timed, now, due, released_us))
+        record = _InFlight(launch, name, probe, timed, now, due, released_us)
+        queue.append(record)
+        task = self._tasks.get(launch.task_id)
+        if task is not None:
+            task.newest = record
         if due + self._poll_slack_us < self._poll_at:  # the tracker would ask too late
             self._wake.notify()
 
@@ -663,11 +692,19 @@ class Dispatcher:
             self._queue_released(released, now)
         self._due = self.policy.next_event(now) if self._held else None
 
+    def _release_behind(self, now: float) -> None:
+        """A task's newest launch will open a gap (``Policy.opens_gap``): what the policy
+        places behind it goes to the tracker to issue now (call with the lock held)."""
+        self._release(now)
+        if self._to_issue:
+            self._wake.notify()
+
     def _queue_released(self, launch: PendingLaunch, now: float) -> None:
         """A held launch the policy released now goes to the tracker to issue (call with
         the lock held)."""
         waiting = self._held.pop(launch.seq)
         waiting.released_us = now
+        waiting.behind = self.policy.behind(launch.seq)
         self._to_issue.append(waiting)
 
     def _warn_if_held_long(self) -> None:
@@ -701,7 +738,12 @@ class Dispatcher:
                 task.in_flight += 1
         try:
             self._issue(
-                waiting.launch, waiting.name, waiting.issue, waiting.timed, waiting.released_us
+                waiting.launch,
+                waiting.name,
+                waiting.issue,
+                waiting.timed,
+                waiting.released_us,
+                waiting.behind,
             )
         except BaseException as err:
             waiting.error = err
@@ -723,6 +765,9 @@ class Dispatcher:
                         record.release_through(probe)
                         break
                     queue.popleft()
+                    task = self._tasks.get(record.launch.task_id)
+                    if task is not None and task.newest is record:
+                        task.newest = None  # its probe goes back to the backend below
                     at = _finished_at(record, looked_before, now)
                     self._complete(record.launch, at, record.last_kernel_id)
                     done.append(record)

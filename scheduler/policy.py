@@ -34,6 +34,7 @@ priorities. A task that is not active is *quiet*.
 from __future__ import annotations
 
 import itertools
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,9 @@ GAP_AFTER_CALL = "+call"
 #: Under FIKIT a task goes quiet only once idle this many times the longest recent gap of
 #: the kind it is in (``FikitPolicy._quiet_after``).
 QUIET_GAP_MARGIN = 1.25
+#: How many of a kernel's recent launches must each have been a task's last before a gap
+#: for lower work to be placed behind the next one before it finishes (``arm_behind``).
+OPENS_KEPT = 8
 
 
 class PendingLaunch(NamedTuple):
@@ -114,6 +118,20 @@ class Policy(Protocol):
         """A launch that went to the GPU without being held (a task with a lease, see
         ``leased``): it arrives and is in flight at once."""
 
+    def joined(self, task_id: int, kernel_id: str, now: float) -> None:
+        """A launch of ``kernel_id`` went to the GPU without arriving on its own: the
+        caller counts it with the task's launch in flight before it on its stream (one
+        record, completed once, with the newest kernel's ID). It is the task's newest."""
+
+    def behind(self, seq: int) -> int | None:
+        """For a launch just handed out by ``take_issuable``: the task whose newest launch
+        it must follow on the GPU (it starts once that one has finished), or None."""
+
+    def opens_gap(self, task_id: int) -> bool:
+        """Whether the task's newest launch, in flight, will open a gap that lower launches
+        may be placed behind now: worth a ``take_issuable`` after it went out unasked or
+        the task began a call, though nothing completed."""
+
     def leased(self) -> set[int]:
         """The tasks whose launches this policy issues at arrival whatever else happens,
         until a task is added or removed: they may launch without asking."""
@@ -153,6 +171,8 @@ class _Task:
     in_flight: int = 0
     in_call: bool = False
     launched: bool = False
+    #: The kernel ID of its newest launch.
+    newest_kernel: str = ""
     #: When the task last stopped being busy; None while busy or before its first launch.
     idle_since: float | None = None
     #: When its last synchronizing call ended: a completion reported at an earlier time (the
@@ -251,6 +271,21 @@ class _QueuedPolicy:
     def issue_now(self, launch: PendingLaunch, now: float) -> None:
         """A launch issued without being held: it arrives and counts in flight at once."""
         self._count_in_flight(self._arrived(launch, now), launch)
+
+    def joined(self, task_id: int, kernel_id: str, now: float) -> None:
+        """The task launched ``kernel_id`` again while its launches run (see ``Policy``)."""
+        task = self._tasks.get(task_id)
+        if task is not None:
+            self._launched_again(task)
+            task.newest_kernel = kernel_id
+
+    def behind(self, seq: int) -> int | None:
+        """None: launches go to the GPU unordered against other tasks'."""
+        return None
+
+    def opens_gap(self, task_id: int) -> bool:
+        """False: no launch is placed behind another task's."""
+        return False
 
     def leased(self) -> set[int]:
         """Every task: launches of tasks at or above the free floor go at arrival, and
@@ -369,6 +404,8 @@ class _QueuedPolicy:
         if any; the task is launching from now on."""
         task = self._tasks[launch.task_id]
         task.launched = True
+        self._launched_again(task)
+        task.newest_kernel = launch.kernel_id
         if task.idle_after_kernel and (task.idle_since is not None or task.idle_before):
             # An arrival stamped before a completion placed by a later poll: no gap.
             self._gap_ended(task.task_id, task.gap_key, max(0.0, task.idle_for(now)))
@@ -381,6 +418,9 @@ class _QueuedPolicy:
     def _gap_ended(self, task_id: int, key: str, gap_us: float) -> None:
         """A task launched again after ``gap_us`` of idle time in the gap ``key``
         (``_Task.gap_key``)."""
+
+    def _launched_again(self, task: _Task) -> None:
+        """The task launches again, before its newest launch is replaced (call first)."""
 
     def _hand_out(self, task: _Task) -> PendingLaunch:
         """Take the task's head launch out of its queue and count it in flight."""
@@ -435,6 +475,10 @@ class GapPredictor:
         self.window = window
         self.percentile = percentile
         self._samples: dict[int, dict[str, deque[float]]] = {}
+        #: By (task, kernel): whether each of its last OPENS_KEPT launches that no call
+        #: followed was the task's last before an idle gap (False: the task launched again
+        #: while it ran).
+        self._opens: dict[tuple[int, str], deque[bool]] = {}
         #: (prediction, longest sample) already computed since the last sample of their key.
         self._stats: dict[tuple[int, str], tuple[float, float]] = {}
 
@@ -447,6 +491,19 @@ class GapPredictor:
     def predict(self, task_id: int, after_kernel: str) -> float:
         """The predicted length of the gap opened by ``after_kernel``'s completion."""
         return self._stats_of(task_id, after_kernel)[0]
+
+    def record_opening(self, task_id: int, kernel: str, opened: bool) -> None:
+        """Whether the task's launch of ``kernel`` was its last before an idle gap."""
+        kept = self._opens.get((task_id, kernel))
+        if kept is None:
+            kept = self._opens[(task_id, kernel)] = deque(maxlen=OPENS_KEPT)
+        kept.append(opened)
+
+    def always_opens(self, task_id: int, kernel: str) -> bool:
+        """Whether each of the task's last OPENS_KEPT launches of ``kernel`` (no call
+        after it) was its last before an idle gap."""
+        kept = self._opens.get((task_id, kernel))
+        return kept is not None and len(kept) == OPENS_KEPT and all(kept)
 
     def longest(self, task_id: int, after_kernel: str) -> float:
         """The longest kept gap opened by ``after_kernel``'s completion (0 without any)."""
@@ -474,6 +531,7 @@ class GapPredictor:
         """Drop a task's samples."""
         self._samples.pop(task_id, None)
         self._stats = {k: v for k, v in self._stats.items() if k[0] != task_id}
+        self._opens = {k: v for k, v in self._opens.items() if k[0] != task_id}
 
 
 class FikitPolicy(PriorityPolicy):
@@ -500,6 +558,15 @@ class FikitPolicy(PriorityPolicy):
 
     Gaps are learnt by a ``GapPredictor`` from the events the policy sees: a sample is the
     time from the completion that left a task idle to that task's next arrival.
+
+    With ``arm_behind``, the gap need not have begun: while the task at H has launches in
+    flight and none held, and its newest launch will open a gap (it is in a synchronizing
+    call, or that kernel's last ``OPENS_KEPT`` launches each opened one), lower launches
+    are fitted into that gap's whole prediction and handed out to follow the task's newest
+    launch on the GPU (``behind``): they start as it ends, not once a poll has seen it
+    end. Only for a caller that can order launches of different tasks on the GPU (CUDA
+    events, one process); a launch that comes sooner than predicted runs beside them,
+    within the same bound.
     """
 
     name = "fikit"
@@ -512,8 +579,12 @@ class FikitPolicy(PriorityPolicy):
         default_unknown_us: float | None = None,
         gap_window: int = 64,
         gap_percentile: float = 0.25,
+        arm_behind: bool = False,
     ) -> None:
         super().__init__(quiet_after_us)
+        self.arm_behind = arm_behind
+        #: Launches handed out to follow a task's newest launch: seq -> that task.
+        self._behind: dict[int, int] = {}
         if max_lp_inflight_us < 0 or not 0.0 <= gap_margin <= 1.0:
             raise ValueError("need max_lp_inflight_us >= 0 and 0 <= gap_margin <= 1")
         self.max_lp_inflight_us = max_lp_inflight_us
@@ -568,9 +639,11 @@ class FikitPolicy(PriorityPolicy):
         self._credits.pop(task_id, None)  # a new credit replaces the old
         floor = self._free_floor(now)
         fit = self._room(floor, now)
-        if task is None or task.priority >= floor or fit is None or cost_us <= 0:
+        if task is None or task.priority >= floor or fit is None or fit[2] is not None:
+            return NO_CREDIT  # a launch on credit could not follow the top task's
+        if cost_us <= 0:
             return NO_CREDIT
-        room, remaining = fit
+        room, remaining, _ = fit
         own_count, own_cost = self._own_in_flight(task_id)
         count = int((room + own_cost) // cost_us)
         if count <= own_count:
@@ -583,8 +656,35 @@ class FikitPolicy(PriorityPolicy):
         """The duration used for fitting: the prediction, or ``default_unknown_us``."""
         return self.default_unknown_us if launch.predicted_us is None else launch.predicted_us
 
+    def behind(self, seq: int) -> int | None:
+        """The task whose newest launch a launch handed out to fill its coming gap must
+        follow on the GPU (``arm_behind``), or None."""
+        return self._behind.pop(seq, None) if self._behind else None
+
     def _gap_ended(self, task_id: int, key: str, gap_us: float) -> None:
         self.gaps.record(task_id, key, gap_us)
+
+    def _launched_again(self, task: _Task) -> None:
+        """Learn whether the task's newest launch opened a gap (no call since it)."""
+        if task.newest_kernel and not task.called_since_launch:
+            self.gaps.record_opening(task.task_id, task.newest_kernel, not task.launching)
+
+    def opens_gap(self, task_id: int) -> bool:
+        """Whether lower launches may now be placed behind the task's newest (see
+        ``_coming_gap``)."""
+        task = self._tasks.get(task_id)
+        return task is not None and task.launching and self._coming_gap(task) is not None
+
+    def _coming_gap(self, task: _Task) -> str | None:
+        """For a task with launches in flight and none held, with ``arm_behind``: the key
+        of the gap its newest launch will open, if it surely opens one; else None."""
+        if not self.arm_behind or task.held or not task.newest_kernel:
+            return None
+        if task.in_call:
+            return f"{task.newest_kernel}{GAP_AFTER_CALL}"
+        if task.called_since_launch or not self.gaps.always_opens(task.task_id, task.newest_kernel):
+            return None
+        return task.newest_kernel
 
     def _quiet_after(self, task: _Task) -> float:
         """``quiet_after_us``, or longer for a task in a gap of a kind it has come back
@@ -594,23 +694,31 @@ class FikitPolicy(PriorityPolicy):
         longest = self.gaps.longest(task.task_id, task.gap_key)
         return max(self.quiet_after_us, QUIET_GAP_MARGIN * longest)
 
-    def _room(self, floor: int, now: float) -> tuple[float, float] | None:
+    def _room(self, floor: int, now: float) -> tuple[float, float, int | None] | None:
         """While no active task at ``floor`` has a launch held or in flight (each is idle
-        or in a call its kernels are done for): (predicted work below the floor that may
-        still go, in microseconds; the predicted rest of the gap). Else None.
+        or in a call its kernels are done for), or one has launches in flight whose newest
+        surely opens a gap (``_coming_gap``): (predicted work below the floor that may
+        still go, in microseconds; the predicted rest of the gap; the task whose newest
+        launch that work must follow, or None). Else None.
 
         A call's time does not count against the gap (``_Task.idle_for``), but the task
         makes no launch before the call returns: filling it costs the task nothing."""
-        top = [
-            (task_id, task)
-            for task_id, task in self._tasks.items()
-            if task.priority == floor and self._active(task, now)
-        ]
-        if not top or any(task.launching for _, task in top):
+        remaining = math.inf
+        behind: int | None = None
+        top = False
+        for task_id, task in self._tasks.items():
+            if task.priority != floor or not self._active(task, now):
+                continue
+            top = True
+            if not task.launching:
+                left = self.gaps.predict(task_id, task.gap_key) - task.idle_for(now)
+            elif behind is None and (key := self._coming_gap(task)) is not None:
+                behind, left = task_id, self.gaps.predict(task_id, key)
+            else:
+                return None
+            remaining = min(remaining, left)
+        if not top:
             return None
-        remaining = min(
-            self.gaps.predict(task_id, task.gap_key) - task.idle_for(now) for task_id, task in top
-        )
         by_task: dict[int, float] = {}
         for priority, launch in self._in_flight.values():
             if priority < floor:
@@ -624,7 +732,7 @@ class FikitPolicy(PriorityPolicy):
                 usable = min(credit.count, (credit.until - now) // credit.cost_us)
                 lp_in_flight += max(0.0, usable * credit.cost_us - by_task.get(task_id, 0.0))
         room = min(remaining * self.gap_margin, self.max_lp_inflight_us) - lp_in_flight
-        return room, remaining
+        return room, remaining, behind
 
     def _own_in_flight(self, task_id: int) -> tuple[int, float]:
         """How many launches of the task are in flight, and their predicted duration."""
@@ -635,7 +743,7 @@ class FikitPolicy(PriorityPolicy):
         fit = self._room(floor, now)
         if fit is None:
             return []
-        room = fit[0]
+        room, _, behind = fit
         released: list[PendingLaunch] = []
         waiting = (task for task in self._ordered if task.priority < floor and task.held)
         for _, level in itertools.groupby(waiting, key=lambda task: task.priority):
@@ -644,6 +752,8 @@ class FikitPolicy(PriorityPolicy):
                 launch = self._hand_out(best)
                 room -= self.cost_us(launch)
                 released.append(launch)
+                if behind is not None:
+                    self._behind[launch.seq] = behind
         return released
 
     def _best_fit(self, tasks: list[_Task], room: float) -> _Task | None:

@@ -442,6 +442,9 @@ class _Simulation:
     def _schedule(self, now: float) -> None:
         """Issue what the policy allows, start the GPU if idle, and ask for a wake-up."""
         for launch in self.policy.take_issuable(now):
+            # The model's GPU runs launches in issue order: one handed out to follow
+            # another task's newest launch (``Policy.behind``) does.
+            self.policy.behind(launch.seq)
             self.policy.issued(launch, now)
             entry = self.launches[launch.seq]
             entry.issue_us = now

@@ -13,7 +13,7 @@ import pytest
 from gpu_server.errors import CudaError
 from scheduler import dispatcher as dispatcher_module
 from scheduler.dispatcher import TURN_WAIT_S, Dispatcher, DispatcherClosed
-from scheduler.policy import FifoPolicy, FikitPolicy, PriorityPolicy
+from scheduler.policy import OPENS_KEPT, FifoPolicy, FikitPolicy, PriorityPolicy
 from scheduler.profiles import ProfileStore
 from tests.test_sessions import wait_until
 
@@ -43,14 +43,17 @@ class FakeGpu:
     def __init__(self) -> None:
         self.issued: list[tuple[str, bool]] = []
         self.probes: list[FakeProbe] = []
+        #: By launch name: the probe of the launch it was issued to follow, if any.
+        self.after: dict[str, FakeProbe | None] = {}
         #: Launches issued from now on finish at once.
         self.instant = False
 
     def issuer(self, name: str, stream: str = "s", fail: bool = False):
-        def issue(timed: bool) -> FakeProbe:
+        def issue(timed: bool, after: FakeProbe | None = None) -> FakeProbe:
             if fail:
                 raise CudaError(1, "refused")
             self.issued.append((name, timed))
+            self.after[name] = after
             probe = FakeProbe(stream, (10.0, 35.0) if timed else None)
             if self.instant:
                 probe.finished.set()
@@ -439,3 +442,36 @@ def test_the_tracker_polls_rarely_only_while_no_launch_can_be_held() -> None:
     assert fikit._idle_poll_s == dispatcher_module.UNCONTENDED_POLL_INTERVAL_S
     fifo.close()
     fikit.close()
+
+
+def test_lp_launches_placed_behind_hp_go_out_with_hp_newest_probe_to_follow() -> None:
+    """Under fikit with ``arm_behind``: once HP's kernel "z" has always been its last before
+    a gap, an LP launch held while HP runs "z" is issued at once, to follow "z" on the GPU."""
+    now = [0.0]
+    policy = FikitPolicy(max_lp_inflight_us=1000.0, default_unknown_us=100.0, arm_behind=True)
+    dispatcher, gpu = Dispatcher(policy, clock=lambda: now[0]), FakeGpu()
+    dispatcher.add_task(1, 9)
+    dispatcher.add_task(2, 0)
+
+    def request() -> None:
+        """HP's "a" then "z" (one run: issued while "a" runs), done 40 us later."""
+        dispatcher.launch(1, "a", "a", gpu.issuer("a", stream="hp"))
+        dispatcher.launch(1, "z", "z", gpu.issuer("z", stream="hp"))
+        now[0] += 40.0
+        gpu.probes[-1].finished.set()
+        assert wait_until(lambda: policy.describe(now[0])["tasks"][1]["in_flight"] == 0)
+        now[0] += 500.0
+
+    for _ in range(OPENS_KEPT + 1):
+        request()
+    dispatcher.launch(1, "a", "a", gpu.issuer("a", stream="hp"))
+    waiter = in_thread(dispatcher.launch, 2, "lp", "lp", gpu.issuer("lp", stream="lp"))
+    assert wait_until(lambda: policy.describe(now[0])["tasks"][2]["held"] == 1)
+    assert [name for name, _ in gpu.issued][-1] == "a"  # "a" opens no gap: LP waits
+    dispatcher.launch(1, "z", "z", gpu.issuer("z", stream="hp"))
+    waiter.join(5)
+    assert not waiter.is_alive()
+    assert [name for name, _ in gpu.issued][-2:] == ["z", "lp"]
+    assert gpu.after["lp"] is gpu.probes[-2]  # "z"'s probe
+    assert not gpu.probes[-2].released  # given back only once seen done
+    dispatcher.close()

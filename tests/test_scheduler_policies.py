@@ -17,6 +17,7 @@ import pytest
 
 from scheduler.policy import (
     NO_CREDIT,
+    OPENS_KEPT,
     Credit,
     FifoPolicy,
     FikitPolicy,
@@ -642,3 +643,92 @@ def test_a_completion_dated_before_a_call_ended_opens_the_gap_at_the_call_end() 
     policy.call_finished(1, 50.0)
     policy.completed(launch, 20.0)
     assert policy.describe(60.0)["tasks"][1]["idle_us"] == 10.0
+
+
+def learn_stage_end(policy: FikitPolicy, requests: int) -> float:
+    """Task 1 (priority 9) runs "a" then, while it runs, "z", then idles 500 us: "z" always
+    opens a gap, "a" never does. Returns when the task went idle for the last time."""
+    seq = itertools.count(1000)
+    now = 0.0
+    for _ in range(requests):
+        first, last = PendingLaunch(next(seq), 1, "a", 20.0), PendingLaunch(next(seq), 1, "z", 20.0)
+        policy.issue_now(first, now)
+        policy.issue_now(last, now + 5.0)
+        policy.completed(first, now + 20.0)
+        policy.completed(last, now + 40.0)
+        now += 540.0
+    return now - 500.0
+
+
+def test_with_arm_behind_lp_is_placed_behind_the_last_hp_launch_before_a_gap() -> None:
+    policy = FikitPolicy(max_lp_inflight_us=1000.0, arm_behind=True)
+    policy.add_task(1, 9, 0.0)
+    policy.add_task(2, 0, 0.0)
+    now = learn_stage_end(policy, OPENS_KEPT + 1) + 500.0
+    first, last = PendingLaunch(1, 1, "a", 20.0), PendingLaunch(2, 1, "z", 20.0)
+    lp = [PendingLaunch(seq, 2, "lp", 100.0) for seq in (3, 4, 5, 6)]
+    lp.append(PendingLaunch(7, 2, "lp", 60.0))
+    policy.issue_now(first, now)
+    for launch in lp:
+        policy.arrive(launch, now)
+    assert policy.take_issuable(now) == []  # "a" is followed at once: no gap to fill yet
+    policy.issue_now(last, now + 5.0)
+    # "z" opens a 500 us gap (0.9 of it: 450 us of room): LP goes now, behind HP's "z".
+    assert policy.take_issuable(now + 5.0) == lp[:4]
+    assert [policy.behind(launch.seq) for launch in lp[:4]] == [1, 1, 1, 1]
+    assert policy.behind(lp[0].seq) is None  # asked once
+    assert policy.credit(2, "lp", 100.0, now + 5.0).count == 0  # credit could not follow "z"
+    policy.completed(first, now + 20.0)
+    policy.completed(last, now + 40.0)
+    policy.completed(lp[0], now + 140.0)
+    # In the gap now (400 us left, 360 with the margin, 300 in flight): nothing to follow.
+    assert policy.take_issuable(now + 140.0) == [lp[4]]
+    assert policy.behind(lp[4].seq) is None
+
+
+def test_without_arm_behind_lp_waits_for_the_gap_to_begin() -> None:
+    policy = FikitPolicy(max_lp_inflight_us=1000.0)
+    policy.add_task(1, 9, 0.0)
+    policy.add_task(2, 0, 0.0)
+    now = learn_stage_end(policy, OPENS_KEPT + 1) + 500.0
+    last, lp = PendingLaunch(1, 1, "z", 20.0), PendingLaunch(2, 2, "lp", 100.0)
+    policy.issue_now(last, now)
+    policy.arrive(lp, now)
+    assert policy.take_issuable(now) == []
+    policy.completed(last, now + 20.0)
+    assert policy.take_issuable(now + 20.0) == [lp]
+    assert policy.behind(lp.seq) is None
+
+
+def test_a_kernel_that_opened_a_gap_too_few_times_is_not_armed_behind() -> None:
+    policy = FikitPolicy(max_lp_inflight_us=1000.0, arm_behind=True)
+    policy.add_task(1, 9, 0.0)
+    policy.add_task(2, 0, 0.0)
+    now = learn_stage_end(policy, OPENS_KEPT - 1) + 500.0
+    last, lp = PendingLaunch(1, 1, "z", 20.0), PendingLaunch(2, 2, "lp", 100.0)
+    policy.issue_now(last, now)
+    policy.arrive(lp, now)
+    assert policy.take_issuable(now) == []
+
+
+def test_with_arm_behind_a_synchronizing_call_arms_with_the_pause_after_it() -> None:
+    # Each request: kernel "k", then the result copy starts while it runs; 2 ms pause.
+    policy = FikitPolicy(max_lp_inflight_us=1000.0, arm_behind=True)
+    policy.add_task(1, 9, 0.0)
+    policy.add_task(2, 0, 0.0)
+    now = 0.0
+    for seq in range(3):
+        launch = PendingLaunch(seq, 1, "k", 50.0)
+        policy.issue_now(launch, now)
+        policy.call_started(1, now + 10.0)
+        policy.completed(launch, now + 50.0)
+        policy.call_finished(1, now + 80.0)
+        now += 2080.0
+    assert policy.gap_samples(1) == {"k+call": (2000.0, 2000.0)}
+    hp, lp = PendingLaunch(10, 1, "k", 50.0), PendingLaunch(11, 2, "lp", 300.0)
+    policy.issue_now(hp, now)
+    policy.arrive(lp, now)
+    assert policy.take_issuable(now) == []  # "k" alone does not say a pause comes
+    policy.call_started(1, now + 10.0)
+    assert policy.take_issuable(now + 10.0) == [lp]
+    assert policy.behind(lp.seq) == 1

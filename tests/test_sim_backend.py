@@ -446,6 +446,21 @@ def test_launch_is_recorded(sim: SimBackend, ctx: SimContext) -> None:
     assert sim.now == 0, "launches do not move the host's clock"
 
 
+def test_a_launch_after_another_context_launch_starts_when_that_one_ends(
+    sim: SimBackend, ctx: SimContext
+) -> None:
+    other = sim.context_create(0, 0)
+    function = sim.module_function(ctx, sim.module_load(ctx, PTX, {}), "k10")
+    first = sim.module_function(other, sim.module_load(other, PTX, {}), "k20")
+    layout = sim.function_param_layout(function)
+    before = sim.launch(
+        other, first, config(), bytes(layout.total_size), sim.function_param_layout(first), False
+    )
+    stream = sim.stream_create(ctx, 0, 0)
+    sim.launch(ctx, function, config(stream), bytes(layout.total_size), layout, False, before)
+    assert (sim.launches[-1].start_ns, sim.launches[-1].end_ns) == (20_000, 30_000)
+
+
 def test_default_modelled_duration(sim: SimBackend, ctx: SimContext) -> None:
     assert modelled_duration_us("any", (1000, 1, 1), (100, 1, 1)) == pytest.approx(3.0)
     assert modelled_duration_us("any", (1, 1, 1), (1, 1, 1)) == pytest.approx(2.00001)

@@ -208,8 +208,11 @@ class Backend(ABC):
         params: bytes,
         layout: ParamLayout,
         timed: bool,
+        after: LaunchProbe | None = None,
     ) -> LaunchProbe:
         """Launch ``function``; ``params`` is its parameter buffer packed by ``layout``.
+        With ``after`` (a probe this backend gave, of any context), the launch starts only
+        once that launch has finished.
 
         Returns the launch's completion probe, which also gives its GPU start and end
         times when ``timed``.

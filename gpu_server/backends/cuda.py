@@ -579,6 +579,7 @@ class CudaBackend(Backend):
         params: bytes,
         layout: ParamLayout,
         timed: bool,
+        after: _CudaProbe | None = None,
     ) -> _CudaProbe:
         """Launch ``function``; ``params`` is its parameter buffer packed by ``layout``.
 
@@ -586,6 +587,7 @@ class CudaBackend(Backend):
         layout's cached ``void*[]`` points; the driver has read the parameters by the time
         cuLaunchKernel returns, so the buffer is free for the thread's next launch. Events
         recorded on the stream before (when ``timed``) and after the launch make its probe.
+        ``after``'s end event, of this or another context, gates the stream first.
         """
         tls = self._tls
         if tls.ctx != int(ctx) or tls.epoch != self._epoch:
@@ -608,6 +610,8 @@ class CudaBackend(Backend):
         gx, gy, gz = config.grid
         bx, by, bz = config.block
         try:
+            if after is not None:
+                _check(driver.cuStreamWaitEvent(stream, after._end, 0))
             if timed:
                 _check(driver.cuEventRecord(probe._start, stream))
             (err,) = driver.cuLaunchKernel(

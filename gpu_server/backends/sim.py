@@ -608,6 +608,7 @@ class SimBackend(Backend):
         params: bytes,
         layout: ParamLayout,
         timed: bool,
+        after: SimProbe | None = None,
     ) -> SimProbe:
         """Validate and record the launch; it occupies its stream for the modelled time.
 
@@ -623,6 +624,8 @@ class SimBackend(Backend):
             if duration is None:
                 duration = modelled_duration_us(function.name, config.grid, config.block)
             target = _stream(ctx, config.stream)
+            if after is not None:
+                target.ready_at = max(target.ready_at, after.launch.end_ns)
             start, end = self._enqueue(target, round(duration * 1000))
             record = SimLaunch(
                 function.name,
