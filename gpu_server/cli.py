@@ -115,6 +115,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "delays them only until running blocks finish, not by its whole length)",
     )
     parser.add_argument(
+        "--arm-behind",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fikit, isolation shared or none: issue lower-priority kernels that fit a "
+        "coming gap before it begins, to start on the GPU as the higher task's last kernel "
+        "ends (default on)",
+    )
+    parser.add_argument(
         "--quiet-after-us",
         type=float,
         default=2000.0,
@@ -156,7 +164,7 @@ def make_policy(args: argparse.Namespace, in_one_process: bool = True) -> Policy
         return FikitPolicy(
             max_lp_inflight_us=args.max_lp_inflight_us,
             quiet_after_us=args.quiet_after_us,
-            arm_behind=in_one_process,
+            arm_behind=in_one_process and args.arm_behind,
         )
     if args.policy == PriorityPolicy.name:
         return PriorityPolicy(quiet_after_us=args.quiet_after_us)
@@ -196,6 +204,7 @@ def worker_settings(args: argparse.Namespace) -> WorkerSettings:
         "profile_db": None if args.profile_db is None else str(args.profile_db),
         "trace": None if args.trace is None else str(args.trace),
         "max_lp_inflight_us": args.max_lp_inflight_us,
+        "arm_behind": args.arm_behind,
         "quiet_after_us": args.quiet_after_us,
     }
     return WorkerSettings(args.backend, args.log_level.upper(), scheduling)

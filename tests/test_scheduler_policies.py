@@ -15,6 +15,7 @@ from itertools import pairwise
 
 import pytest
 
+from gpu_server.cli import make_policy, parse_args
 from scheduler.policy import (
     NO_CREDIT,
     OPENS_KEPT,
@@ -732,3 +733,14 @@ def test_with_arm_behind_a_synchronizing_call_arms_with_the_pause_after_it() -> 
     policy.call_started(1, now + 10.0)
     assert policy.take_issuable(now + 10.0) == [lp]
     assert policy.behind(lp.seq) == 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "in_one_process", "armed"),
+    [([], True, True), (["--no-arm-behind"], True, False), ([], False, False)],
+)
+def test_the_server_arms_behind_only_where_its_sessions_launch_in_one_process(
+    flags: list[str], in_one_process: bool, armed: bool
+) -> None:
+    policy = make_policy(parse_args(["--policy", "fikit", *flags]), in_one_process)
+    assert isinstance(policy, FikitPolicy) and policy.arm_behind is armed
