@@ -628,7 +628,7 @@ def run_mode(
         return run_programs(mode, mode_dir, args, None, lp_seconds, failures)
     trace = mode_dir / "trace.jsonl"
     server_args = ["--policy", policy, "--profile-db", str(args.out / "profiles.sqlite3")]
-    server_args += ["--isolation", args.isolation]
+    server_args += ["--isolation", args.isolation, *args.server_arg]
     if traced:
         server_args += ["--trace", str(trace)]
     with tempfile.TemporaryDirectory() as sockets:
@@ -688,6 +688,14 @@ def parse_args() -> argparse.Namespace:
         default=4,
         help="run hp-alone-fifo and hp-alone this many times, in alternating order, and pool their "
         "latencies: the two differ by a few percent at most, less than one run's noise",
+    )
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="pass ARG to every gpu-server started (repeat for more; e.g. "
+        "--server-arg=--no-arm-behind)",
     )
     return parser.parse_args()
 
