@@ -117,10 +117,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--arm-behind",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=False,
         help="fikit, isolation shared or none: issue lower-priority kernels that fit a "
         "coming gap before it begins, to start on the GPU as the higher task's last kernel "
-        "ends (default on)",
+        "ends (default off: on the H200 it slowed the higher task's kernels)",
     )
     parser.add_argument(
         "--quiet-after-us",

@@ -737,7 +737,7 @@ def test_with_arm_behind_a_synchronizing_call_arms_with_the_pause_after_it() -> 
 
 @pytest.mark.parametrize(
     ("flags", "in_one_process", "armed"),
-    [([], True, True), (["--no-arm-behind"], True, False), ([], False, False)],
+    [([], True, False), (["--arm-behind"], True, True), (["--arm-behind"], False, False)],
 )
 def test_the_server_arms_behind_only_where_its_sessions_launch_in_one_process(
     flags: list[str], in_one_process: bool, armed: bool
