@@ -171,7 +171,7 @@ class _Task:
     in_flight: int = 0
     in_call: bool = False
     launched: bool = False
-    #: The kernel ID of its newest launch.
+    #: The kernel ID of its newest launch (kept by ``FikitPolicy`` with ``arm_behind``).
     newest_kernel: str = ""
     #: When the task last stopped being busy; None while busy or before its first launch.
     idle_since: float | None = None
@@ -273,11 +273,8 @@ class _QueuedPolicy:
         self._count_in_flight(self._arrived(launch, now), launch)
 
     def joined(self, task_id: int, kernel_id: str, now: float) -> None:
-        """The task launched ``kernel_id`` again while its launches run (see ``Policy``)."""
-        task = self._tasks.get(task_id)
-        if task is not None:
-            self._launched_again(task)
-            task.newest_kernel = kernel_id
+        """Nothing to do: only ``FikitPolicy`` with ``arm_behind`` needs a task's newest
+        kernel."""
 
     def behind(self, seq: int) -> int | None:
         """None: launches go to the GPU unordered against other tasks'."""
@@ -404,8 +401,7 @@ class _QueuedPolicy:
         if any; the task is launching from now on."""
         task = self._tasks[launch.task_id]
         task.launched = True
-        self._launched_again(task)
-        task.newest_kernel = launch.kernel_id
+        self._launched_again(task, launch.kernel_id)
         if task.idle_after_kernel and (task.idle_since is not None or task.idle_before):
             # An arrival stamped before a completion placed by a later poll: no gap.
             self._gap_ended(task.task_id, task.gap_key, max(0.0, task.idle_for(now)))
@@ -419,8 +415,8 @@ class _QueuedPolicy:
         """A task launched again after ``gap_us`` of idle time in the gap ``key``
         (``_Task.gap_key``)."""
 
-    def _launched_again(self, task: _Task) -> None:
-        """The task launches again, before its newest launch is replaced (call first)."""
+    def _launched_again(self, task: _Task, kernel_id: str) -> None:
+        """The task launches ``kernel_id`` (call before its gap bookkeeping changes)."""
 
     def _hand_out(self, task: _Task) -> PendingLaunch:
         """Take the task's head launch out of its queue and count it in flight."""
@@ -664,10 +660,20 @@ class FikitPolicy(PriorityPolicy):
     def _gap_ended(self, task_id: int, key: str, gap_us: float) -> None:
         self.gaps.record(task_id, key, gap_us)
 
-    def _launched_again(self, task: _Task) -> None:
-        """Learn whether the task's newest launch opened a gap (no call since it)."""
+    def joined(self, task_id: int, kernel_id: str, now: float) -> None:
+        """With ``arm_behind``: the launch is the task's newest (``_launched_again``)."""
+        if self.arm_behind and (task := self._tasks.get(task_id)) is not None:
+            self._launched_again(task, kernel_id)
+
+    def _launched_again(self, task: _Task, kernel_id: str) -> None:
+        """With ``arm_behind``: learn whether the task's newest launch opened a gap (no
+        call since it); ``kernel_id`` is its newest now. Else nothing: the launch path
+        pays for none of it."""
+        if not self.arm_behind:
+            return
         if task.newest_kernel and not task.called_since_launch:
             self.gaps.record_opening(task.task_id, task.newest_kernel, not task.launching)
+        task.newest_kernel = kernel_id
 
     def opens_gap(self, task_id: int) -> bool:
         """Whether lower launches may now be placed behind the task's newest (see
