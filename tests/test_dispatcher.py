@@ -444,6 +444,36 @@ def test_the_tracker_polls_rarely_only_while_no_launch_can_be_held() -> None:
     fikit.close()
 
 
+def test_short_kernels_launched_while_the_tracker_looks_do_not_wake_it_each_time() -> None:
+    """A lone session's launches of kernels done before the next one is issued: the
+    tracker polls about once per UNCONTENDED_POLL_INTERVAL_S, not once per launch, even
+    though each launch arrived before the tracker's previous wait began."""
+    dispatcher = Dispatcher(FifoPolicy())
+    dispatcher.add_task(1, 0)
+    asked = 0
+
+    def issue(timed: bool) -> FakeProbe:
+        time.sleep(100e-6)  # the driver call: the tracker may run meanwhile
+        probe = FakeProbe("s", (1.0, 2.0) if timed else None)
+
+        def done() -> bool:
+            nonlocal asked
+            asked += 1
+            return True
+
+        probe.done = done
+        return probe
+
+    launches = 300
+    start = time.perf_counter()
+    for _ in range(launches):
+        dispatcher.launch(1, "k", "short", issue)
+    elapsed_ms = (time.perf_counter() - start) * 1e3
+    dispatcher.close()
+    polls_per_ms = 1e-3 / dispatcher_module.UNCONTENDED_POLL_INTERVAL_S
+    assert asked <= 2 * polls_per_ms * elapsed_ms + 10 < launches
+
+
 def test_lp_launches_placed_behind_hp_go_out_with_hp_newest_probe_to_follow() -> None:
     """Under fikit with ``arm_behind``: once HP's kernel "z" has always been its last before
     a gap, an LP launch held while HP runs "z" is issued at once, to follow "z" on the GPU."""
