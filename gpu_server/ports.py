@@ -25,12 +25,6 @@ from gpu_server.session import Session, handle_counter
 from gpu_server.staging import map_staging
 from scheduler.dispatcher import Dispatcher
 
-#: How long a session alone in its process polls its socket for the next frame before it
-#: blocks: a client's next call after a reply or between launches usually comes within
-#: tens of microseconds, and waking a blocked thread cost 7-16 us per round trip on the
-#: H200 (gpu_diag). With other sessions in the process it blocks at once: polling holds
-#: the interpreter they need.
-FRAME_POLL_S = 100e-6
 #: Receives one packed frame of replies.
 Emit = Callable[[bytes], None]
 #: Receives the reason a session was ended on the server's side.
@@ -83,11 +77,6 @@ class SessionPort(ABC):
     @abstractmethod
     def drain(self) -> None:
         """Wait until every frame submitted has run and its replies were emitted."""
-
-    def poll_s(self) -> float:
-        """How long a transport reading the session's frames polls for the next one before
-        it blocks (seconds; 0: block at once)."""
-        return 0.0
 
     def adopt(self, sock: socket.socket, received: bytes) -> str:
         """Let the session be served straight from ``sock`` (``received``: bytes already
@@ -149,10 +138,6 @@ class LocalPort(SessionPort):
     def drain(self) -> None:
         """Frames run as they are submitted: nothing to wait for."""
 
-    def poll_s(self) -> float:
-        """FRAME_POLL_S while the session is alone in this process."""
-        return FRAME_POLL_S if self.session.dispatcher.one_task() else 0.0
-
     def close(self) -> None:
         session = self.session
         session.close()
@@ -209,11 +194,10 @@ def serve_frames(port: SessionPort, frames: FrameSocket) -> str:
     """Run the frames of calls a socket brings, replies going back on it, until the client
     ends the session (""), or sends a malformed frame (the reason; nothing after it runs).
     The frames that arrived together run as one batch: a client that sends each call as it
-    comes costs the session one turn per read, not one per call, while it is behind. Before
-    each read the socket is polled for ``port.poll_s()``."""
+    comes costs the session one turn per read, not one per call, while it is behind."""
     port.start(frames.send, lambda reason: end_session(frames, reason))
     try:
-        while payloads := frames.receive(port.poll_s()):
+        while payloads := frames.receive():
             port.submit(payloads)
     except ValueError as err:
         log.info("session %d: %s", port.id, err)

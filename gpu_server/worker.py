@@ -208,10 +208,6 @@ class DispatcherLink:
     def call_finished(self, task_id: int) -> None:
         self.control.send("finished", task_id)
 
-    def one_task(self) -> bool:
-        """A worker of one session: always."""
-        return True
-
     def running(self, priority: int) -> contextlib.AbstractContextManager[object]:
         """The worker's one session has its CPU to itself: nothing to order; the reports of
         launches made under the lease or on credit leave together when its frames ran."""

@@ -340,11 +340,6 @@ class Dispatcher:
         return least + round((greatest - least) * (priority - LOWEST_PRIORITY) / span)
 
     # -- the CPU of the sessions' process --------------------------------------------
-    def one_task(self) -> bool:
-        """Whether a single task's session runs here: it may keep the CPU between its calls
-        without taking the interpreter from another session."""
-        return len(self._tasks) == 1
-
     def running(self, priority: int) -> contextlib.AbstractContextManager[object]:
         """A session of a task at ``priority`` runs a frame of calls inside this block
         (entered for every frame: a shared no-op while there is nobody to keep waiting)."""

@@ -25,11 +25,8 @@ from client_stub.connection import ConnectionLost, connect
 from fikit_wire import calls as wire
 from fikit_wire import session_pb2, session_pb2_grpc
 from fikit_wire.frames import FrameSocket, header
-from gpu_server.backends.sim import SimBackend
-from gpu_server.ports import FRAME_POLL_S, LocalPort, serve_frames
+from gpu_server.ports import LocalPort, serve_frames
 from gpu_server.session import Session, handle_counter
-from scheduler.dispatcher import Dispatcher
-from scheduler.policy import FifoPolicy
 from tests.conftest import ServerThread
 
 REPO = Path(__file__).resolve().parents[1]
@@ -281,36 +278,6 @@ def test_frames_that_arrive_together_run_as_one_batch_each_answered_in_order(
     port.close()
     assert batches == [[first, second]]
     assert [wire.unpack(frame) for frame in replies] == [[[0, 1]], [[0, 0]]]
-
-
-def test_a_session_alone_in_its_process_polls_for_its_next_frame_before_blocking() -> None:
-    dispatcher = Dispatcher(FifoPolicy())
-    backend = SimBackend()
-    polls: list[float] = []
-
-    class Watched(FrameSocket):
-        def receive(self, spin_s: float = 0.0) -> list[bytes]:
-            polls.append(spin_s)
-            return super().receive(spin_s)
-
-    def serve(port: LocalPort) -> None:
-        server_end, client_end = socket.socketpair()
-        frame = wire.pack([["cuDeviceGetCount", True]])
-        with server_end, client_end:
-            client_end.sendall(header(frame) + frame)
-            client_end.shutdown(socket.SHUT_WR)
-            assert serve_frames(port, Watched(server_end)) == ""
-
-    alone = LocalPort(Session(1, backend, dispatcher, handle_counter(), 0))
-    serve(alone)
-    assert polls == [FRAME_POLL_S, FRAME_POLL_S]  # the frame, then the end of the stream
-    other = LocalPort(Session(2, backend, dispatcher, handle_counter(), 0))
-    polls.clear()
-    serve(alone)
-    assert polls == [0.0, 0.0]  # polling would hold the interpreter the other one needs
-    other.close()
-    alone.close()
-    dispatcher.close()
 
 
 @pytest.mark.parametrize("transport", [0, 1], ids=["grpc", "unix"])
