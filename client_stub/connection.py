@@ -153,6 +153,32 @@ class Connection(ABC):
                 for _ in pending:  # replies of calls sent after a failure keep their order
                     self._next_reply()
 
+    def read_replies(
+        self, calls: list[list[Any]], consume: Callable[[int, list[Any]], None], window: int
+    ) -> int:
+        """Send calls that each want a reply, at most ``window`` unanswered at a time, and
+        hand each reply to ``consume(index, reply)`` in call order as it comes. Stops sending
+        at the first failing call; returns its status, or 0.
+
+        Only ``window`` replies are ever held: a long copy's bytes are not all in memory at
+        once, and the same memory serves its chunks one after another.
+        """
+        sent = answered = failed = 0
+        with self._lock:
+            while answered < len(calls):
+                while not failed and sent < len(calls) and sent - answered < window:
+                    self._number_and_send([calls[sent]])
+                    sent += 1
+                if answered == sent:
+                    break
+                reply = self._next_reply()
+                if not failed:
+                    failed = reply[0]
+                    if not failed:
+                        consume(answered, reply)
+                answered += 1
+        return failed
+
     def _consume_oldest(
         self, pending: deque[tuple[int, int, int]], consume: Callable[[int, memoryview], None]
     ) -> int:

@@ -55,6 +55,10 @@ log = logging.getLogger("fikit.client")
 
 #: Priorities run from 0 (lowest) to 9 (highest); a client that sets none gets 0.
 DEFAULT_PRIORITY = 0
+#: Chunks of a device-to-host copy asked for at once, when its bytes come in the replies:
+#: enough to keep the stream busy, few enough that the copy's bytes are not all held
+#: (receiving 64 MiB whole page-faulted fresh memory for every chunk: 26,000 faults).
+COPY_CHUNKS_IN_FLIGHT = 8
 _STREAM_FLAGS = frozenset(int(flag) for flag in CUstream_flags)
 _EVENT_FLAGS = sum(int(flag) for flag in CUevent_flags)
 #: cuMemHostAlloc flag asking for memory the GPU can map: impossible across machines.
@@ -479,10 +483,11 @@ def _copy_to_host(dst: Any, src: Any, size: int, stream: int | None) -> None:
             ["cuMemcpyDtoH", True, ctx, base, o, min(COPY_CHUNK_BYTES, size - o), size, stream]
             for o in offsets
         ]
-        for offset, (status, *values) in zip(offsets, connection.request_many(calls)):
-            if status:
-                raise DriverFailure(status)
-            write_host(dst, offset, values[0])
+        status = connection.read_replies(
+            calls, lambda i, reply: write_host(dst, offsets[i], reply[1]), COPY_CHUNKS_IN_FLIGHT
+        )
+        if status:
+            raise DriverFailure(status)
         return
     # Chunks of an eighth of the ring, as many in flight as it holds: the server fills
     # the next chunks while this thread copies one out.

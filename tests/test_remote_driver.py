@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from types import ModuleType
 
@@ -12,8 +13,8 @@ import pytest
 from cuda.bindings.driver import CUresult
 
 from client_stub import driver as impl
-from client_stub.connection import connect
-from fikit_wire.calls import CLIENT_HANDLE_BIT
+from client_stub.connection import Connection, connect
+from fikit_wire.calls import CLIENT_HANDLE_BIT, COPY_CHUNK_BYTES
 from gpu_server.backends.sim import SimBackend
 from gpu_server.ownership import DeviceOwnership
 from gpu_server.session import Session, handle_counter
@@ -596,3 +597,73 @@ def test_posted_calls_leave_at_once_each_in_a_frame_and_run_in_order(
     assert frames.count == 50
     assert wait_until(lambda: len(sim_server.backend.launches) == before + 50, timeout=5)
     assert launched_ns(sim_server, 50) == list(range(50))
+
+
+class AnsweringConnection(Connection):
+    """A transport that answers each call in order, failing the one whose first argument
+    is ``fail_at``; counts the calls left unanswered at most."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        super().__init__("in memory")
+        self.fail_at = fail_at
+        self.sent: list[list] = []
+        self.unanswered: deque[list] = deque()
+        self.most_unanswered = 0
+
+    def _post(self, call: list) -> None:
+        self._send([call])
+
+    def _send(self, calls: list[list]) -> None:
+        self.sent += calls
+        self.unanswered.extend(call for call in calls if call[1])
+        self.most_unanswered = max(self.most_unanswered, len(self.unanswered))
+
+    def _receive(self) -> list[list]:
+        index = self.unanswered.popleft()[2]
+        return [[1 if index == self.fail_at else 0, f"bytes of {index}"]]
+
+    def _shut(self) -> None:
+        pass
+
+
+def test_replies_are_read_in_order_with_a_bounded_number_of_calls_unanswered() -> None:
+    conn = AnsweringConnection()
+    calls = [["cuMemcpyDtoH", True, i] for i in range(20)]
+    seen: list[tuple[int, str]] = []
+    assert conn.read_replies(calls, lambda i, reply: seen.append((i, reply[1])), 3) == 0
+    assert seen == [(i, f"bytes of {i}") for i in range(20)]
+    assert conn.most_unanswered == 3
+
+
+def test_a_failing_call_stops_the_reading_and_every_call_sent_is_answered() -> None:
+    conn = AnsweringConnection(fail_at=5)
+    calls = [["cuMemcpyDtoH", True, i] for i in range(20)]
+    seen: list[int] = []
+    assert conn.read_replies(calls, lambda i, reply: seen.append(i), 3) == 1
+    assert seen == [0, 1, 2, 3, 4]
+    assert len(conn.sent) == 8  # nothing sent once the failure was read
+    assert not conn.unanswered  # the replies after it were read: later calls get their own
+
+
+def test_a_copy_without_staging_arrives_whole_in_many_chunks(
+    sim_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FIKIT_STAGING", "off")
+    impl.REMOTE.close()
+    impl.REMOTE.configure(sim_server.running.addresses[0], None)
+    try:
+        ok(impl.cuInit(0))
+        ok(impl.cuCtxSetCurrent(ok(impl.cuDevicePrimaryCtxRetain(0))))
+        assert impl.REMOTE.session().staging is None
+        size = (impl.COPY_CHUNKS_IN_FLIGHT * 3 + 1) * COPY_CHUNK_BYTES + 12345
+        data = np.random.default_rng(7).integers(0, 256, size, dtype=np.uint8)
+        dptr = ok(impl.cuMemAlloc(size))
+        ok(impl.cuMemcpyHtoD(dptr, data, size))
+        back = np.zeros(size, np.uint8)
+        ok(impl.cuMemcpyDtoH(back, dptr, size))
+        assert np.array_equal(back, data)
+        ok(impl.cuMemFree(dptr))
+        assert impl.cuMemcpyDtoH(back, dptr, size) == (CUresult.CUDA_ERROR_INVALID_VALUE,)
+        assert ok(impl.cuDeviceGetCount()) == 1  # the session goes on, replies in order
+    finally:
+        impl.REMOTE.close()
