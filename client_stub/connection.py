@@ -29,8 +29,9 @@ import msgpack
 
 from client_stub.staging import StagingArea
 from fikit_wire import calls as wire
-from fikit_wire import session_pb2, session_pb2_grpc
+from fikit_wire import session_pb2
 from fikit_wire.frames import FrameSocket
+from fikit_wire.stream_frames import OPEN_METHOD, frame_parser, serialize_frame
 
 log = logging.getLogger("fikit.client")
 
@@ -302,9 +303,12 @@ class GrpcConnection(Connection):
         )
         token = os.environ.get("FIKIT_TOKEN")
         metadata = [("authorization", f"Bearer {token}")] if token else None
-        self._stream = session_pb2_grpc.GpuSessionStub(self._channel).Open(
-            self._frames(hello), metadata=metadata
+        open_session = self._channel.stream_stream(
+            OPEN_METHOD,
+            request_serializer=serialize_frame,
+            response_deserializer=frame_parser(session_pb2.ServerFrame),
         )
+        self._stream = open_session(self._frames(hello), metadata=metadata)
         try:
             first = next(self._stream)
         except grpc.RpcError as err:
@@ -314,7 +318,10 @@ class GrpcConnection(Connection):
             raise ConnectionLost(
                 f"GPU server at {target} refused the session: {err.details()}"
             ) from None
-        welcome = first.welcome
+        # A server that answers with anything but a Welcome reads as protocol 0 below.
+        welcome = (
+            first.welcome if isinstance(first, session_pb2.ServerFrame) else session_pb2.Welcome()
+        )
         self._welcomed(
             offered,
             {
@@ -325,7 +332,7 @@ class GrpcConnection(Connection):
             },
         )
 
-    def _frames(self, hello: session_pb2.Hello) -> Iterator[session_pb2.ClientFrame]:
+    def _frames(self, hello: session_pb2.Hello) -> Iterator[session_pb2.ClientFrame | bytes]:
         """Request stream: the Hello, then whatever has queued up while the last frame left."""
         yield session_pb2.ClientFrame(hello=hello)
         while True:
@@ -339,11 +346,11 @@ class GrpcConnection(Connection):
                 except queue.Empty:
                     break
                 if call is _CLOSE:
-                    yield session_pb2.ClientFrame(calls=wire.pack(batch))
+                    yield wire.pack(batch)
                     return
                 batch.append(call)
                 size += _payload_size(call)
-            yield session_pb2.ClientFrame(calls=wire.pack(batch))
+            yield wire.pack(batch)
 
     def _post(self, call: list[Any]) -> None:
         self._outbox.put(call)
@@ -358,7 +365,7 @@ class GrpcConnection(Connection):
         except (grpc.RpcError, StopIteration) as err:
             detail = err.details() if isinstance(err, grpc.RpcError) else "stream ended"
             raise self._lose(detail) from None
-        return wire.unpack(frame.replies)
+        return wire.unpack(frame if isinstance(frame, memoryview) else frame.replies)
 
     def _shut(self) -> None:
         """Half-close the stream and wait (up to CLOSE_TIMEOUT_S) for the server to finish

@@ -44,6 +44,10 @@ STAGING_NAME = re.compile(r"fikit-[0-9a-f]{32}")
 MAX_STAGING_BYTES = 1024 * 1024 * 1024
 
 
+#: A frame's payload as received: its own bytes, or a view of the bytes it arrived in.
+Payload = bytes | memoryview
+
+
 def pack(items: list[Any]) -> bytes:
     """Encode a batch of calls or replies."""
     return msgpack.packb(items, use_bin_type=True)
@@ -72,7 +76,7 @@ def end_reason(payload: bytes) -> str | None:
     return None
 
 
-def unpack(data: bytes) -> list[Any]:
+def unpack(data: Payload) -> list[Any]:
     """Decode a batch of calls or replies; raises ValueError on malformed input, and
     SessionEnded for a ``pack_end`` frame."""
     try:

@@ -21,7 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from fikit_wire import calls as wire
-from fikit_wire import session_pb2
 from fikit_wire.frames import FrameDecoder, header
 from gpu_server.ports import SessionPort
 
@@ -78,10 +77,10 @@ RELAY_JOIN_BYTES = 1 << 16
 class Runner(Protocol):
     """One gRPC session's way to where its calls run."""
 
-    #: Reply frames, then FINISHED (or an Exception that ends the session).
-    frames: asyncio.Queue[session_pb2.ServerFrame | Exception | None]
+    #: Reply frames' payloads, then FINISHED (or an Exception that ends the session).
+    frames: asyncio.Queue[bytes | Exception | None]
 
-    async def submit(self, payload: bytes) -> None:
+    async def submit(self, payload: wire.Payload) -> None:
         """Pass a frame of calls on after the earlier ones; waits while too much is queued."""
 
     def finish(self) -> None:
@@ -104,22 +103,22 @@ class SessionRunner:
         self.port = port
         self.budget = budget
         self._queued_bytes = 0
-        self.frames: asyncio.Queue[session_pb2.ServerFrame | Exception | None] = asyncio.Queue()
+        self.frames: asyncio.Queue[bytes | Exception | None] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
         self._slots = asyncio.Semaphore(MAX_QUEUED_BATCHES)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"session-{port.id}")
         port.start(self._reply, self._end)
 
-    def _emit(self, item: session_pb2.ServerFrame | Exception) -> None:
+    def _emit(self, item: bytes | Exception) -> None:
         self._loop.call_soon_threadsafe(self.frames.put_nowait, item)
 
     def _reply(self, replies: bytes) -> None:
-        self._emit(session_pb2.ServerFrame(replies=replies))
+        self._emit(replies)
 
     def _end(self, reason: str) -> None:
         self._emit(SessionLost(reason))
 
-    def _run_batch(self, payload: bytes) -> None:
+    def _run_batch(self, payload: wire.Payload) -> None:
         """Run a frame; a malformed one (ValueError) or a server bug is put on ``frames``
         to end the session."""
         try:
@@ -134,7 +133,7 @@ class SessionRunner:
         self._queued_bytes -= nbytes
         self.budget.release(nbytes)
 
-    async def submit(self, payload: bytes) -> None:
+    async def submit(self, payload: wire.Payload) -> None:
         """Queue a frame of calls, waiting while the session already has
         MAX_QUEUED_BATCHES or MAX_SESSION_QUEUED_BYTES queued, or all sessions together
         the budget's limit (a session with nothing queued may always queue one)."""
@@ -174,7 +173,7 @@ class WorkerRelay:
 
     def __init__(self, port: SessionPort, sock: socket.socket) -> None:
         self.port = port
-        self.frames: asyncio.Queue[session_pb2.ServerFrame | Exception | None] = asyncio.Queue()
+        self.frames: asyncio.Queue[bytes | Exception | None] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
         self._sock = sock
         self._decoder = FrameDecoder()
@@ -184,7 +183,7 @@ class WorkerRelay:
         sock.setblocking(False)
         self._loop.add_reader(sock.fileno(), self._readable)
 
-    async def submit(self, payload: bytes) -> None:
+    async def submit(self, payload: wire.Payload) -> None:
         try:
             if len(payload) <= RELAY_JOIN_BYTES:
                 await self._loop.sock_sendall(self._sock, header(payload) + payload)
@@ -229,7 +228,7 @@ class WorkerRelay:
                 self._stop_reading()
                 self.frames.put_nowait(ValueError(reason))
                 return
-            self.frames.put_nowait(session_pb2.ServerFrame(replies=payload))
+            self.frames.put_nowait(payload)
 
     async def _lost(self) -> None:
         self.frames.put_nowait(SessionLost(await asyncio.to_thread(self.port.lost)))

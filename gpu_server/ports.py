@@ -66,7 +66,7 @@ class SessionPort(ABC):
         """Say where replies go; called once, before the first ``submit``."""
 
     @abstractmethod
-    def submit(self, payloads: list[bytes]) -> None:
+    def submit(self, payloads: list[wire.Payload]) -> None:
         """Run frames of calls after those submitted before; raises ValueError when a
         frame is not a list of calls."""
 
@@ -128,7 +128,7 @@ class LocalPort(SessionPort):
     def start(self, emit: Emit, end: End) -> None:
         self._emit = emit
 
-    def submit(self, payloads: list[bytes]) -> None:
+    def submit(self, payloads: list[wire.Payload]) -> None:
         assert self._emit is not None, "start() comes first"
         session = self.session
         session.run_frames(payloads, self._emit)

@@ -15,13 +15,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fikit_wire import calls as wire
-from fikit_wire import session_pb2_grpc
+from fikit_wire.stream_frames import SERVICE_NAME
 from gpu_server.hub import Admission, SessionHub
 from gpu_server.ports import Placement
-from gpu_server.service import GpuSessionService
+from gpu_server.service import GpuSessionService, session_handler
 from gpu_server.socket_transport import SocketListener
 
-SERVICE_NAME = "fikit.v1.GpuSession"
 #: gRPC cancels calls this long after the grace period, once sessions were told to end.
 GRPC_CANCEL_AFTER_S = 1.0
 
@@ -71,7 +70,7 @@ async def start_server(
         ]
     )
     service = GpuSessionService(hub)
-    session_pb2_grpc.add_GpuSessionServicer_to_server(service, server)
+    server.add_generic_rpc_handlers((session_handler(service),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     sockets: list[SocketListener] = []

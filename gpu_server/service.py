@@ -10,10 +10,14 @@ from collections.abc import AsyncIterator
 import grpc
 
 from fikit_wire import session_pb2, session_pb2_grpc
+from fikit_wire.stream_frames import SERVICE_NAME, frame_parser, serialize_frame
 from gpu_server.executor import FINISHED, ReceiveBudget, Runner, SessionLost, open_runner
 from gpu_server.hub import SHUTTING_DOWN, Hello, HelloRefused, SessionHub
 
 log = logging.getLogger(__name__)
+
+#: A frame from the client as the service reads it: a batch of calls arrives as its payload.
+ClientFrame = session_pb2.ClientFrame | memoryview
 
 #: The status a refused Hello ends its stream with, by ``HelloRefused.kind``.
 _STATUS = {
@@ -45,10 +49,11 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
 
     async def Open(
         self,
-        request_iterator: AsyncIterator[session_pb2.ClientFrame],
+        request_iterator: AsyncIterator[ClientFrame],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[session_pb2.ServerFrame]:
-        """Run one session: a Hello, then call batches until the client goes away."""
+    ) -> AsyncIterator[session_pb2.ServerFrame | bytes]:
+        """Run one session: a Hello, then call batches until the client goes away. Reply
+        batches go out as their payloads (``fikit_wire.stream_frames``)."""
         hello = await self._read_hello(request_iterator, context)
         try:
             port = await asyncio.to_thread(self.hub.open, hello, context.peer())
@@ -89,11 +94,11 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
 
     @staticmethod
     async def _read_hello(
-        request_iterator: AsyncIterator[session_pb2.ClientFrame],
+        request_iterator: AsyncIterator[ClientFrame],
         context: grpc.aio.ServicerContext,
     ) -> Hello:
         first = await anext(aiter(request_iterator), None)
-        if first is None or first.WhichOneof("body") != "hello":
+        if not isinstance(first, session_pb2.ClientFrame) or first.WhichOneof("body") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first frame must be a Hello")
         hello = first.hello
         metadata = dict(context.invocation_metadata() or ())
@@ -103,14 +108,25 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
         )
 
     @staticmethod
-    async def _read_batches(
-        request_iterator: AsyncIterator[session_pb2.ClientFrame], runner: Runner
-    ) -> None:
+    async def _read_batches(request_iterator: AsyncIterator[ClientFrame], runner: Runner) -> None:
         """Feed the runner until the client half-closes; a bad frame ends the session."""
         try:
             async for frame in request_iterator:
-                if frame.WhichOneof("body") != "calls":
+                if isinstance(frame, memoryview):
+                    await runner.submit(frame)
+                elif frame.WhichOneof("body") == "calls":
+                    await runner.submit(frame.calls)
+                else:
                     raise ValueError("expected a frame of calls")
-                await runner.submit(frame.calls)
         finally:
             runner.finish()
+
+
+def session_handler(service: GpuSessionService) -> grpc.GenericRpcHandler:
+    """The session method for a gRPC server; batch frames travel as their payloads."""
+    method = grpc.stream_stream_rpc_method_handler(
+        service.Open,
+        request_deserializer=frame_parser(session_pb2.ClientFrame),
+        response_serializer=serialize_frame,
+    )
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, {"Open": method})

@@ -235,7 +235,7 @@ class Session:
         dispatcher.add_task(session_id, priority, client_name)
 
     # -- execution -----------------------------------------------------------------------
-    def run_frames(self, payloads: list[bytes], emit: Callable[[bytes], None]) -> None:
+    def run_frames(self, payloads: list[wire.Payload], emit: Callable[[bytes], None]) -> None:
         """Execute frames of calls in order, as one turn of the session; ``emit`` gets each
         frame's packed replies, in frames of about FRAME_SOFT_LIMIT_BYTES. A payload that
         is not a list of calls raises ValueError (the frames before it ran)."""

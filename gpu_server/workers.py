@@ -352,7 +352,7 @@ class WorkerPort(SessionPort):
         )
         self._relay.start()
 
-    def submit(self, payloads: list[bytes]) -> None:
+    def submit(self, payloads: list[wire.Payload]) -> None:
         with contextlib.suppress(OSError):  # the relay tells the client why
             for payload in payloads:
                 self._frames.send(payload)
