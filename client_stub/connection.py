@@ -45,6 +45,10 @@ STAGED = object()
 #: How long a unix-socket session polls for a reply before it blocks: most replies come
 #: within tens of microseconds, and a blocked thread takes several more to wake.
 REPLY_SPIN_S = 50e-6
+#: Most payload bytes of calls a gRPC session queues before gRPC takes them.
+MAX_QUEUED_BYTES = 16 * 1024 * 1024
+#: How often a sender waiting for room checks that the stream still lives.
+ROOM_CHECK_S = 0.1
 #: How long closing a session waits for the server to end the stream.
 CLOSE_TIMEOUT_S = 2.0
 #: How long a client whose send failed reads for the server's reason before giving up.
@@ -294,6 +298,9 @@ class GrpcConnection(Connection):
                 f"no GPU server answers at {target} within {timeout:g} s"
             ) from None
         self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        #: Payload bytes of the calls queued and not yet taken by gRPC.
+        self._queued_bytes = 0
+        self._room = threading.Condition()
         offered = self._offer_staging()
         hello = session_pb2.Hello(
             protocol_version=wire.PROTOCOL_VERSION,
@@ -351,11 +358,23 @@ class GrpcConnection(Connection):
                 batch.append(call)
                 size += _payload_size(call)
             yield wire.pack(batch)
+            with self._room:  # gRPC took the frame: its calls no longer count
+                self._queued_bytes -= size
+                self._room.notify_all()
 
     def _post(self, call: list[Any]) -> None:
-        self._outbox.put(call)
+        self._send([call])
 
     def _send(self, calls: list[list[Any]]) -> None:
+        """Queue calls; while MAX_QUEUED_BYTES of earlier calls' data wait for gRPC, wait
+        for room first (a long copy is taken a few frames at a time, not queued whole)."""
+        size = sum(_payload_size(call) for call in calls)
+        with self._room:
+            while self._queued_bytes and self._queued_bytes + size > MAX_QUEUED_BYTES:
+                if self._stream.done():
+                    raise self._lose("the stream ended")
+                self._room.wait(ROOM_CHECK_S)
+            self._queued_bytes += size
         for call in calls:
             self._outbox.put(call)
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from cuda.bindings.driver import CUresult
 
+from client_stub import connection
 from client_stub import driver as impl
 from client_stub.connection import Connection, connect
 from fikit_wire.calls import CLIENT_HANDLE_BIT, COPY_CHUNK_BYTES
@@ -665,5 +666,37 @@ def test_a_copy_without_staging_arrives_whole_in_many_chunks(
         ok(impl.cuMemFree(dptr))
         assert impl.cuMemcpyDtoH(back, dptr, size) == (CUresult.CUDA_ERROR_INVALID_VALUE,)
         assert ok(impl.cuDeviceGetCount()) == 1  # the session goes on, replies in order
+    finally:
+        impl.REMOTE.close()
+
+
+def test_a_long_copy_over_grpc_waits_for_the_stream_instead_of_queueing_whole(
+    sim_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FIKIT_STAGING", "off")
+    monkeypatch.setattr(connection, "MAX_QUEUED_BYTES", 2 * COPY_CHUNK_BYTES)
+    queued: list[int] = []
+    send = connection.GrpcConnection._send
+
+    def watched(self, calls):
+        send(self, calls)
+        queued.append(self._queued_bytes)
+
+    monkeypatch.setattr(connection.GrpcConnection, "_send", watched)
+    impl.REMOTE.close()
+    impl.REMOTE.configure(sim_server.running.addresses[0], None)
+    try:
+        ok(impl.cuInit(0))
+        ok(impl.cuCtxSetCurrent(ok(impl.cuDevicePrimaryCtxRetain(0))))
+        size = 16 * COPY_CHUNK_BYTES
+        data = np.random.default_rng(3).integers(0, 256, size, dtype=np.uint8)
+        dptr = ok(impl.cuMemAlloc(size))
+        stream = ok(impl.cuStreamCreate(0))
+        ok(impl.cuMemcpyHtoDAsync(dptr, data, size, stream))
+        ok(impl.cuStreamSynchronize(stream))
+        assert max(queued) <= 3 * COPY_CHUNK_BYTES  # the limit and the chunk that waited
+        back = np.zeros(size, np.uint8)
+        ok(impl.cuMemcpyDtoH(back, dptr, size))
+        assert np.array_equal(back, data)
     finally:
         impl.REMOTE.close()
