@@ -31,8 +31,9 @@ def targets(native: Results, tcp: Results, unix: Results, floors: Results) -> li
     same_host_sync = unix["launch_sync_us"] / unix_floor
     tcp_sync = tcp["launch_sync_us"] / floors["grpc_ping_pong_us"]
     same_host_copy = min(unix[k] / native[k] for k in ("htod_64MiB_GBps", "dtoh_64MiB_GBps"))
-    tcp_copy = (
-        min(tcp[k] for k in ("htod_64MiB_GBps", "dtoh_64MiB_GBps")) / floors["grpc_stream_GBps"]
+    tcp_copy = min(
+        tcp["htod_64MiB_GBps"] / floors["grpc_stream_GBps"],
+        tcp["dtoh_64MiB_GBps"] / floors["grpc_stream_down_GBps"],
     )
     request = unix["request_us"] / native["request_us"]
     return [
@@ -48,7 +49,7 @@ def targets(native: Results, tcp: Results, unix: Results, floors: Results) -> li
             same_host_copy,
             same_host_copy >= 0.5,
         ),
-        line("TCP 64 MiB copies / gRPC streaming (>= 0.8)", tcp_copy, tcp_copy >= 0.8),
+        line("TCP 64 MiB copies / gRPC streaming the same way (>= 0.8)", tcp_copy, tcp_copy >= 0.8),
         line("same-host request / native request (<= 1.1)", request, request <= 1.1),
     ]
 

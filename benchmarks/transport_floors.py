@@ -3,7 +3,7 @@
 Usage: python benchmarks/transport_floors.py
 Starts echo servers in a child process (a raw unix socket, a raw TCP socket, and a gRPC aio
 server on uvloop with one bidirectional echo method), then measures from this process:
-64-byte ping-pong on each, and gRPC streaming bandwidth with 1 MiB messages. Prints one
+64-byte ping-pong on each, and gRPC streaming bandwidth with 1 MiB messages each way. Prints one
 JSON object on the last line. forwarding.py runs it beside the server to compare against.
 """
 
@@ -27,6 +27,7 @@ PINGS = 5_000
 STREAM_MESSAGE = 1 << 20
 STREAM_MESSAGES = 256
 _ECHO = "/fikit.floors.Echo/Stream"
+_SEND = "/fikit.floors.Echo/Send"
 
 
 def _echo_socket(listener: socket.socket) -> None:
@@ -46,13 +47,27 @@ async def _echo_stream(requests: AsyncIterator[bytes], _: object) -> AsyncIterat
         yield message[:PING_BYTES]
 
 
+async def _send_stream(requests: AsyncIterator[bytes], _: object) -> AsyncIterator[bytes]:
+    """For each request naming a count, that many STREAM_MESSAGE-byte messages back."""
+    payload = os.urandom(STREAM_MESSAGE)
+    async for message in requests:
+        for _ in range(int(message)):
+            yield payload
+
+
 async def _serve_grpc(port: int) -> None:
     server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", 64 << 20)],
+        options=[
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_send_message_length", 64 << 20),
+        ],
     )
-    handler = grpc.stream_stream_rpc_method_handler(_echo_stream)
+    handlers = {
+        "Stream": grpc.stream_stream_rpc_method_handler(_echo_stream),
+        "Send": grpc.stream_stream_rpc_method_handler(_send_stream),
+    }
     server.add_generic_rpc_handlers(
-        [grpc.method_handlers_generic_handler("fikit.floors.Echo", {"Stream": handler})]
+        [grpc.method_handlers_generic_handler("fikit.floors.Echo", handlers)]
     )
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -86,9 +101,15 @@ def ping_pong_us(sock: socket.socket) -> float:
 
 
 def grpc_figures(port: int) -> dict[str, float]:
-    """gRPC bidi ping-pong (64 B) and streaming bandwidth (1 MiB messages), sync client."""
+    """gRPC bidi ping-pong (64 B) and streaming bandwidth (1 MiB messages) each way, sync
+    client: client to server (``grpc_stream_GBps``) and server to client
+    (``grpc_stream_down_GBps``)."""
     channel = grpc.insecure_channel(
-        f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]
+        f"127.0.0.1:{port}",
+        options=[
+            ("grpc.max_send_message_length", 64 << 20),
+            ("grpc.max_receive_message_length", 64 << 20),
+        ],
     )
     grpc.channel_ready_future(channel).result(timeout=30)  # it starts after the sockets
     stream = channel.stream_stream(_ECHO)
@@ -124,10 +145,16 @@ def grpc_figures(port: int) -> dict[str, float]:
         next(replies)
     elapsed = time.perf_counter() - start
     send(b"")
+    download = channel.stream_stream(_SEND)(iter([str(STREAM_MESSAGES).encode()]))
+    start = time.perf_counter()
+    for _ in range(STREAM_MESSAGES):
+        next(download)
+    down_elapsed = time.perf_counter() - start
     channel.close()
     return {
         "grpc_ping_pong_us": statistics.median(samples) * 1e6,
         "grpc_stream_GBps": STREAM_MESSAGE * STREAM_MESSAGES / elapsed / 1e9,
+        "grpc_stream_down_GBps": STREAM_MESSAGE * STREAM_MESSAGES / down_elapsed / 1e9,
     }
 
 

@@ -10,6 +10,7 @@ import pytest
 from scheduler.policy import FikitPolicy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import forwarding
 import gap_fill_ceiling
 import scheduling
 
@@ -206,3 +207,24 @@ def test_the_report_renders_a_table_targets_and_server_notes() -> None:
     assert "| fikit | 2.100 |" in report
     assert "- fikit: launches held 100 ms or more 0; a GPU worker's launches {'asked': 3}" in report
     assert "fikit LP >= 0.9x LP that fits: 2.000x PASS" in report
+
+
+def test_tcp_copies_are_measured_against_grpc_streaming_the_same_way() -> None:
+    native = {
+        "launch_async_us": 5.0,
+        "launch_sync_us": 9.0,
+        "request_us": 280.0,
+        "htod_64MiB_GBps": 10.0,
+        "dtoh_64MiB_GBps": 14.0,
+    }
+    remote = {**native, "launch_async_us": 8.0, "htod_64MiB_GBps": 0.9, "dtoh_64MiB_GBps": 1.2}
+    floors = {
+        "unix_ping_pong_us": 20.0,
+        "grpc_ping_pong_us": 200.0,
+        "grpc_stream_GBps": 1.0,  # client to server: host-to-device copies, 0.9
+        "grpc_stream_down_GBps": 2.0,  # server to client: device-to-host copies, 0.6
+    }
+    lines = forwarding.targets(native, remote, remote, floors)
+    assert [line for line in lines if line.startswith("- TCP 64 MiB")] == [
+        "- TCP 64 MiB copies / gRPC streaming the same way (>= 0.8): 0.600 FAIL"
+    ]
