@@ -3,7 +3,8 @@
 Usage: python benchmarks/server_launch_path.py [--backend sim|cuda] [--profile N | --layers]
 Drives Session.execute directly with posted cuLaunchKernel calls (an empty 5-argument
 kernel with three pointers) and prints microseconds per launch (fastest of 5 rounds) for
-each policy, with profile sampling and with every launch timed. Run it before and after
+each policy, with profile sampling (and how often the completion tracker looked meanwhile)
+and with every launch timed. Run it before and after
 touching the launch path: over the CPU test double (the default) it needs no GPU; with
 ``--backend cuda`` it measures the server's whole launch path on the GPU, driver calls
 and completion tracking included; a second table varies how often the completion tracker
@@ -88,9 +89,10 @@ def per_launch_us(
     profile_path: str,
     profiler: cProfile.Profile | None = None,
     poll_interval_s: float = POLL_INTERVALS_S[0],
-) -> float:
-    """Microseconds per posted launch through one session; ``profiler`` runs meanwhile;
-    the dispatcher's tracker polls every ``poll_interval_s``."""
+) -> tuple[float, float]:
+    """Microseconds per posted launch through one session, and the tracker's polls per
+    1000 launches meanwhile; ``profiler`` runs meanwhile; the dispatcher's tracker polls
+    every ``poll_interval_s`` at least while a launch is held."""
     backend = open_backend(backend_name)
     with ProfileStore(profile_path) as profiles:
         trace = io.StringIO() if timed_all else None
@@ -101,14 +103,16 @@ def per_launch_us(
             ctx = call[2]
             if profiler is not None:
                 profiler.enable()
+            polls_before = dispatcher.polls
             cost = fastest_us(
                 lambda: session.execute(call),
                 lambda: session.execute(["cuCtxSynchronize", True, ctx]),
             )
+            polls = (dispatcher.polls - polls_before) / (ROUNDS * ROUND_LAUNCHES) * 1000
             if profiler is not None:
                 profiler.disable()
         dispatcher.close()
-    return cost
+    return cost, polls
 
 
 def print_layers(profile_path: str) -> None:
@@ -159,15 +163,19 @@ def main() -> None:
             print_layers(f"{tmp}/layers.sqlite3")
             return
         print(f"backend: {backend}")
-        print("| policy | sampled µs/launch | every launch timed µs/launch |")
-        print("|---|---:|---:|")
+        print(
+            "| policy | sampled µs/launch | tracker polls per 1000 launches "
+            "| every launch timed µs/launch |"
+        )
+        print("|---|---:|---:|---:|")
         for i, policy in enumerate(sorted(POLICIES)):
-            sampled = per_launch_us(backend, policy, False, f"{tmp}/{i}a.sqlite3")
-            timed = per_launch_us(backend, policy, True, f"{tmp}/{i}b.sqlite3")
-            print(f"| {policy} | {sampled:.2f} | {timed:.2f} |")
+            sampled, polls = per_launch_us(backend, policy, False, f"{tmp}/{i}a.sqlite3")
+            timed, _ = per_launch_us(backend, policy, True, f"{tmp}/{i}b.sqlite3")
+            print(f"| {policy} | {sampled:.2f} | {polls:.1f} | {timed:.2f} |")
         print("\n| tracker poll interval | fifo, sampled µs/launch |\n|---|---:|")
         for i, interval in enumerate(POLL_INTERVALS_S):
-            cost = per_launch_us(backend, "fifo", False, f"{tmp}/poll{i}.sqlite3", None, interval)
+            path = f"{tmp}/poll{i}.sqlite3"
+            cost, _ = per_launch_us(backend, "fifo", False, path, None, interval)
             print(f"| {interval * 1e6:.0f} µs | {cost:.2f} |")
         if args.profile:
             profiler = cProfile.Profile()

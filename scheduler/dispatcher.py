@@ -279,6 +279,8 @@ class Dispatcher:
         self._due: float | None = None
         self.launches = 0
         self.timed_launches = 0
+        #: How many times the tracker looked at launches in flight.
+        self.polls = 0
         self._cpu = threading.Condition()
         #: Sessions running a frame now, by task priority; the highest such priority.
         self._running: Counter[int] = Counter()
@@ -646,6 +648,7 @@ class Dispatcher:
                     self._streams.clear()
                     break
                 looked_before, self._looked_us = self._looked_us, self.clock()
+                self.polls += 1
                 oldest = [
                     [(record, record.probe) for record in itertools.islice(q, POLL_DEPTH)]
                     for q in self._streams.values()
