@@ -621,26 +621,13 @@ class Dispatcher:
     # -- the tracker thread --------------------------------------------------------------
     def _track(self) -> None:
         """Poll probes, feed completions to the policy, issue what it releases."""
-        pause = False
         while True:
-            if pause:
-                self._pause()
             with self._lock:
-                woken = False
                 while not (self._closed or self._streams or self._to_issue):
-                    woken = True
                     self._poll_at = math.inf
                     self._wake.wait(self._timer())
                     self._poll_at = -math.inf
                     self._release_if_due()
-                if woken and not (self._to_issue or self._closed):
-                    # A launch came after a quiet spell: it has just started, so the first
-                    # poll waits like any other. Polling at once found a short kernel done
-                    # and sent the tracker back to sleep, to be woken by the next launch: a
-                    # session launching short kernels woke it every few launches, and the
-                    # two threads took the interpreter from each other at every driver call.
-                    pause = True
-                    continue
                 self._release_if_due()
                 self._warn_if_held_long()
                 if self._closed:
@@ -659,26 +646,23 @@ class Dispatcher:
             finished = [done for seen in oldest if (done := done_prefix(seen))]
             if finished:
                 self._finish(finished, looked_before)
-            # Also after completions: they are then handled in batches, and the tracker does
-            # not contend for the lock (or the interpreter) with every launch of a busy
-            # session.
-            pause = not to_issue
+            if not to_issue:
+                # Also after completions: they are then handled in batches, and the tracker
+                # does not contend for the lock (or the interpreter) with every launch of a
+                # busy session. A short wait sleeps (cheaper); a long one, until launches
+                # predicted to run long should be done, is cut short by a launch that
+                # should finish sooner.
+                with self._lock:
+                    wait = 0.0 if self._to_issue or self._closed else self._poll_wait()
+                    if wait > self.poll_interval_s:
+                        self._poll_at = self.clock() + wait * 1e6
+                        self._wake.wait(wait)
+                        self._poll_at = -math.inf
+                        wait = 0.0
+                if wait:
+                    time.sleep(wait)
         for record in remaining:
             record.release()
-
-    def _pause(self) -> None:
-        """Wait until the next poll is due (``_poll_wait``). A short wait sleeps (cheaper);
-        a long one, until launches predicted to run long should be done, is cut short by a
-        launch that should finish sooner, a release or the end."""
-        with self._lock:
-            wait = 0.0 if self._to_issue or self._closed else self._poll_wait()
-            if wait > self.poll_interval_s:
-                self._poll_at = self.clock() + wait * 1e6
-                self._wake.wait(wait)
-                self._poll_at = -math.inf
-                return
-        if wait:
-            time.sleep(wait)
 
     def _poll_wait(self) -> float:
         """Seconds until the next poll: ``poll_interval_s`` while a launch is held (else
