@@ -26,6 +26,7 @@ their kernel ID: the module's content digest, the function name and the launch g
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import logging
 from collections.abc import Callable, Iterator
@@ -39,7 +40,7 @@ from fikit_wire.calls import CLIENT_HANDLE_BIT
 from gpu_server.backends.base import Backend, LaunchConfig, ParamLayout
 from gpu_server.errors import CONTEXT_LOST_ERRORS, CudaError, invalid_handle, invalid_value
 from gpu_server.ownership import DeviceOwnership
-from scheduler.dispatcher import Dispatcher, LaunchProbe
+from scheduler.dispatcher import Dispatcher
 from scheduler.kernel_id import kernel_id, module_digest
 
 log = logging.getLogger(__name__)
@@ -150,28 +151,29 @@ class FunctionEntry:
     module_digest: str
     #: For library kernels: the function made for each context it was launched in.
     per_context: dict[int, Any] = field(default_factory=dict)
-    #: Kernel IDs by (grid, block, dynamic shared memory), computed once each.
-    kernel_ids: dict[tuple[Any, ...], str] = field(default_factory=dict)
     #: Parameter buffers whose pointers were checked, while the ownership generation is
     #: ``checked_generation``: a launch loop passes the same few buffers (a ping-pong
     #: stencil alternates two), each checked once.
     checked: set[bytes] = field(default_factory=set)
     checked_generation: int = -1
 
-    def kernel_id(self, grid: list[int], block: list[int], shared_mem_bytes: int) -> str:
-        """The kernel ID of a launch of this function with this geometry."""
-        key = (*grid, *block, shared_mem_bytes)
-        kid = self.kernel_ids.get(key)
-        if kid is None:
-            kid = kernel_id(
-                self.module_digest,
-                self.name,
-                (grid[0], grid[1], grid[2]),
-                (block[0], block[1], block[2]),
-                shared_mem_bytes,
-            )
-            self.kernel_ids[key] = kid
-        return kid
+
+#: Launch plans a session keeps (``Session._launch_plans``); more distinct launches than
+#: this start the memo afresh.
+LAUNCH_PLANS_KEPT = 256
+
+
+@dataclass(slots=True)
+class LaunchPlan:
+    """What launches of one function, geometry and stream resolve to: looked up once, kept
+    until a stream, context or function of the session goes away."""
+
+    function: Any
+    entry: FunctionEntry
+    kernel_id: str
+    stream: StreamEntry
+    context: ContextEntry
+    config: LaunchConfig
 
 
 @dataclass
@@ -230,6 +232,9 @@ class Session:
         #: Blocking streams with work the NULL stream has not waited for.
         self._unjoined: list[StreamEntry] = []
         self.events: dict[int, Owned] = {}
+        #: Launches resolved so far (``LaunchPlan``), forgotten whenever a stream, context
+        #: or function of the session goes away.
+        self._launch_plans: dict[tuple[Any, ...], LaunchPlan] = {}
         self.regions: dict[int, DeviceRegion] = {}
         self._region_bases: list[int] = []
         dispatcher.add_task(session_id, priority, client_name)
@@ -407,6 +412,7 @@ class Session:
 
     def _drop_stream(self, stream: StreamEntry, entry: ContextEntry) -> None:
         """Destroy a stream and its marker; the NULL stream still orders after its work."""
+        self._launch_plans.clear()
         ctx = entry.backend_ctx
         if stream.unjoined:
             null, _ = self._stream(None, stream.ctx)
@@ -472,6 +478,7 @@ class Session:
 
     def _release_context(self, handle: int, *, destroy: bool) -> None:
         """Free what the session made in a context; destroy the context if it owns it."""
+        self._launch_plans.clear()
         entry = self.contexts[handle]
         ctx = entry.backend_ctx
         streams = self._session_streams(handle)
@@ -802,6 +809,7 @@ class Session:
         return (handle, list(layout.offsets), list(layout.sizes))
 
     def _drop_functions(self, parent: int) -> None:
+        self._launch_plans.clear()
         for handle in [h for h, fn in self.functions.items() if fn.parent == parent]:
             del self.functions[handle]
 
@@ -893,32 +901,55 @@ class Session:
         stream: int,
         params: bytes,
     ) -> tuple[()]:
-        fn, entry = self._function(handle, ctx)
-        if len(params) < entry.layout.total_size:
+        key = (handle, ctx, stream, shared_mem_bytes, tuple(grid), tuple(block))
+        plan = self._launch_plans.get(key)
+        if plan is None:
+            plan = self._plan_launch(key)
+        entry = plan.entry
+        layout = entry.layout
+        if len(params) < layout.total_size:
             raise invalid_value("kernel parameters shorter than the kernel's layout")
         generation = self.ownership.generation
         if entry.checked_generation != generation:
             entry.checked, entry.checked_generation = set(), generation
         if params not in entry.checked:
-            self._check_pointers(entry.layout, params)
+            self._check_pointers(layout, params)
             if len(entry.checked) >= CHECKED_PARAMS_KEPT:
                 entry.checked.clear()
             entry.checked.add(params)
-        kid = entry.kernel_id(grid, block, shared_mem_bytes)
-        context, backend_stream = self._work_stream(stream, ctx if entry.ctx is None else entry.ctx)
-        config = LaunchConfig(
-            (grid[0], grid[1], grid[2]),
-            (block[0], block[1], block[2]),
-            shared_mem_bytes,
-            backend_stream,
+        if plan.stream.blocking:
+            self._order(plan.stream, plan.context)
+        issue = functools.partial(
+            self.backend.launch,
+            plan.context.backend_ctx,
+            plan.function,
+            plan.config,
+            params,
+            layout,
         )
-        launch, layout, backend_ctx = self.backend.launch, entry.layout, context.backend_ctx
-
-        def issue(timed: bool, after: LaunchProbe | None = None) -> LaunchProbe:
-            return launch(backend_ctx, fn, config, params, layout, timed, after)
-
-        self.dispatcher.launch(self.id, kid, entry.name, issue)
+        self.dispatcher.launch(self.id, plan.kernel_id, entry.name, issue)
         return ()
+
+    def _plan_launch(self, key: tuple[Any, ...]) -> LaunchPlan:
+        """Resolve a launch's function, kernel ID, stream and configuration, and keep the
+        plan under ``key``: (function, context, stream, dynamic shared memory, grid, block)."""
+        handle, ctx, stream, shared_mem_bytes, grid, block = key
+        fn, entry = self._function(handle, ctx)
+        if len(grid) != 3 or len(block) != 3:
+            raise invalid_value("grid and block take three dimensions each")
+        stream_entry, context = self._stream(stream, ctx if entry.ctx is None else entry.ctx)
+        plan = LaunchPlan(
+            fn,
+            entry,
+            kernel_id(entry.module_digest, entry.name, grid, block, shared_mem_bytes),
+            stream_entry,
+            context,
+            LaunchConfig(grid, block, shared_mem_bytes, stream_entry.obj),
+        )
+        if len(self._launch_plans) >= LAUNCH_PLANS_KEPT:
+            self._launch_plans.clear()
+        self._launch_plans[key] = plan
+        return plan
 
     def _check_pointers(self, layout: ParamLayout, params: bytes) -> None:
         """Refuse a pointer-sized argument into another session's memory."""

@@ -299,10 +299,18 @@ class ProfileStore:
             return self._plan(kernel_id)[0]
 
     def launch_plan(self, kernel_id: str) -> tuple[bool, float | None]:
-        """For one launch: ``(should_measure, predicted_duration_us)`` under one lock."""
+        """For one launch: ``(should_measure, predicted_duration_us)`` under one lock. Every
+        launch in the measurement stage is measured; in the sharing stage every
+        ``sample_every``-th (counted per kernel ID in this process). On every launch's path:
+        one call, dictionaries only."""
         with self._lock:
-            predicted, measuring = self._plan(kernel_id)
-            return measuring or self._sampled(kernel_id), predicted
+            predicted, measuring = self._plans.get(kernel_id) or self._plan(kernel_id)
+            if measuring:
+                return True, predicted
+            shared = self._shared_launches
+            launches = shared.get(kernel_id, 0) + 1
+            shared[kernel_id] = launches % self.sample_every
+            return launches == self.sample_every, predicted
 
     def _plan(self, kernel_id: str) -> tuple[float | None, bool]:
         """(predicted duration, in the measurement stage) of ``kernel_id``, cached until its
@@ -321,18 +329,9 @@ class ProfileStore:
             return self._plan(kernel_id)[1]
 
     def should_measure(self, kernel_id: str) -> bool:
-        """Whether to measure this launch of ``kernel_id``; call exactly once per launch.
-
-        True for every launch in the measurement stage; in the sharing stage, True for every
-        ``sample_every``-th launch (counted per kernel ID in this process).
-        """
+        """Whether to measure this launch of ``kernel_id``; call exactly once per launch
+        (``launch_plan``'s first half)."""
         return self.launch_plan(kernel_id)[0]
-
-    def _sampled(self, kernel_id: str) -> bool:
-        """Counts a sharing-stage launch; True for every ``sample_every``-th."""
-        launches = self._shared_launches.get(kernel_id, 0) + 1
-        self._shared_launches[kernel_id] = launches % self.sample_every
-        return launches == self.sample_every
 
     def flush(self) -> int:
         """Write the profiles changed since the last flush in one transaction; returns how many."""

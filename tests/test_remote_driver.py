@@ -537,6 +537,39 @@ def test_alternating_parameter_buffers_are_each_checked_once(monkeypatch) -> Non
     dispatcher.close()
 
 
+def test_a_remembered_launch_is_refused_once_its_stream_module_or_context_is_gone() -> None:
+    dispatcher = Dispatcher(FifoPolicy())
+    session = Session(1, SimBackend(), dispatcher, handle_counter(), 0)
+    params = bytes(36)
+
+    def loaded(ctx: int) -> tuple[int, int]:
+        module = session.execute(["cuModuleLoadData", True, ctx, SAXPY_PTX, {}])[1]
+        return module, session.execute(["cuModuleGetFunction", True, module, "saxpy"])[1]
+
+    def launch(ctx: int, function: int, stream: int, grid: list[int] | None = None) -> list:
+        geometry = [grid or [1, 1, 1], [64, 1, 1], 0, stream]
+        return session.execute(["cuLaunchKernel", True, ctx, function, *geometry, params])
+
+    primary = session.execute(["cuDevicePrimaryCtxRetain", True, 0])[1]
+    module, saxpy = loaded(primary)
+    stream = session.execute(["cuStreamCreate", True, primary, 0, 0])[1]
+    assert launch(primary, saxpy, stream) == launch(primary, saxpy, stream) == [0]
+    assert session.execute(["cuStreamDestroy", True, stream]) == [0]
+    assert launch(primary, saxpy, stream) == [CUresult.CUDA_ERROR_INVALID_HANDLE]
+    assert launch(primary, saxpy, 0) == [0]
+    assert launch(primary, saxpy, 0, [1, 1]) == [CUresult.CUDA_ERROR_INVALID_VALUE]
+    assert session.execute(["cuModuleUnload", True, module]) == [0]
+    assert launch(primary, saxpy, 0) == [CUresult.CUDA_ERROR_INVALID_HANDLE]
+    own = session.execute(["cuCtxCreate", True, 0, 0])[1]
+    _, kernel = loaded(own)
+    assert launch(own, kernel, 0) == launch(own, kernel, 0) == [0]
+    assert session.execute(["cuCtxDestroy", True, own]) == [0]
+    assert launch(own, kernel, 0) == [CUresult.CUDA_ERROR_INVALID_HANDLE]
+    assert session.execute(["cuCtxSynchronize", True, primary]) == [0]
+    session.close()
+    dispatcher.close()
+
+
 @pytest.fixture
 def unix_remote(sim_server) -> Iterator[ModuleType]:
     """The driver stub with a fresh session to the sim server over the unix socket."""
