@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from typing import Any
 
 import msgpack
@@ -48,9 +49,18 @@ MAX_STAGING_BYTES = 1024 * 1024 * 1024
 Payload = bytes | memoryview
 
 
+#: Each thread's packer: ``msgpack.packb`` builds a packer per call, which costs more than
+#: packing a launch (2.5 us against 0.8 on the development machine).
+_packers = threading.local()
+
+
 def pack(items: list[Any]) -> bytes:
     """Encode a batch of calls or replies."""
-    return msgpack.packb(items, use_bin_type=True)
+    try:
+        packer = _packers.packer
+    except AttributeError:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    return packer.pack(items)
 
 
 class SessionEnded(ValueError):
