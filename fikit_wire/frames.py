@@ -57,6 +57,20 @@ class FrameDecoder:
             del buffer[:offset]
         return frames
 
+    def take_long_start(self, longer_than: int) -> tuple[int, bytes] | None:
+        """When the buffer holds the start of a frame longer than ``longer_than`` bytes and
+        not all of it: take that start out; (the payload's size, its bytes so far). The
+        caller reads the rest itself (the buffer is empty after). Call after ``frames``."""
+        buffer = self.buffer
+        if len(buffer) < _HEADER.size:
+            return None
+        (size,) = _HEADER.unpack_from(buffer)
+        if size <= longer_than or len(buffer) - _HEADER.size >= size:
+            return None
+        start = bytes(memoryview(buffer)[_HEADER.size :])
+        buffer.clear()
+        return size, start
+
 
 class FrameSocket:
     """Sends and receives frames on a connected stream socket."""

@@ -12,6 +12,7 @@ from ``frame_parser`` hands it over as a view of the received bytes. Any other f
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from google.protobuf.message import Message
@@ -36,11 +37,27 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def serialize_frame(frame: Message | bytes) -> bytes:
-    """The wire form of a frame: a message, or the payload of a batch (calls or replies)."""
+def batch_prefix(size: int) -> bytes:
+    """What goes before a batch's payload of ``size`` bytes in the batch's wire form."""
+    return bytes((_BATCH_TAG,)) + _varint(size)
+
+
+@dataclass(frozen=True, slots=True)
+class SerializedBatch:
+    """A batch frame in its wire form already: ``batch_prefix`` and the payload, joined
+    once from the pieces they arrived in (a long reply relayed from a GPU worker)."""
+
+    data: bytes
+
+
+def serialize_frame(frame: Message | bytes | SerializedBatch) -> bytes:
+    """The wire form of a frame: a message, the payload of a batch (calls or replies), or
+    a batch serialized already."""
+    if isinstance(frame, SerializedBatch):
+        return frame.data
     if isinstance(frame, Message):
         return frame.SerializeToString()
-    return b"".join((bytes((_BATCH_TAG,)), _varint(len(frame)), frame))
+    return b"".join((batch_prefix(len(frame)), frame))
 
 
 def _batch_payload(data: bytes) -> memoryview | None:

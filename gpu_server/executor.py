@@ -22,6 +22,7 @@ from typing import Protocol
 
 from fikit_wire import calls as wire
 from fikit_wire.frames import FrameDecoder, header
+from fikit_wire.stream_frames import SerializedBatch, batch_prefix
 from gpu_server.ports import SessionPort
 
 #: Batches a session may have queued before the server stops reading its stream.
@@ -70,15 +71,22 @@ class ReceiveBudget:
 #: Bytes the relay reads from a worker's socket at once (a copy reply is 1 MiB a chunk).
 RELAY_READ_BYTES = 1 << 20
 #: A frame up to this size goes to the worker with its header in one system call (the
-#: two copied together); a larger one in two, uncopied.
+#: two copied together); a larger one in two, uncopied. A reply frame longer than this
+#: is read straight into a buffer the relay keeps, and copied once into its gRPC form.
 RELAY_JOIN_BYTES = 1 << 16
+#: The largest buffer for long reply frames a relay keeps between them (the client
+#: stub's copies come in frames of a few megabytes; a longer one gets a buffer of its own).
+RELAY_KEPT_BYTES = 8 << 20
+#: What a runner hands the service: a reply frame (its payload, or a long one serialized
+#: already), FINISHED, or the Exception that ends the session.
+RunnerItem = bytes | SerializedBatch | Exception | None
 
 
 class Runner(Protocol):
     """One gRPC session's way to where its calls run."""
 
-    #: Reply frames' payloads, then FINISHED (or an Exception that ends the session).
-    frames: asyncio.Queue[bytes | Exception | None]
+    #: Reply frames, then FINISHED (or an Exception that ends the session).
+    frames: asyncio.Queue[RunnerItem]
 
     async def submit(self, payload: wire.Payload) -> None:
         """Pass a frame of calls on after the earlier ones; waits while too much is queued."""
@@ -103,7 +111,7 @@ class SessionRunner:
         self.port = port
         self.budget = budget
         self._queued_bytes = 0
-        self.frames: asyncio.Queue[bytes | Exception | None] = asyncio.Queue()
+        self.frames: asyncio.Queue[RunnerItem] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
         self._slots = asyncio.Semaphore(MAX_QUEUED_BATCHES)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"session-{port.id}")
@@ -173,11 +181,17 @@ class WorkerRelay:
 
     def __init__(self, port: SessionPort, sock: socket.socket) -> None:
         self.port = port
-        self.frames: asyncio.Queue[bytes | Exception | None] = asyncio.Queue()
+        self.frames: asyncio.Queue[RunnerItem] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
         self._sock = sock
         self._decoder = FrameDecoder()
         self._chunk = memoryview(bytearray(RELAY_READ_BYTES))
+        #: The long reply frame being read straight into a buffer kept for them (a fresh
+        #: megabyte per read costs its page faults): its payload's size and the bytes of it
+        #: read so far (``_long_size`` 0: none is being read).
+        self._long_buffer = memoryview(bytearray())
+        self._long_size = 0
+        self._long_read = 0
         self._finishing = False
         self._ended = False
         sock.setblocking(False)
@@ -203,18 +217,28 @@ class WorkerRelay:
         await asyncio.to_thread(cleanup, self.port)
 
     def _readable(self) -> None:
+        reading_long = self._long_size > 0
         try:
-            received = self._sock.recv_into(self._chunk)
+            if reading_long:
+                view = self._long_buffer[self._long_read : self._long_size]
+                received = self._sock.recv_into(view)
+            else:
+                received = self._sock.recv_into(self._chunk)
         except BlockingIOError:
             return
         except OSError:
             received = 0
         if not received:
             self._stop_reading()
-            if self._finishing:
+            if self._finishing and not reading_long:
                 self.frames.put_nowait(FINISHED)
             else:
                 self._loop.create_task(self._lost())
+            return
+        if reading_long:
+            self._long_read += received
+            if self._long_read == self._long_size:
+                self._hand_on_long_frame()
             return
         try:
             payloads = self._decoder.feed(self._chunk[:received])
@@ -229,6 +253,22 @@ class WorkerRelay:
                 self.frames.put_nowait(ValueError(reason))
                 return
             self.frames.put_nowait(payload)
+        long_start = self._decoder.take_long_start(RELAY_JOIN_BYTES)
+        if long_start is not None:
+            size, start = long_start
+            if len(self._long_buffer) < size:
+                self._long_buffer = memoryview(bytearray(size))
+            self._long_buffer[: len(start)] = start
+            self._long_size, self._long_read = size, len(start)
+
+    def _hand_on_long_frame(self) -> None:
+        """The long reply frame is all read: on to gRPC in its wire form (one copy)."""
+        size = self._long_size
+        data = b"".join((batch_prefix(size), self._long_buffer[:size]))
+        self.frames.put_nowait(SerializedBatch(data))
+        self._long_size = 0
+        if len(self._long_buffer) > RELAY_KEPT_BYTES:
+            self._long_buffer = memoryview(bytearray())
 
     async def _lost(self) -> None:
         self.frames.put_nowait(SessionLost(await asyncio.to_thread(self.port.lost)))

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from fikit_wire import session_pb2, session_pb2_grpc
-from fikit_wire.stream_frames import SERVICE_NAME, frame_parser, serialize_frame
+from fikit_wire.stream_frames import SERVICE_NAME, SerializedBatch, frame_parser, serialize_frame
 from gpu_server.executor import FINISHED, ReceiveBudget, Runner, SessionLost, open_runner
 from gpu_server.hub import SHUTTING_DOWN, Hello, HelloRefused, SessionHub
 
@@ -51,7 +51,7 @@ class GpuSessionService(session_pb2_grpc.GpuSessionServicer):
         self,
         request_iterator: AsyncIterator[ClientFrame],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[session_pb2.ServerFrame | bytes]:
+    ) -> AsyncIterator[session_pb2.ServerFrame | bytes | SerializedBatch]:
         """Run one session: a Hello, then call batches until the client goes away. Reply
         batches go out as their payloads (``fikit_wire.stream_frames``)."""
         hello = await self._read_hello(request_iterator, context)

@@ -197,6 +197,21 @@ def test_a_killed_shared_worker_is_reported_and_replaced(shared_server: ServerPr
     fresh.conn.close()
 
 
+def test_long_replies_relayed_from_the_shared_worker_arrive_whole_and_in_order(
+    shared_server: ServerProcess,
+) -> None:
+    session = shared_server.session(0)  # gRPC: the front end relays the worker's replies
+    data = os.urandom(3 << 20)
+    ptr = session.stored(data)
+    sizes = [3 << 20, 7, (1 << 16) + 1, 1 << 20, 1]
+    calls = [["cuMemcpyDtoH", True, session.ctx, ptr, 0, n, n, None] for n in sizes]
+    replies = session.conn.request_many([*calls, ["cuDeviceGetCount", True]])
+    assert [reply[0] for reply in replies] == [0] * (len(sizes) + 1)
+    assert [reply[1] for reply in replies[:-1]] == [data[:n] for n in sizes]
+    assert session.read(ptr, len(data)) == data
+    session.conn.close()
+
+
 def test_a_fault_under_process_isolation_reaches_only_its_session(
     process_server: ServerProcess,
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fikit_wire import session_pb2
-from fikit_wire.stream_frames import frame_parser, serialize_frame
+from fikit_wire.stream_frames import SerializedBatch, batch_prefix, frame_parser, serialize_frame
 
 SIZES = [0, 1, 127, 128, 16383, 16384, 1 << 20, (1 << 21) + 5]
 
@@ -19,6 +19,8 @@ def test_a_batch_frame_is_the_message_protobuf_would_write(size: int) -> None:
     for message in (session_pb2.ServerFrame, session_pb2.ClientFrame):
         parsed = frame_parser(message)(data)
         assert isinstance(parsed, memoryview) and parsed == payload
+    joined = SerializedBatch(b"".join((batch_prefix(size), payload[:5], payload[5:])))
+    assert serialize_frame(joined) == data
 
 
 def test_any_other_frame_is_read_as_a_message() -> None:

@@ -98,3 +98,14 @@ def test_a_decoder_cuts_a_stream_that_arrives_in_any_pieces_into_its_frames() ->
         assert got == payloads and not decoder.buffer
     with pytest.raises(ValueError):
         FrameDecoder().feed(struct.pack("<I", wire.MAX_MESSAGE_BYTES + 1))
+
+
+def test_a_decoder_hands_over_the_start_of_a_long_frame_and_keeps_short_ones() -> None:
+    long = os.urandom(70_000)
+    decoder = FrameDecoder()
+    assert decoder.feed(header(b"ab") + b"ab" + header(long) + long[:100]) == [b"ab"]
+    assert decoder.take_long_start(1 << 17) is None  # not long enough to take
+    assert decoder.take_long_start(1 << 16) == (len(long), long[:100])
+    assert not decoder.buffer and decoder.take_long_start(0) is None
+    whole = header(b"xyz") + b"xyz"
+    assert decoder.feed(whole) == [b"xyz"] and decoder.take_long_start(0) is None
