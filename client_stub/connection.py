@@ -31,7 +31,13 @@ from client_stub.staging import StagingArea
 from fikit_wire import calls as wire
 from fikit_wire import session_pb2
 from fikit_wire.frames import FrameSocket
-from fikit_wire.stream_frames import OPEN_METHOD, frame_parser, serialize_frame
+from fikit_wire.stream_frames import (
+    OPEN_METHOD,
+    SerializedBatch,
+    batch_prefix,
+    frame_parser,
+    serialize_frame,
+)
 
 log = logging.getLogger("fikit.client")
 
@@ -257,7 +263,8 @@ class Connection(ABC):
 
     @abstractmethod
     def _send(self, calls: list[list[Any]]) -> None:
-        """Send calls together (the lock is held)."""
+        """Send calls together (the lock is held); they are packed before this returns, so
+        a call may carry a view of the caller's memory, taken now."""
 
     @abstractmethod
     def _receive(self) -> list[list[Any]]:
@@ -339,25 +346,33 @@ class GrpcConnection(Connection):
             },
         )
 
-    def _frames(self, hello: session_pb2.Hello) -> Iterator[session_pb2.ClientFrame | bytes]:
-        """Request stream: the Hello, then whatever has queued up while the last frame left."""
+    def _frames(
+        self, hello: session_pb2.Hello
+    ) -> Iterator[session_pb2.ClientFrame | SerializedBatch]:
+        """Request stream: the Hello, then whatever has queued up while the last frame left,
+        each batch joined once from its calls, packed as they were sent."""
         yield session_pb2.ClientFrame(hello=hello)
         while True:
             call = self._outbox.get()
             if call is _CLOSE:
                 return
-            batch, size = [call], _payload_size(call)
+            batch, size = [call], len(call)
+            closing = False
             while size < wire.FRAME_SOFT_LIMIT_BYTES:
                 try:
                     call = self._outbox.get_nowait()
                 except queue.Empty:
                     break
                 if call is _CLOSE:
-                    yield wire.pack(batch)
-                    return
+                    closing = True
+                    break
                 batch.append(call)
-                size += _payload_size(call)
-            yield wire.pack(batch)
+                size += len(call)
+            header = wire.batch_header(len(batch))
+            prefix = batch_prefix(len(header) + size)
+            yield SerializedBatch(b"".join((prefix, header, *batch)))
+            if closing:
+                return
             with self._room:  # gRPC took the frame: its calls no longer count
                 self._queued_bytes -= size
                 self._room.notify_all()
@@ -366,16 +381,18 @@ class GrpcConnection(Connection):
         self._send([call])
 
     def _send(self, calls: list[list[Any]]) -> None:
-        """Queue calls; while MAX_QUEUED_BYTES of earlier calls' data wait for gRPC, wait
-        for room first (a long copy is taken a few frames at a time, not queued whole)."""
-        size = sum(_payload_size(call) for call in calls)
+        """Pack calls (their data is taken now) and queue them; while MAX_QUEUED_BYTES of
+        earlier calls wait for gRPC, wait for room first (a long copy is taken a few
+        frames at a time, not queued whole)."""
+        packed = [wire.pack(call) for call in calls]
+        size = sum(map(len, packed))
         with self._room:
             while self._queued_bytes and self._queued_bytes + size > MAX_QUEUED_BYTES:
                 if self._stream.done():
                     raise self._lose("the stream ended")
                 self._room.wait(ROOM_CHECK_S)
             self._queued_bytes += size
-        for call in calls:
+        for call in packed:
             self._outbox.put(call)
 
     def _receive(self) -> list[list[Any]]:
@@ -491,7 +508,3 @@ def connect(target: str, *, priority: int, client_name: str, timeout: float = 5.
 def _placed(call: list[Any], offset: int) -> list[Any]:
     """``call`` with its ``STAGED`` argument replaced by ``offset``."""
     return [offset if arg is STAGED else arg for arg in call]
-
-
-def _payload_size(call: list[Any]) -> int:
-    return sum(len(a) for a in call if isinstance(a, (bytes, bytearray, memoryview)))

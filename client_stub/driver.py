@@ -455,7 +455,7 @@ def _copy_to_device(dst: Any, src: Any, size: int, stream: int | None) -> None:
         chunk = data[offset : offset + step]
         wants_reply = stream is None and offset == offsets[-1]
         if staging is None:
-            call = ["cuMemcpyHtoD", wants_reply, ctx, base, offset, bytes(chunk), size, stream]
+            call = ["cuMemcpyHtoD", wants_reply, ctx, base, offset, chunk, size, stream]
             replies = connection.request_many([call])
         else:
             call = ["cuMemcpyHtoDStaged", wants_reply, ctx, base, offset, STAGED, len(chunk)]

@@ -54,13 +54,22 @@ Payload = bytes | memoryview
 _packers = threading.local()
 
 
-def pack(items: list[Any]) -> bytes:
-    """Encode a batch of calls or replies."""
+def _packer() -> msgpack.Packer:
     try:
-        packer = _packers.packer
+        return _packers.packer
     except AttributeError:
-        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
-    return packer.pack(items)
+        _packers.packer = msgpack.Packer(use_bin_type=True)
+        return _packers.packer
+
+
+def pack(items: Any) -> bytes:
+    """Encode a batch of calls or replies (or one call, for ``batch_header``)."""
+    return _packer().pack(items)
+
+
+def batch_header(count: int) -> bytes:
+    """What goes before ``count`` calls packed one by one to make them one batch."""
+    return _packer().pack_array_header(count)
 
 
 class SessionEnded(ValueError):
