@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 import msgpack
 
+from client_stub.host_memory import copy_bytes
 from client_stub.staging import StagingArea
 from fikit_wire import calls as wire
 from fikit_wire import session_pb2
@@ -129,7 +130,7 @@ class Connection(ABC):
         with self._lock:
             (offset,) = self._reserve([len(data)])
             assert self.staging is not None
-            self.staging.view[offset : offset + len(data)] = data
+            copy_bytes(self.staging.view[offset : offset + len(data)], data)
             return self._exchange([_placed(call, offset)])
 
     def read_staged(

@@ -12,6 +12,7 @@ import pytest
 from client_stub import driver as impl
 from client_stub import staging
 from client_stub.connection import connect
+from client_stub.host_memory import PARALLEL_COPY_BYTES, copy_bytes
 from client_stub.staging import StagingArea
 from fikit_wire import calls as wire
 from gpu_server.staging import map_staging
@@ -70,7 +71,7 @@ def test_copies_arrive_whole_through_every_path(
     ok(remote.cuInit(0))
     ok(remote.cuCtxSetCurrent(ok(remote.cuDevicePrimaryCtxRetain(0))))
     assert (impl.REMOTE.session().staging is None) == (mode == "no staging")
-    size = 3 * 1024 * 1024 + 5
+    size = 9 * 1024 * 1024 + 5  # past PARALLEL_COPY_BYTES: split across threads
     data = np.random.default_rng(7).integers(0, 256, size, dtype=np.uint8)
     dptr, stream = ok(remote.cuMemAlloc(size)), ok(remote.cuStreamCreate(0))
     ok(remote.cuMemcpyHtoDAsync(dptr, data.ctypes.data, size, stream))
@@ -133,3 +134,11 @@ def test_a_failed_pipelined_copy_leaves_later_calls_their_own_replies(
     back = np.zeros(size, np.uint8)
     ok(remote.cuMemcpyDtoH(back, dptr, size))
     assert np.array_equal(back, data)
+
+
+@pytest.mark.parametrize("size", [PARALLEL_COPY_BYTES - 1, PARALLEL_COPY_BYTES, 9 * 2**20 + 5])
+def test_a_long_host_copy_split_across_threads_arrives_whole(size: int) -> None:
+    source = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
+    target = bytearray(size + 2)
+    copy_bytes(memoryview(target)[1 : size + 1], memoryview(source))
+    assert target[1 : size + 1] == source.tobytes() and target[0] == target[-1] == 0
