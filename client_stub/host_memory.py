@@ -86,6 +86,15 @@ def _copy_pool() -> ThreadPoolExecutor:
         return _copiers
 
 
+def _forget_copy_pool() -> None:
+    """In a forked child: the pool's threads stayed in the parent; start a new pool."""
+    global _copiers, _copiers_lock
+    _copiers, _copiers_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_copy_pool)
+
+
 def check_host(dst: Any, nbytes: int) -> None:
     """Refuse a destination that cannot take ``nbytes`` before any data moves."""
     if isinstance(dst, int):

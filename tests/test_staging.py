@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -142,3 +144,21 @@ def test_a_long_host_copy_split_across_threads_arrives_whole(size: int) -> None:
     target = bytearray(size + 2)
     copy_bytes(memoryview(target)[1 : size + 1], memoryview(source))
     assert target[1 : size + 1] == source.tobytes() and target[0] == target[-1] == 0
+
+
+def test_a_forked_child_copies_with_threads_of_its_own() -> None:
+    size = PARALLEL_COPY_BYTES + 7
+    source = memoryview(np.arange(size, dtype=np.uint8).tobytes())
+    copy_bytes(memoryview(bytearray(size)), source)  # the parent's pool is running
+    pid = os.fork()
+    if pid == 0:  # the child: its copy must finish, with the data whole
+        target = bytearray(size)
+        copy_bytes(memoryview(target), source)
+        os._exit(0 if target == source else 1)
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0
