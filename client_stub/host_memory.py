@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 
 #: A copy between host buffers at least this long is split across COPY_THREADS threads
-#: (the caller's and a pool's): one thread's memcpy (8-10 GB/s on the development machine)
-#: would bound a staged copy, where the driver's own pageable copies ran at 10-17 GB/s on
-#: the H200's host.
+#: (the caller's and a pool's): one thread's memcpy (3.4-5.5 GB/s on the H200's host)
+#: would bound a staged copy, where the driver's own pageable copies ran at 8-17 GB/s.
 PARALLEL_COPY_BYTES = 4 << 20
-COPY_THREADS = min(4, len(os.sched_getaffinity(0)))
+COPY_THREADS = min(
+    4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+)
 _copiers: ThreadPoolExecutor | None = None
 _copiers_lock = threading.Lock()
 
@@ -92,7 +93,8 @@ def _forget_copy_pool() -> None:
     _copiers, _copiers_lock = None, threading.Lock()
 
 
-os.register_at_fork(after_in_child=_forget_copy_pool)
+if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+    os.register_at_fork(after_in_child=_forget_copy_pool)
 
 
 def check_host(dst: Any, nbytes: int) -> None:

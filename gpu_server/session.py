@@ -932,11 +932,10 @@ class Session:
 
     def _plan_launch(self, key: tuple[Any, ...]) -> LaunchPlan:
         """Resolve a launch's function, kernel ID, stream and configuration, and keep the
-        plan under ``key``: (function, context, stream, dynamic shared memory, grid, block)."""
+        plan under ``key``: (function, context, stream, dynamic shared memory, grid, block).
+        A grid or block of other than three dimensions fails in ``kernel_id``."""
         handle, ctx, stream, shared_mem_bytes, grid, block = key
         fn, entry = self._function(handle, ctx)
-        if len(grid) != 3 or len(block) != 3:
-            raise invalid_value("grid and block take three dimensions each")
         stream_entry, context = self._stream(stream, ctx if entry.ctx is None else entry.ctx)
         plan = LaunchPlan(
             fn,
