@@ -82,6 +82,11 @@ class Connection(ABC):
         self._closed = False
         self._numbered = 0
         self._awaiting: deque[int] = deque()
+        #: Calls sent so far (counted by transports that ask for work-done notices), and
+        #: how many the server's last notice covers (``fikit_wire.calls.pack_done``; -1:
+        #: none came yet).
+        self._sent = 0
+        self._done = -1
         self.staging: StagingArea | None = None
         self.backend = ""
         self.session_id = 0
@@ -202,6 +207,15 @@ class Connection(ABC):
             consume(index, self.staging.view[offset : offset + size])
         return status
 
+    def work_done(self) -> bool:
+        """Whether the server said that every call sent so far ran, succeeded, and finished
+        its GPU work (a synchronization would return success at once)."""
+        with self._lock:
+            if self._lost is not None:
+                return False
+            self._replies.extend(self._received_now())
+            return self._done == self._sent
+
     def close(self) -> None:
         """End the session; the server frees everything it held. Closing again does nothing."""
         if self._closed:
@@ -251,6 +265,17 @@ class Connection(ABC):
             self._awaiting.popleft()
         return self._replies.popleft()
 
+    def _replies_in(self, payloads: list[wire.Payload]) -> list[list[Any]]:
+        """The replies in frames from the server, taking note of work-done notices."""
+        replies: list[list[Any]] = []
+        for payload in payloads:
+            done = wire.done_count(payload)
+            if done is None:
+                replies.extend(wire.unpack(payload))
+            else:
+                self._done = done
+        return replies
+
     def _lose(self, detail: str) -> ConnectionLost:
         """Mark the session lost; the error to raise."""
         self._lost = f"lost the GPU server at {self.target}: {detail}"
@@ -270,6 +295,10 @@ class Connection(ABC):
     @abstractmethod
     def _receive(self) -> list[list[Any]]:
         """The next replies from the server, waiting for them; raises ConnectionLost."""
+
+    def _received_now(self) -> list[list[Any]]:
+        """The replies already arrived, without waiting (the transport may see none)."""
+        return []
 
     @abstractmethod
     def _shut(self) -> None:
@@ -402,7 +431,7 @@ class GrpcConnection(Connection):
         except (grpc.RpcError, StopIteration) as err:
             detail = err.details() if isinstance(err, grpc.RpcError) else "stream ended"
             raise self._lose(detail) from None
-        return wire.unpack(frame if isinstance(frame, memoryview) else frame.replies)
+        return self._replies_in([frame if isinstance(frame, memoryview) else frame.replies])
 
     def _shut(self) -> None:
         """Half-close the stream and wait (up to CLOSE_TIMEOUT_S) for the server to finish
@@ -447,6 +476,7 @@ class SocketConnection(Connection):
             "priority": priority,
             "staging_path": offered.path if offered else "",
             "token": os.environ.get("FIKIT_TOKEN", ""),
+            "notices": True,
         }
         try:
             self._frames.send(msgpack.packb(hello))
@@ -471,6 +501,7 @@ class SocketConnection(Connection):
         try:
             with self._send_lock:
                 self._frames.send(payload)
+                self._sent += len(calls)
         except OSError as err:
             raise self._lose(self._parting_words() or err.strerror or "send failed") from None
 
@@ -492,9 +523,17 @@ class SocketConnection(Connection):
             payloads = self._frames.receive(REPLY_SPIN_S)
             if not payloads:
                 raise self._lose("the server closed the session")
-            return [reply for payload in payloads for reply in wire.unpack(payload)]
+            return self._replies_in(payloads)
         except (OSError, ValueError) as err:
             raise self._lose(str(err)) from None
+
+    def _received_now(self) -> list[list[Any]]:
+        try:
+            if not self._frames.poll():
+                return []
+        except OSError as err:
+            raise self._lose(str(err)) from None
+        return self._receive()
 
     def _shut(self) -> None:
         self._frames.sock.close()

@@ -60,6 +60,9 @@ DEFAULT_PRIORITY = 0
 #: (receiving 64 MiB whole page-faulted fresh memory for every chunk: 26,000 faults).
 COPY_CHUNKS_IN_FLIGHT = 8
 _STREAM_FLAGS = frozenset(int(flag) for flag in CUstream_flags)
+#: Stream handles meaning the current context's NULL stream (0, CU_STREAM_LEGACY,
+#: CU_STREAM_PER_THREAD).
+_NULL_STREAMS = (0, 1, 2)
 _EVENT_FLAGS = sum(int(flag) for flag in CUevent_flags)
 #: cuMemHostAlloc flag asking for memory the GPU can map: impossible across machines.
 _MEMHOSTALLOC_DEVICEMAP = 0x02
@@ -104,6 +107,11 @@ class RemoteDriver:
         self.uuids: dict[int, tuple[CUuuid, ctypes.Array[ctypes.c_char]]] = {}
         #: Handles this client chooses for the streams and events it creates.
         self.created_handles = itertools.count(CLIENT_HANDLE_BIT | 1)
+        #: Contexts retained or created and not since released, reset or destroyed, and
+        #: the context of each stream created and not destroyed: a synchronization the
+        #: server's work-done notice answers must name one of these (``all_work_done``).
+        self.live_contexts: set[int] = set()
+        self.live_streams: dict[int, int] = {}
 
     def configure(self, server: str | None, priority: int | None) -> None:
         """Choose the server and priority before the first cuInit (else the environment)."""
@@ -145,6 +153,8 @@ class RemoteDriver:
             self.layouts.clear()
             self.answers.clear()
             self.uuids.clear()
+            self.live_contexts.clear()
+            self.live_streams.clear()
 
     def session(self) -> Connection:
         """The open session, or CUDA_ERROR_NOT_INITIALIZED before cuInit."""
@@ -177,6 +187,22 @@ class RemoteDriver:
         """Handle of this thread's current context, 0 when there is none."""
         stack = self.thread.contexts
         return stack[-1] if stack else 0
+
+    def all_work_done(self, stream: int | None = None) -> bool:
+        """Whether a synchronization of ``stream`` (None: the current context) would return
+        success at once: it names a live context or stream, and the server said that every
+        call sent so far finished without error."""
+        if stream is None or stream in _NULL_STREAMS:
+            ctx: int | None = self.current
+        else:
+            ctx = self.live_streams.get(stream)
+        return ctx in self.live_contexts and self.session().work_done()
+
+    def forget_context(self, handle: int) -> None:
+        """A context and its streams are gone, or may be: ask the server about them."""
+        self.live_contexts.discard(handle)
+        for stream in [s for s, ctx in self.live_streams.items() if ctx == handle]:
+            del self.live_streams[stream]
 
     def known_context(self, ctx: Any) -> int:
         handle = _handle(ctx)
@@ -310,11 +336,20 @@ def cuDevicePrimaryCtxRetain(dev: Any) -> tuple[CUcontext]:
     device = _handle(dev)
     (handle,) = REMOTE.request("cuDevicePrimaryCtxRetain", device)
     REMOTE.context_devices[handle] = device
+    REMOTE.live_contexts.add(handle)
     return (CUcontext(handle),)
+
+
+def _forget_primary(device: int) -> None:
+    """The device's primary context may be gone (released, reset)."""
+    for handle, of in REMOTE.context_devices.items():
+        if of == device:
+            REMOTE.forget_context(handle)
 
 
 @_driver_function(0)
 def cuDevicePrimaryCtxRelease(dev: Any) -> tuple[()]:
+    _forget_primary(_handle(dev))
     REMOTE.request("cuDevicePrimaryCtxRelease", _handle(dev))
     return ()
 
@@ -327,6 +362,7 @@ def cuDevicePrimaryCtxGetState(dev: Any) -> tuple[int, int]:
 
 @_driver_function(0)
 def cuDevicePrimaryCtxReset(dev: Any) -> tuple[()]:
+    _forget_primary(_handle(dev))
     REMOTE.request("cuDevicePrimaryCtxReset", _handle(dev))
     return ()
 
@@ -338,6 +374,7 @@ def cuCtxCreate(ctxCreateParams: Any, flags: int, dev: Any) -> tuple[CUcontext]:
     device = _handle(dev)
     (handle,) = REMOTE.request("cuCtxCreate", int(flags), device)
     REMOTE.context_devices[handle] = device
+    REMOTE.live_contexts.add(handle)
     REMOTE.thread.contexts.append(handle)
     return (CUcontext(handle),)
 
@@ -345,6 +382,7 @@ def cuCtxCreate(ctxCreateParams: Any, flags: int, dev: Any) -> tuple[CUcontext]:
 @_driver_function(0)
 def cuCtxDestroy(ctx: Any) -> tuple[()]:
     handle = _handle(ctx)
+    REMOTE.forget_context(handle)
     REMOTE.request("cuCtxDestroy", handle)
     REMOTE.context_devices.pop(handle, None)
     stack = REMOTE.thread.contexts
@@ -401,7 +439,8 @@ def cuCtxGetDevice() -> tuple[CUdevice]:
 
 @_driver_function(0)
 def cuCtxSynchronize() -> tuple[()]:
-    REMOTE.request("cuCtxSynchronize", REMOTE.current)
+    if not REMOTE.all_work_done():
+        REMOTE.request("cuCtxSynchronize", REMOTE.current)
     return ()
 
 
@@ -782,24 +821,30 @@ def _create_stream(flags: int, priority: int) -> CUstream:
         raise DriverFailure(CUresult.CUDA_ERROR_INVALID_VALUE)
     handle = _created_handle()
     REMOTE.post("cuStreamCreate", REMOTE.current, flags, priority, handle)
+    REMOTE.live_streams[handle] = REMOTE.current
     return CUstream(handle)
 
 
 @_driver_function(0)
 def cuStreamDestroy(hStream: Any) -> tuple[()]:
+    REMOTE.live_streams.pop(_handle(hStream), None)
     REMOTE.request("cuStreamDestroy", _handle(hStream))
     return ()
 
 
 @_driver_function(0)
 def cuStreamSynchronize(hStream: Any) -> tuple[()]:
-    REMOTE.request("cuStreamSynchronize", REMOTE.current, _handle(hStream))
+    stream = _handle(hStream)
+    if not REMOTE.all_work_done(stream):
+        REMOTE.request("cuStreamSynchronize", REMOTE.current, stream)
     return ()
 
 
 @_driver_function(0)
 def cuStreamQuery(hStream: Any) -> tuple[()]:
-    REMOTE.request("cuStreamQuery", REMOTE.current, _handle(hStream))
+    stream = _handle(hStream)
+    if not REMOTE.all_work_done(stream):
+        REMOTE.request("cuStreamQuery", REMOTE.current, stream)
     return ()
 
 

@@ -15,6 +15,11 @@ instead of the stream: it creates the file in ``STAGING_DIR`` (named ``fikit-`` 
 digits), names it in its Hello, and the server maps it when it can (the Welcome says so).
 ``cuMemcpyHtoDStaged`` then carries an offset into the file where the client put the bytes,
 and ``cuMemcpyDtoHStaged`` an offset where the server writes them before it replies.
+
+Work-done notices. A client on a unix socket may ask in its Hello for ``notices``: while it
+sends nothing, the server then tells it, in a frame of its own (``pack_done``), how many of
+its calls have run once they all succeeded and the GPU finished the work they queued. A
+synchronization that such a notice already covers needs no round trip.
 """
 
 from __future__ import annotations
@@ -81,10 +86,32 @@ def pack_end(reason: str) -> bytes:
     return msgpack.packb({"error": reason}, use_bin_type=True)
 
 
+def pack_done(calls: int) -> bytes:
+    """The notice that the session's first ``calls`` calls ran and their GPU work is done."""
+    return _packer().pack({"done": calls})
+
+
+def _is_map(payload: Payload) -> bool:
+    """Whether a frame is a msgpack map (a batch of replies is an array): one byte's look."""
+    return bool(payload) and (0x80 <= payload[0] <= 0x8F or payload[0] in (0xDE, 0xDF))
+
+
+def done_count(payload: Payload) -> int | None:
+    """The count in a ``pack_done`` frame; None for any other frame."""
+    if not _is_map(payload):
+        return None
+    try:
+        fields = msgpack.unpackb(payload)
+    except Exception:  # msgpack raises several unrelated types
+        return None
+    calls = fields.get("done") if isinstance(fields, dict) else None
+    return calls if isinstance(calls, int) else None
+
+
 def end_reason(payload: bytes) -> str | None:
     """The reason in a ``pack_end`` frame; None for any other frame (only a frame that is
     a msgpack map is decoded, so a batch of replies costs one byte's look)."""
-    if not payload or not (0x80 <= payload[0] <= 0x8F or payload[0] in (0xDE, 0xDF)):
+    if not _is_map(payload):
         return None
     try:
         unpack(payload)

@@ -7,8 +7,11 @@ later frames are call or reply batches as in ``fikit_wire.calls``.
 
 from __future__ import annotations
 
+import array
+import fcntl
 import socket
 import struct
+import termios
 import time
 
 from fikit_wire import calls as wire
@@ -98,6 +101,26 @@ class FrameSocket:
     def send_all(self, payloads: list[bytes]) -> None:
         """Send frames in one write (for small ones: each is copied once)."""
         self.sock.sendall(b"".join(header(payload) + payload for payload in payloads))
+
+    def unread_sent_bytes(self) -> int:
+        """What was sent on the socket and not yet read by the peer (TIOCOUTQ: for a unix
+        socket, the kernel's memory for it, more than the bytes themselves)."""
+        count = array.array("i", [0])
+        fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, count)
+        return count[0]
+
+    def poll(self) -> bool:
+        """Whether anything has arrived that ``receive`` would hand out or start on, without
+        waiting: what a read finds now is kept for it. False at the end of the stream too
+        (``receive`` then says so)."""
+        if self._pending or self._buffer:
+            return True
+        try:
+            n = self.sock.recv_into(self._chunk, 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        self._buffer += self._chunk[:n]
+        return bool(n)
 
     def receive_one(self) -> bytes | None:
         """The next frame, waiting for it; None at the end of the stream."""

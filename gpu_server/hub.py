@@ -33,6 +33,8 @@ class Hello:
     priority: int
     staging_path: str
     token: str = ""
+    #: Whether the client wants work-done notices (same-host sockets).
+    notices: bool = False
 
 
 class HelloRefused(Exception):
@@ -112,6 +114,7 @@ class SessionHub:
             hello.client_name,
             hello.staging_path,
             self.memory_quota if tenant is None else tenant.memory_quota,
+            hello.notices,
         )
         try:
             port = self.placement.open(spec)

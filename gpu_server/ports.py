@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import socket
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ class SessionSpec:
     client_name: str
     staging_path: str
     memory_quota: int | None
+    #: Whether the client wants work-done notices (``fikit_wire.calls.pack_done``).
+    notices: bool = False
 
 
 class PlacementFailed(Exception):
@@ -119,11 +122,15 @@ class Placement(ABC):
 class LocalPort(SessionPort):
     """A session executed on the thread that submits its frames."""
 
-    def __init__(self, session: Session, on_fault: OnFault | None = None) -> None:
+    def __init__(
+        self, session: Session, on_fault: OnFault | None = None, notices: bool = False
+    ) -> None:
         super().__init__(session.id, session.staging is not None)
         self.session = session
         self._on_fault = on_fault
         self._emit: Emit | None = None
+        #: Whether the client wants work-done notices (``serve_frames``).
+        self.notices = notices
 
     def start(self, emit: Emit, end: End) -> None:
         self._emit = emit
@@ -176,7 +183,7 @@ class InProcess(Placement):
             spec.memory_quota,
             self.ownership,
         )
-        return LocalPort(session, self.on_fault)
+        return LocalPort(session, self.on_fault, spec.notices)
 
     def describe(self) -> tuple[str, str]:
         return self._description
@@ -190,19 +197,46 @@ class InProcess(Placement):
         """Nothing to stop: the backend and the dispatcher are the caller's."""
 
 
-def serve_frames(port: SessionPort, frames: FrameSocket) -> str:
+#: How long a session whose client went quiet watches for its GPU work to finish, to send
+#: a work-done notice; work that runs longer is left to the client's synchronization.
+NOTICE_WATCH_S = 30e-6
+#: A notice is sent only while the client has read all but this many bytes sent to it: a
+#: client that never synchronizes must not have notices fill its socket.
+NOTICE_BACKLOG_BYTES = 4096
+
+
+def serve_frames(port: LocalPort, frames: FrameSocket) -> str:
     """Run the frames of calls a socket brings, replies going back on it, until the client
     ends the session (""), or sends a malformed frame (the reason; nothing after it runs).
     The frames that arrived together run as one batch: a client that sends each call as it
-    comes costs the session one turn per read, not one per call, while it is behind."""
+    comes costs the session one turn per read, not one per call, while it is behind.
+
+    For a client that asked for notices, whenever nothing more has arrived after a batch
+    that ended with a call wanting no reply (the client is not reading one), the session
+    watches for NOTICE_WATCH_S for the GPU to finish its work, then says so."""
     port.start(frames.send, lambda reason: end_session(frames, reason))
     try:
         while payloads := frames.receive():
             port.submit(payloads)
+            if port.notices and not port.session.replied_last:
+                _notice_when_done(port.session, frames)
     except ValueError as err:
         log.info("session %d: %s", port.id, err)
         return str(err)
     return ""
+
+
+def _notice_when_done(session: Session, frames: FrameSocket) -> None:
+    """Until the client sends more or NOTICE_WATCH_S passed: once the session's work is
+    done, tell the client (unless it left earlier notices unread)."""
+    deadline = time.perf_counter() + NOTICE_WATCH_S
+    while not frames.poll():
+        if session.work_done():
+            if frames.unread_sent_bytes() <= NOTICE_BACKLOG_BYTES:
+                frames.send(wire.pack_done(session.calls_run))
+            return
+        if time.perf_counter() >= deadline:
+            return
 
 
 def end_session(frames: FrameSocket, reason: str) -> None:

@@ -219,6 +219,9 @@ class Session:
         self.dispatcher = dispatcher
         self._ids = handle_ids
         self.deferred_error = 0
+        #: Calls run so far (``run_frames``), and whether the last one wanted a reply.
+        self.calls_run = 0
+        self.replied_last = False
         #: The error, once a call of this session saw the GPU state of the process lost.
         self.fault = 0
         self.contexts: dict[int, ContextEntry] = {}
@@ -249,9 +252,12 @@ class Session:
             for payload in payloads:
                 replies: list[list[Any]] = []
                 size = 0
-                for call in wire.unpack(payload):
+                calls = wire.unpack(payload)
+                self.calls_run += len(calls)
+                for call in calls:
                     dispatcher.wait_turn(priority)
                     reply = self.execute(call)
+                    self.replied_last = reply is not None
                     if reply is None:
                         continue
                     replies.append(reply)
@@ -305,6 +311,21 @@ class Session:
         if synchronizing and self.deferred_error:
             status, values, self.deferred_error = self.deferred_error, (), 0
         return [status, *values]
+
+    def work_done(self) -> bool:
+        """Whether the GPU finished all work queued on the session's streams, and no error
+        of a call waits for the client's next synchronizing call."""
+        if self.deferred_error or self.fault:
+            return False
+        query = self.backend.stream_query
+        try:
+            for stream in (*self.null_streams.values(), *self.streams.values()):
+                entry = self.contexts.get(stream.ctx)
+                if entry is None or not entry.alive or not query(entry.backend_ctx, stream.obj):
+                    return False
+        except CudaError:
+            return False
+        return True
 
     def close(self) -> None:
         """Free everything the session still holds; errors are logged, never raised."""

@@ -26,7 +26,7 @@ import msgpack
 from fikit_wire import calls as wire
 from fikit_wire.frames import FrameSocket
 from gpu_server.hub import SHUTTING_DOWN, Hello, HelloRefused, SessionHub
-from gpu_server.ports import SessionPort, end_session, serve_frames
+from gpu_server.ports import LocalPort, SessionPort, end_session, serve_frames
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,7 @@ class SocketListener:
         """Serve the session until the client or the server ends it; why the server did."""
         if port.can_adopt:
             return port.adopt(frames.sock, frames.unread())
+        assert isinstance(port, LocalPort), "a port that cannot adopt runs here"
         return serve_frames(port, frames)
 
     def _open(self, frames: FrameSocket) -> SessionPort | None:
@@ -119,6 +120,7 @@ class SocketListener:
                 int(fields["priority"]),
                 str(fields.get("staging_path", "")),
                 str(fields.get("token", "")),
+                bool(fields.get("notices", False)),
             )
             port = self.hub.open(hello, f"unix:{self.path}")
         except HelloRefused as refused:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from types import ModuleType
@@ -733,3 +734,38 @@ def test_a_long_copy_over_grpc_waits_for_the_stream_instead_of_queueing_whole(
         assert np.array_equal(back, data)
     finally:
         impl.REMOTE.close()
+
+
+@pytest.mark.parametrize("remote", ["unix", "grpc"], indirect=True)
+def test_a_synchronization_after_a_work_done_notice_needs_no_round_trip(
+    remote: ModuleType, module: object, sim_server, request: pytest.FixtureRequest
+) -> None:
+    unix = request.node.callspec.params["remote"] == "unix"
+    connection = impl.REMOTE.session()
+    empty = ok(remote.cuModuleGetFunction(module, b"empty"))
+    stream, gone = ok(remote.cuStreamCreate(0)), ok(remote.cuStreamCreate(0))
+    ok(remote.cuStreamDestroy(gone))
+    sim_server.backend.set_kernel_duration("empty", 0.0)
+    ok(remote.cuLaunchKernel(empty, 1, 1, 1, 1, 1, 1, 0, stream, None, 0))
+    assert wait_until(connection.work_done, timeout=1.0) == unix  # only same-host sessions
+    sent = connection._sent
+    assert remote.cuStreamSynchronize(stream) == (OK,)
+    assert remote.cuStreamQuery(0) == (OK,)
+    assert remote.cuCtxSynchronize() == (OK,)
+    assert connection._sent == sent  # answered here
+    # Not for a stream that is gone, nor for one never made: the server says why.
+    assert remote.cuStreamSynchronize(gone) == (CUresult.CUDA_ERROR_INVALID_HANDLE,)
+    assert remote.cuStreamSynchronize(remote.CUstream(0x4242)) == (
+        CUresult.CUDA_ERROR_INVALID_HANDLE,
+    )
+    # Nor while work runs, nor once a call failed: its error comes back from the sync.
+    sim_server.backend.set_kernel_duration("empty", 10e6)
+    ok(remote.cuLaunchKernel(empty, 1, 1, 1, 1, 1, 1, 0, stream, None, 0))
+    time.sleep(0.05)
+    assert not connection.work_done()
+    sim_server.backend.set_kernel_duration("empty", 0.0)
+    ok(remote.cuCtxSynchronize())
+    ok(remote.cuLaunchKernel(empty, 1, 1, 1, 4096, 1, 1, 0, stream, None, 0))
+    time.sleep(0.05)
+    assert remote.cuStreamSynchronize(stream) == (CUresult.CUDA_ERROR_INVALID_VALUE,)
+    assert remote.cuStreamSynchronize(stream) == (OK,)

@@ -14,6 +14,7 @@ import pytest
 
 from fikit_wire import calls as wire
 from fikit_wire.frames import FrameDecoder, FrameSocket, header
+from tests.test_sessions import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 GENERATED = ("session_pb2.py", "session_pb2_grpc.py", "session_pb2.pyi")
@@ -109,3 +110,26 @@ def test_a_decoder_hands_over_the_start_of_a_long_frame_and_keeps_short_ones() -
     assert not decoder.buffer and decoder.take_long_start(0) is None
     whole = header(b"xyz") + b"xyz"
     assert decoder.feed(whole) == [b"xyz"] and decoder.take_long_start(0) is None
+
+
+def test_a_work_done_notice_is_told_apart_from_replies_and_the_end_frame() -> None:
+    assert wire.done_count(wire.pack_done(12345)) == 12345
+    assert wire.done_count(wire.pack([[0], [0, 7]])) is None
+    assert wire.done_count(wire.pack_end("bye")) is None
+    assert wire.done_count(b"") is None
+    assert wire.end_reason(wire.pack_done(3)) is None
+
+
+def test_polling_a_frame_socket_keeps_what_arrived_for_the_next_receive() -> None:
+    ours, theirs = socket.socketpair()
+    frames = FrameSocket(ours)
+    assert not frames.poll()
+    theirs.sendall(header(b"abc") + b"abc")
+    assert wait_until(frames.poll)
+    assert frames.receive() == [b"abc"]
+    assert not frames.poll()
+    assert frames.unread_sent_bytes() == 0
+    frames.send(b"y" * 10)
+    assert frames.unread_sent_bytes() > 0
+    assert FrameSocket(theirs).receive() == [b"y" * 10]
+    assert frames.unread_sent_bytes() == 0
