@@ -108,10 +108,12 @@ class RemoteDriver:
         #: Handles this client chooses for the streams and events it creates.
         self.created_handles = itertools.count(CLIENT_HANDLE_BIT | 1)
         #: Contexts retained or created and not since released, reset or destroyed, and
-        #: the context of each stream created and not destroyed: a synchronization the
-        #: server's work-done notice answers must name one of these (``all_work_done``).
+        #: the context of each stream and event created and not destroyed: a
+        #: synchronization the server's work-done notice answers must name one of these
+        #: (``all_work_done``).
         self.live_contexts: set[int] = set()
         self.live_streams: dict[int, int] = {}
+        self.live_events: dict[int, int] = {}
 
     def configure(self, server: str | None, priority: int | None) -> None:
         """Choose the server and priority before the first cuInit (else the environment)."""
@@ -155,6 +157,7 @@ class RemoteDriver:
             self.uuids.clear()
             self.live_contexts.clear()
             self.live_streams.clear()
+            self.live_events.clear()
 
     def session(self) -> Connection:
         """The open session, or CUDA_ERROR_NOT_INITIALIZED before cuInit."""
@@ -188,21 +191,25 @@ class RemoteDriver:
         stack = self.thread.contexts
         return stack[-1] if stack else 0
 
-    def all_work_done(self, stream: int | None = None) -> bool:
-        """Whether a synchronization of ``stream`` (None: the current context) would return
-        success at once: it names a live context or stream, and the server said that every
-        call sent so far finished without error."""
-        if stream is None or stream in _NULL_STREAMS:
-            ctx: int | None = self.current
+    def all_work_done(self, stream: int | None = None, event: int | None = None) -> bool:
+        """Whether a synchronization of ``event``, else of ``stream``, else of the current
+        context, would return success at once: it names a live event, stream or context,
+        and the server said that every call sent so far finished without error."""
+        if event is not None:
+            ctx = self.live_events.get(event)
+        elif stream is None or stream in _NULL_STREAMS:
+            ctx = self.current
         else:
             ctx = self.live_streams.get(stream)
         return ctx in self.live_contexts and self.session().work_done()
 
     def forget_context(self, handle: int) -> None:
-        """A context and its streams are gone, or may be: ask the server about them."""
+        """A context, its streams and events are gone, or may be: ask the server about
+        them."""
         self.live_contexts.discard(handle)
-        for stream in [s for s, ctx in self.live_streams.items() if ctx == handle]:
-            del self.live_streams[stream]
+        for live in (self.live_streams, self.live_events):
+            for gone in [h for h, ctx in live.items() if ctx == handle]:
+                del live[gone]
 
     def known_context(self, ctx: Any) -> int:
         handle = _handle(ctx)
@@ -865,6 +872,7 @@ def cuEventCreate(Flags: int) -> tuple[CUevent]:
         raise DriverFailure(CUresult.CUDA_ERROR_INVALID_VALUE)
     handle = _created_handle()
     REMOTE.post("cuEventCreate", REMOTE.current, int(Flags), handle)
+    REMOTE.live_events[handle] = REMOTE.current
     return (CUevent(handle),)
 
 
@@ -886,13 +894,17 @@ def cuEventRecord(hEvent: Any, hStream: Any) -> tuple[()]:
 
 @_driver_function(0)
 def cuEventSynchronize(hEvent: Any) -> tuple[()]:
-    REMOTE.request("cuEventSynchronize", _handle(hEvent))
+    event = _handle(hEvent)
+    if not REMOTE.all_work_done(event=event):
+        REMOTE.request("cuEventSynchronize", event)
     return ()
 
 
 @_driver_function(0)
 def cuEventQuery(hEvent: Any) -> tuple[()]:
-    REMOTE.request("cuEventQuery", _handle(hEvent))
+    event = _handle(hEvent)
+    if not REMOTE.all_work_done(event=event):
+        REMOTE.request("cuEventQuery", event)
     return ()
 
 
@@ -903,6 +915,7 @@ def cuEventElapsedTime(hStart: Any, hEnd: Any) -> tuple[float]:
 
 @_driver_function(0)
 def cuEventDestroy(hEvent: Any) -> tuple[()]:
+    REMOTE.live_events.pop(_handle(hEvent), None)
     REMOTE.request("cuEventDestroy", _handle(hEvent))
     return ()
 

@@ -744,17 +744,23 @@ def test_a_synchronization_after_a_work_done_notice_needs_no_round_trip(
     connection = impl.REMOTE.session()
     empty = ok(remote.cuModuleGetFunction(module, b"empty"))
     stream, gone = ok(remote.cuStreamCreate(0)), ok(remote.cuStreamCreate(0))
+    event, gone_event = ok(remote.cuEventCreate(0)), ok(remote.cuEventCreate(0))
     ok(remote.cuStreamDestroy(gone))
+    ok(remote.cuEventDestroy(gone_event))
     sim_server.backend.set_kernel_duration("empty", 0.0)
     ok(remote.cuLaunchKernel(empty, 1, 1, 1, 1, 1, 1, 0, stream, None, 0))
+    ok(remote.cuEventRecord(event, stream))
     assert wait_until(connection.work_done, timeout=1.0) == unix  # only same-host sessions
     sent = connection._sent
     assert remote.cuStreamSynchronize(stream) == (OK,)
     assert remote.cuStreamQuery(0) == (OK,)
     assert remote.cuCtxSynchronize() == (OK,)
+    assert remote.cuEventSynchronize(event) == (OK,)
+    assert remote.cuEventQuery(event) == (OK,)
     assert connection._sent == sent  # answered here
-    # Not for a stream that is gone, nor for one never made: the server says why.
+    # Not for a stream or event that is gone, nor one never made: the server says why.
     assert remote.cuStreamSynchronize(gone) == (CUresult.CUDA_ERROR_INVALID_HANDLE,)
+    assert remote.cuEventQuery(gone_event) == (CUresult.CUDA_ERROR_INVALID_HANDLE,)
     assert remote.cuStreamSynchronize(remote.CUstream(0x4242)) == (
         CUresult.CUDA_ERROR_INVALID_HANDLE,
     )
