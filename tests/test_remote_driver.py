@@ -17,6 +17,7 @@ from client_stub import connection
 from client_stub import driver as impl
 from client_stub.connection import Connection, connect
 from fikit_wire.calls import CLIENT_HANDLE_BIT, COPY_CHUNK_BYTES
+from fikit_wire.stream_frames import SerializedBatch
 from gpu_server.backends.sim import SimBackend
 from gpu_server.ownership import DeviceOwnership
 from gpu_server.session import Session, handle_counter
@@ -632,6 +633,42 @@ def test_posted_calls_leave_at_once_each_in_a_frame_and_run_in_order(
     assert frames.count == 50
     assert wait_until(lambda: len(sim_server.backend.launches) == before + 50, timeout=5)
     assert launched_ns(sim_server, 50) == list(range(50))
+
+
+@pytest.fixture
+def grpc_remote(sim_server) -> Iterator[ModuleType]:
+    """The driver stub with a fresh session to the sim server over gRPC."""
+    from cuda.bindings import driver as real
+
+    from client_stub.activation import make_driver_stub
+
+    impl.REMOTE.close()
+    impl.REMOTE.configure(sim_server.running.addresses[0], None)
+    yield make_driver_stub(real)
+    impl.REMOTE.close()
+
+
+def test_over_grpc_posted_calls_wait_briefly_to_leave_with_the_next_request(
+    grpc_remote: ModuleType, sim_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launch = saxpy_launcher(grpc_remote)
+    batches: list[bytes] = []
+
+    def recorded(data: bytes) -> object:
+        batches.append(bytes(data))
+        return SerializedBatch(data)
+
+    monkeypatch.setattr(connection, "SerializedBatch", recorded)
+    monkeypatch.setattr(connection, "POST_LINGER_S", 0.5)
+    before = len(sim_server.backend.launches)
+    launch(3)
+    time.sleep(0.05)
+    ok(grpc_remote.cuCtxSynchronize())
+    assert len(batches) == 1  # three launches and the synchronization in one message
+    assert batches[0].count(b"cuLaunchKernel") == 3 and b"cuCtxSynchronize" in batches[0]
+    launch(1)  # nothing follows: it leaves once the linger is over
+    assert wait_until(lambda: len(sim_server.backend.launches) == before + 4, timeout=5)
+    assert len(batches) == 2 and launched_ns(sim_server, 4) == [0, 1, 2, 0]
 
 
 class AnsweringConnection(Connection):
