@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -278,6 +279,28 @@ def test_frames_that_arrive_together_run_as_one_batch_each_answered_in_order(
     port.close()
     assert batches == [[first, second]]
     assert [wire.unpack(frame) for frame in replies] == [[[0, 1]], [[0, 0]]]
+
+
+def test_work_done_notices_stop_while_the_client_leaves_them_unread(sim_server) -> None:
+    session = Session(98, sim_server.backend, sim_server.dispatcher, handle_counter(), 0)
+    port = LocalPort(session, notices=True)
+    server_end, client_end = socket.socketpair()
+    posted = wire.pack([["cuInit", False, 0]])  # no GPU work: done at once
+    with server_end, client_end:
+        serving = threading.Thread(target=serve_frames, args=(port, FrameSocket(server_end)))
+        serving.start()
+        client_end.sendall(header(posted) + posted)
+        frames = FrameSocket(client_end)
+        assert [wire.done_count(frame) for frame in frames.receive()] == [1]
+        for _ in range(200):  # each its own batch, none of the notices read
+            client_end.sendall(header(posted) + posted)
+            time.sleep(0.001)
+        client_end.shutdown(socket.SHUT_WR)
+        serving.join(10)
+        notices = [wire.done_count(frame) for frame in frames.receive()]
+    port.close()
+    assert 1 <= len(notices) < 20  # a few, up to the backlog, not one per batch
+    assert all(count is not None for count in notices) and notices == sorted(notices)
 
 
 @pytest.mark.parametrize("transport", [0, 1], ids=["grpc", "unix"])
