@@ -635,23 +635,11 @@ def test_posted_calls_leave_at_once_each_in_a_frame_and_run_in_order(
     assert launched_ns(sim_server, 50) == list(range(50))
 
 
-@pytest.fixture
-def grpc_remote(sim_server) -> Iterator[ModuleType]:
-    """The driver stub with a fresh session to the sim server over gRPC."""
-    from cuda.bindings import driver as real
-
-    from client_stub.activation import make_driver_stub
-
-    impl.REMOTE.close()
-    impl.REMOTE.configure(sim_server.running.addresses[0], None)
-    yield make_driver_stub(real)
-    impl.REMOTE.close()
-
-
+@pytest.mark.parametrize("remote", ["grpc"], indirect=True)
 def test_over_grpc_posted_calls_wait_briefly_to_leave_with_the_next_request(
-    grpc_remote: ModuleType, sim_server, monkeypatch: pytest.MonkeyPatch
+    remote: ModuleType, sim_server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    launch = saxpy_launcher(grpc_remote)
+    launch = saxpy_launcher(remote)
     batches: list[bytes] = []
 
     def recorded(data: bytes) -> object:
@@ -663,7 +651,7 @@ def test_over_grpc_posted_calls_wait_briefly_to_leave_with_the_next_request(
     before = len(sim_server.backend.launches)
     launch(3)
     time.sleep(0.05)
-    ok(grpc_remote.cuCtxSynchronize())
+    ok(remote.cuCtxSynchronize())
     assert len(batches) == 1  # three launches and the synchronization in one message
     assert batches[0].count(b"cuLaunchKernel") == 3 and b"cuCtxSynchronize" in batches[0]
     launch(1)  # nothing follows: it leaves once the linger is over
