@@ -18,7 +18,6 @@ import queue
 import socket
 import sys
 import threading
-import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -44,8 +43,6 @@ from fikit_wire.stream_frames import (
 log = logging.getLogger("fikit.client")
 
 _CLOSE = object()
-#: Follows in a gRPC session's outbox the calls of a request: their batch leaves at once.
-_FLUSH = object()
 #: Longest a Python thread keeps the GIL while another waits for it, in seconds. The
 #: sending thread must get it promptly after a call is queued, even while the program
 #: computes on the host; Python's default (5 ms) would hold a launch back that long.
@@ -59,10 +56,6 @@ REPLY_SPIN_S = 50e-6
 MAX_QUEUED_BYTES = 16 * 1024 * 1024
 #: How often a sender waiting for room checks that the stream still lives.
 ROOM_CHECK_S = 0.1
-#: How long a gRPC session's batch of calls that want no reply waits for more calls before
-#: it leaves (a launch followed by a synchronization then takes one message, not two: on
-#: the H200 each gRPC message cost the server more than a launch).
-POST_LINGER_S = 50e-6
 #: How long closing a session waits for the server to end the stream.
 CLOSE_TIMEOUT_S = 2.0
 #: How long a client whose send failed reads for the server's reason before giving up.
@@ -315,9 +308,8 @@ class Connection(ABC):
 class GrpcConnection(Connection):
     """A session on one gRPC stream, for servers on any host.
 
-    Calls are queued and leave together in the next frame: a request's calls at once,
-    calls that want no reply after up to POST_LINGER_S for more, and while a frame is on
-    its way, later calls wait in the queue for the next.
+    Calls are queued and leave at once when nothing is being sent; while a frame is on its
+    way, later calls wait in the queue and leave together in the next frame.
     """
 
     def __init__(self, target: str, *, priority: int, client_name: str, timeout: float) -> None:
@@ -387,34 +379,23 @@ class GrpcConnection(Connection):
     def _frames(
         self, hello: session_pb2.Hello
     ) -> Iterator[session_pb2.ClientFrame | SerializedBatch]:
-        """Request stream: the Hello, then the calls queued, each batch joined once from its
-        calls, packed as they were sent: a batch leaves once a request's calls are in it,
-        or POST_LINGER_S after it began, or full."""
+        """Request stream: the Hello, then whatever has queued up while the last frame left,
+        each batch joined once from its calls, packed as they were sent."""
         yield session_pb2.ClientFrame(hello=hello)
         while True:
             call = self._outbox.get()
             if call is _CLOSE:
                 return
-            if call is _FLUSH:
-                continue
             batch, size = [call], len(call)
-            closing = flush = False
-            linger_until = time.perf_counter() + POST_LINGER_S
+            closing = False
             while size < wire.FRAME_SOFT_LIMIT_BYTES:
                 try:
-                    if flush:
-                        call = self._outbox.get_nowait()
-                    else:
-                        linger = max(0.0, linger_until - time.perf_counter())
-                        call = self._outbox.get(timeout=linger)
+                    call = self._outbox.get_nowait()
                 except queue.Empty:
                     break
                 if call is _CLOSE:
                     closing = True
                     break
-                if call is _FLUSH:
-                    flush = True
-                    continue
                 batch.append(call)
                 size += len(call)
             header = wire.batch_header(len(batch))
@@ -443,8 +424,6 @@ class GrpcConnection(Connection):
             self._queued_bytes += size
         for call in packed:
             self._outbox.put(call)
-        if any(call[1] for call in calls):
-            self._outbox.put(_FLUSH)
 
     def _receive(self) -> list[list[Any]]:
         try:

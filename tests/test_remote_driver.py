@@ -17,7 +17,6 @@ from client_stub import connection
 from client_stub import driver as impl
 from client_stub.connection import Connection, connect
 from fikit_wire.calls import CLIENT_HANDLE_BIT, COPY_CHUNK_BYTES
-from fikit_wire.stream_frames import SerializedBatch
 from gpu_server.backends.sim import SimBackend
 from gpu_server.ownership import DeviceOwnership
 from gpu_server.session import Session, handle_counter
@@ -633,30 +632,6 @@ def test_posted_calls_leave_at_once_each_in_a_frame_and_run_in_order(
     assert frames.count == 50
     assert wait_until(lambda: len(sim_server.backend.launches) == before + 50, timeout=5)
     assert launched_ns(sim_server, 50) == list(range(50))
-
-
-@pytest.mark.parametrize("remote", ["grpc"], indirect=True)
-def test_over_grpc_posted_calls_wait_briefly_to_leave_with_the_next_request(
-    remote: ModuleType, sim_server, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    launch = saxpy_launcher(remote)
-    batches: list[bytes] = []
-
-    def recorded(data: bytes) -> object:
-        batches.append(bytes(data))
-        return SerializedBatch(data)
-
-    monkeypatch.setattr(connection, "SerializedBatch", recorded)
-    monkeypatch.setattr(connection, "POST_LINGER_S", 0.5)
-    before = len(sim_server.backend.launches)
-    launch(3)
-    time.sleep(0.05)
-    ok(remote.cuCtxSynchronize())
-    assert len(batches) == 1  # three launches and the synchronization in one message
-    assert batches[0].count(b"cuLaunchKernel") == 3 and b"cuCtxSynchronize" in batches[0]
-    launch(1)  # nothing follows: it leaves once the linger is over
-    assert wait_until(lambda: len(sim_server.backend.launches) == before + 4, timeout=5)
-    assert len(batches) == 2 and launched_ns(sim_server, 4) == [0, 1, 2, 0]
 
 
 class AnsweringConnection(Connection):
