@@ -12,6 +12,27 @@ _SUCCESS = (
 )
 
 
+#: CUDA C of two kernels: ``slow_fill`` spins for ``spin_cycles`` clock cycles, then writes
+#: ``base + i`` to ``buf[i]``; ``copy_ints`` copies ``n`` ints.
+SLOW_FILL_SOURCE = r"""
+extern "C" {
+__global__ void slow_fill(int* buf, int n, long long spin_cycles, int base)
+{
+    long long start = clock64();
+    while (clock64() - start < spin_cycles) { }
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) buf[i] = base + i;
+}
+
+__global__ void copy_ints(int* dst, const int* src, int n)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] = src[i];
+}
+}
+"""
+
+
 class CudaError(RuntimeError):
     """A CUDA driver, runtime or NVRTC call returned an error."""
 

@@ -4,6 +4,7 @@ import ctypes
 
 import numpy as np
 from common import (
+    SLOW_FILL_SOURCE,
     c_str,
     check,
     compile_ptx,
@@ -15,23 +16,6 @@ from common import (
 )
 from cuda.bindings import driver
 
-SOURCE = r"""
-extern "C" {
-__global__ void slow_fill(int* buf, int n, long long spin_cycles, int base)
-{
-    long long start = clock64();
-    while (clock64() - start < spin_cycles) { }
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) buf[i] = base + i;
-}
-
-__global__ void copy_ints(int* dst, const int* src, int n)
-{
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) dst[i] = src[i];
-}
-}
-"""
 N = 1 << 16
 BLOCK = 256
 SPIN_CYCLES = 50_000_000
@@ -151,7 +135,7 @@ def main() -> None:
     dev, primary = init_primary_context()
     device_queries(dev)
     context_queries(dev, primary)
-    ptx, _ = compile_ptx(SOURCE, dev)
+    ptx, _ = compile_ptx(SLOW_FILL_SOURCE, dev)
     module = check(driver.cuModuleLoadData(ptx))
     ordering(module)
     bad_calls(module)

@@ -11,26 +11,18 @@ import ctypes
 import time
 
 import numpy as np
-from common import check, compile_ptx, err_name, expect, grid_for, init_primary_context, sha256
+from common import (
+    SLOW_FILL_SOURCE,
+    check,
+    compile_ptx,
+    err_name,
+    expect,
+    grid_for,
+    init_primary_context,
+    sha256,
+)
 from cuda.bindings import driver
 
-SOURCE = r"""
-extern "C" {
-__global__ void fill(int* buf, int n, long long spin_cycles, int base)
-{
-    long long start = clock64();
-    while (clock64() - start < spin_cycles) { }
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) buf[i] = base + i;
-}
-
-__global__ void copy_ints(int* dst, const int* src, int n)
-{
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) dst[i] = src[i];
-}
-}
-"""
 N = 1 << 16
 BLOCK = 256
 LONG_SPIN_CYCLES = 100_000_000
@@ -47,9 +39,9 @@ def busy_wait(seconds: float) -> None:
 
 def main() -> None:
     dev, _ = init_primary_context()
-    ptx, _ = compile_ptx(SOURCE, dev)
+    ptx, _ = compile_ptx(SLOW_FILL_SOURCE, dev)
     module = check(driver.cuModuleLoadData(ptx))
-    fill = check(driver.cuModuleGetFunction(module, b"fill"))
+    fill = check(driver.cuModuleGetFunction(module, b"slow_fill"))
     copy_ints = check(driver.cuModuleGetFunction(module, b"copy_ints"))
     flags = driver.CUstream_flags.CU_STREAM_NON_BLOCKING
     worker, reader = check(driver.cuStreamCreate(flags)), check(driver.cuStreamCreate(flags))
