@@ -248,6 +248,7 @@ class Session:
         frame's packed replies, in frames of about FRAME_SOFT_LIMIT_BYTES. A payload that
         is not a list of calls raises ValueError (the frames before it ran)."""
         dispatcher, priority = self.dispatcher, self.priority
+        reply: list[Any] | None = [] if self.replied_last else None
         with dispatcher.running(priority):
             for payload in payloads:
                 replies: list[list[Any]] = []
@@ -257,7 +258,6 @@ class Session:
                 for call in calls:
                     dispatcher.wait_turn(priority)
                     reply = self.execute(call)
-                    self.replied_last = reply is not None
                     if reply is None:
                         continue
                     replies.append(reply)
@@ -269,6 +269,7 @@ class Session:
                         replies, size = [], 0
                 if replies:
                     emit(wire.pack(replies))
+        self.replied_last = reply is not None
 
     def execute(self, call: Any) -> list[Any] | None:
         """Run one wire call; return its reply, or None when it asked for none."""
