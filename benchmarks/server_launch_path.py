@@ -1,17 +1,19 @@
 """The server's own cost per kernel launch, without transport or GPU: the launch hot path.
 
 Usage: python benchmarks/server_launch_path.py [--backend sim|cuda] [--profile N | --layers]
-Drives Session.execute directly with posted cuLaunchKernel calls (an empty 5-argument
-kernel with three pointers) and prints microseconds per launch (fastest of 5 rounds) for
-each policy, with profile sampling (and how often the completion tracker looked meanwhile)
-and with every launch timed. Run it before and after
+Drives Session.run_frames directly with batches of frames of one posted cuLaunchKernel
+call each (an empty 5-argument kernel with three pointers), as a client's burst reaches a
+session, and prints microseconds per launch (fastest of 5 rounds) for each policy, with
+profile sampling (and how often the completion tracker looked meanwhile) and with every
+launch timed. Run it before and after
 touching the launch path: over the CPU test double (the default) it needs no GPU; with
 ``--backend cuda`` it measures the server's whole launch path on the GPU, driver calls
 and completion tracking included; a second table varies how often the completion tracker
 polls. ``--profile N`` then lists the N functions of the
 session's thread with the most own time in one more run (fikit, sampled). ``--layers``
-(CUDA backend only) times each layer of one launch instead: the driver call alone, with
-the probe's event, the backend's launch, and ``Session.execute`` (fifo).
+(CUDA backend only) times each layer of the launch path instead: the driver call alone,
+with the probe's event, the backend's launch of one and of a run, ``Session.execute`` of
+one launch and ``Session.run_frames`` of a batch (fifo).
 """
 
 import argparse
@@ -24,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 
+from fikit_wire import calls as wire
 from gpu_server.backends import open_backend
 from gpu_server.backends.base import Backend, LaunchConfig
 from gpu_server.session import Session
@@ -34,6 +37,9 @@ from scheduler.profiles import ProfileStore
 #: Rounds of ROUND_LAUNCHES each; the fastest round counts (the others met interference).
 ROUNDS = 5
 ROUND_LAUNCHES = 4_000
+#: Frames of one posted launch each that one ``Session.run_frames`` call runs: what a
+#: socket read brings while a client's burst outruns the server.
+BATCH_FRAMES = 64
 #: Tracker poll intervals compared (the first is the server's): how much the thread that
 #: watches for completions costs the thread that launches.
 POLL_INTERVALS_S = (20e-6, 200e-6, 2e-3)
@@ -70,16 +76,30 @@ def launching_session(
         session.close()
 
 
-def fastest_us(launch: Callable[[], object], synchronize: Callable[[], object]) -> float:
-    """Microseconds per ``launch()`` over the fastest of ROUNDS rounds of ROUND_LAUNCHES."""
+def fastest_us(
+    launch: Callable[[], object], synchronize: Callable[[], object], launches: int = 1
+) -> float:
+    """Microseconds per launch over the fastest of ROUNDS rounds of ROUND_LAUNCHES, when
+    each ``launch()`` makes ``launches`` of them."""
     fastest = float("inf")
     for _ in range(ROUNDS):
         start = time.perf_counter()
-        for _ in range(ROUND_LAUNCHES):
+        for _ in range(ROUND_LAUNCHES // launches):
             launch()
         fastest = min(fastest, time.perf_counter() - start)
         synchronize()
-    return fastest / ROUND_LAUNCHES * 1e6
+    return fastest / (ROUND_LAUNCHES // launches * launches) * 1e6
+
+
+def batch_of_frames(session: Session, call: list[object]) -> Callable[[], object]:
+    """What runs one batch of BATCH_FRAMES frames of one posted launch each, as a burst
+    of a unix-socket client reaches a session (``Session.run_frames``)."""
+    payloads = [wire.pack([call])] * BATCH_FRAMES
+    return lambda: session.run_frames(payloads, _unexpected_reply)
+
+
+def _unexpected_reply(frame: bytes) -> None:
+    raise AssertionError(f"a posted launch was answered: {wire.unpack(frame)}")
 
 
 def per_launch_us(
@@ -105,8 +125,9 @@ def per_launch_us(
                 profiler.enable()
             polls_before = dispatcher.polls
             cost = fastest_us(
-                lambda: session.execute(call),
+                batch_of_frames(session, call),
                 lambda: session.execute(["cuCtxSynchronize", True, ctx]),
+                BATCH_FRAMES,
             )
             polls = (dispatcher.polls - polls_before) / (ROUNDS * ROUND_LAUNCHES) * 1000
             if profiler is not None:
@@ -135,17 +156,29 @@ def print_layers(profile_path: str) -> None:
             def bare() -> object:
                 return launch(function, 4, 1, 1, 256, 1, 1, 0, stream, pointers, 0)
 
+            one = [(function, config, params, layout)]
+            run = one * BATCH_FRAMES
             layers = {
-                "cuLaunchKernel, parameters by pointer": bare,
-                "the same and cuEventRecord": lambda: (bare(), record(event, stream)),
-                "CudaBackend.launch, probe released": lambda: backend.launch(
-                    ctx, function, config, params, layout, False
-                ).release(),
-                "Session.execute, fifo": lambda: session.execute(call),
+                "cuLaunchKernel, parameters by pointer": (bare, 1),
+                "the same and cuEventRecord": (lambda: (bare(), record(event, stream)), 1),
+                "CudaBackend.launch, probe released": (
+                    lambda: backend.launch(ctx, one, False)[0].release(),
+                    1,
+                ),
+                f"CudaBackend.launch of {BATCH_FRAMES}, probe released": (
+                    lambda: backend.launch(ctx, run, False)[0].release(),
+                    BATCH_FRAMES,
+                ),
+                "Session.execute, fifo": (lambda: session.execute(call), 1),
+                f"Session.run_frames, {BATCH_FRAMES} frames, fifo": (
+                    batch_of_frames(session, call),
+                    BATCH_FRAMES,
+                ),
             }
             print("| layer | µs/launch |\n|---|---:|")
-            for name, layer in layers.items():
-                print(f"| {name} | {fastest_us(layer, driver.cuCtxSynchronize):.2f} |")
+            for name, (layer, launches) in layers.items():
+                cost = fastest_us(layer, driver.cuCtxSynchronize, launches)
+                print(f"| {name} | {cost:.2f} |")
             driver.cuEventDestroy(event)
         dispatcher.close()
 

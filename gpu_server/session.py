@@ -26,7 +26,6 @@ their kernel ID: the module's content digest, the function name and the launch g
 from __future__ import annotations
 
 import bisect
-import functools
 import itertools
 import logging
 from collections.abc import Callable, Iterator
@@ -37,10 +36,10 @@ from cuda.bindings.driver import CUdevice_attribute, CUevent_flags, CUresult, CU
 
 from fikit_wire import calls as wire
 from fikit_wire.calls import CLIENT_HANDLE_BIT
-from gpu_server.backends.base import Backend, LaunchConfig, ParamLayout
+from gpu_server.backends.base import Backend, KernelLaunch, LaunchConfig, ParamLayout
 from gpu_server.errors import CONTEXT_LOST_ERRORS, CudaError, invalid_handle, invalid_value
 from gpu_server.ownership import DeviceOwnership
-from scheduler.dispatcher import Dispatcher
+from scheduler.dispatcher import Dispatcher, IssueFn, LaunchProbe
 from scheduler.kernel_id import kernel_id, module_digest
 
 log = logging.getLogger(__name__)
@@ -170,10 +169,50 @@ class LaunchPlan:
 
     function: Any
     entry: FunctionEntry
-    kernel_id: str
+    #: (kernel ID, function name), as the dispatcher takes them.
+    kernel: tuple[str, str]
     stream: StreamEntry
     context: ContextEntry
     config: LaunchConfig
+
+
+class LaunchRun:
+    """Posted launches of a session in a row on one stream, as the dispatcher issues them:
+    together (``issue``) or one at a time (``one``). The first failure is kept."""
+
+    __slots__ = ("backend", "ctx", "failure", "kernels", "launches", "stream")
+
+    def __init__(self, backend: Backend, plan: LaunchPlan) -> None:
+        self.backend = backend
+        self.ctx = plan.context.backend_ctx
+        self.stream = plan.stream
+        self.kernels: list[tuple[str, str]] = []
+        self.launches: list[KernelLaunch] = []
+        self.failure: CudaError | None = None
+
+    def add(self, plan: LaunchPlan, params: bytes) -> None:
+        """One more launch, of ``plan`` (on the run's stream) with ``params``."""
+        self.kernels.append(plan.kernel)
+        self.launches.append((plan.function, plan.config, params, plan.entry.layout))
+
+    def issue(self, first: int, stop: int, timed: bool) -> LaunchProbe | None:
+        """Put launches ``first`` to ``stop`` on the GPU with one probe (``RunIssueFn``)."""
+        try:
+            probe, failure = self.backend.launch(self.ctx, self.launches[first:stop], timed)
+        except CudaError as err:
+            probe, failure = None, err
+        if self.failure is None:
+            self.failure = failure
+        return probe
+
+    def one(self, index: int) -> IssueFn:
+        """What issues launch ``index`` alone, when the policy releases it."""
+        launch = self.launches[index : index + 1]
+
+        def issue(timed: bool, after: LaunchProbe | None = None) -> LaunchProbe:
+            return self.backend.launch(self.ctx, launch, timed, after)[0]
+
+        return issue
 
 
 @dataclass
@@ -249,6 +288,7 @@ class Session:
         is not a list of calls raises ValueError (the frames before it ran)."""
         dispatcher, priority = self.dispatcher, self.priority
         reply: list[Any] | None = [] if self.replied_last else None
+        posted: list[list[Any]] = []  # launches in a row that want no reply
         with dispatcher.running(priority):
             for payload in payloads:
                 replies: list[list[Any]] = []
@@ -256,6 +296,18 @@ class Session:
                 calls = wire.unpack(payload)
                 self.calls_run += len(calls)
                 for call in calls:
+                    if (
+                        type(call) is list
+                        and len(call) == 9
+                        and call[1] is False
+                        and call[0] == "cuLaunchKernel"
+                    ):
+                        posted.append(call)
+                        reply = None
+                        continue
+                    if posted:
+                        self._launch_posted(posted)
+                        posted = []
                     dispatcher.wait_turn(priority)
                     reply = self.execute(call)
                     if reply is None:
@@ -269,12 +321,15 @@ class Session:
                         replies, size = [], 0
                 if replies:
                     emit(wire.pack(replies))
+            if posted:
+                self._launch_posted(posted)
         self.replied_last = reply is not None
 
     def execute(self, call: Any) -> list[Any] | None:
         """Run one wire call; return its reply, or None when it asked for none."""
         wants_reply = False
         synchronizing = False
+        name = "a malformed call"
         try:
             if not isinstance(call, list) or len(call) < 2 or not isinstance(call[0], str):
                 raise invalid_value("malformed call")
@@ -302,16 +357,68 @@ class Session:
         except Exception:  # a server bug must cost this call, not the session or the server
             status, values = int(CUresult.CUDA_ERROR_UNKNOWN), ()
             log.exception("session %d: internal error in %.60r", self.id, call)
-        if status in CONTEXT_LOST_ERRORS and not self.fault:
-            self.fault = status
-            log.error("session %d: the GPU state of this process is lost: %s", self.id, call[0])
+        if status:
+            self._failed(status, name, posted=not wants_reply)
         if not wants_reply:
-            if status and not self.deferred_error:
-                self.deferred_error = status
             return None
         if synchronizing and self.deferred_error:
             status, values, self.deferred_error = self.deferred_error, (), 0
         return [status, *values]
+
+    def _failed(self, status: int, name: str, *, posted: bool) -> None:
+        """A call failed with ``status``: a lost GPU state marks the session; a posted
+        call's failure waits for the next synchronizing call unless one already does."""
+        if status in CONTEXT_LOST_ERRORS and not self.fault:
+            self.fault = status
+            log.error("session %d: the GPU state of this process is lost: %s", self.id, name)
+        if posted and not self.deferred_error:
+            self.deferred_error = status
+
+    def _launch_posted(self, calls: list[list[Any]]) -> None:
+        """Run posted cuLaunchKernel calls in order: those in a row on one stream go to the
+        dispatcher as one run (``LaunchRun``). A call that fails its checks fails as it
+        does alone (``execute``)."""
+        self.dispatcher.wait_turn(self.priority)
+        run: LaunchRun | None = None
+        for call in calls:
+            try:
+                plan = self._checked_launch(*call[2:])
+                if run is not None and plan.stream is not run.stream:
+                    self._issue_run(run)
+                    run = None
+                if plan.stream.blocking:
+                    self._order(plan.stream, plan.context)
+            except Exception:
+                if run is not None:
+                    self._issue_run(run)
+                    run = None
+                self.execute(call)
+                continue
+            if run is None:
+                run = LaunchRun(self.backend, plan)
+            run.add(plan, call[8])
+        if run is not None:
+            self._issue_run(run)
+
+    def _issue_run(self, run: LaunchRun) -> None:
+        """Hand a run to the dispatcher: at once under the task's lease, else one launch at
+        a time; its first failure waits for the next synchronizing call."""
+        dispatcher = self.dispatcher
+        try:
+            if not dispatcher.launch_run(self.id, run.kernels, run.issue):
+                for index, (kernel_id, name) in enumerate(run.kernels):
+                    try:
+                        dispatcher.launch(self.id, kernel_id, name, run.one(index))
+                    except CudaError as err:
+                        run.failure = run.failure or err
+        except CudaError as err:
+            run.failure = run.failure or err
+        except Exception:  # a server bug, or the server closing: the launches fail
+            log.exception("session %d: launching a run of %d", self.id, len(run.kernels))
+            run.failure = run.failure or CudaError(CUresult.CUDA_ERROR_UNKNOWN)
+        if run.failure is not None:
+            log.debug("session %d: %s", self.id, run.failure)
+            self._failed(run.failure.code, "cuLaunchKernel", posted=True)
 
     def work_done(self) -> bool:
         """Whether the GPU finished all work queued on the session's streams, and no error
@@ -923,12 +1030,35 @@ class Session:
         stream: int,
         params: bytes,
     ) -> tuple[()]:
+        plan = self._checked_launch(ctx, handle, grid, block, shared_mem_bytes, stream, params)
+        if plan.stream.blocking:
+            self._order(plan.stream, plan.context)
+        run = LaunchRun(self.backend, plan)
+        run.add(plan, params)
+        kernel_id, name = plan.kernel
+        self.dispatcher.launch(self.id, kernel_id, name, run.one(0))
+        return ()
+
+    def _checked_launch(
+        self,
+        ctx: int,
+        handle: int,
+        grid: list[int],
+        block: list[int],
+        shared_mem_bytes: int,
+        stream: int,
+        params: bytes,
+    ) -> LaunchPlan:
+        """The plan of a launch whose function, geometry, stream and parameters passed
+        the checks (pointer arguments into other sessions' memory are refused)."""
         key = (handle, ctx, stream, shared_mem_bytes, tuple(grid), tuple(block))
         plan = self._launch_plans.get(key)
         if plan is None:
             plan = self._plan_launch(key)
         entry = plan.entry
         layout = entry.layout
+        if type(params) is not bytes:
+            raise invalid_value("kernel parameters are not bytes")
         if len(params) < layout.total_size:
             raise invalid_value("kernel parameters shorter than the kernel's layout")
         generation = self.ownership.generation
@@ -939,18 +1069,7 @@ class Session:
             if len(entry.checked) >= CHECKED_PARAMS_KEPT:
                 entry.checked.clear()
             entry.checked.add(params)
-        if plan.stream.blocking:
-            self._order(plan.stream, plan.context)
-        issue = functools.partial(
-            self.backend.launch,
-            plan.context.backend_ctx,
-            plan.function,
-            plan.config,
-            params,
-            layout,
-        )
-        self.dispatcher.launch(self.id, plan.kernel_id, entry.name, issue)
-        return ()
+        return plan
 
     def _plan_launch(self, key: tuple[Any, ...]) -> LaunchPlan:
         """Resolve a launch's function, kernel ID, stream and configuration, and keep the
@@ -962,7 +1081,7 @@ class Session:
         plan = LaunchPlan(
             fn,
             entry,
-            kernel_id(entry.module_digest, entry.name, grid, block, shared_mem_bytes),
+            (kernel_id(entry.module_digest, entry.name, grid, block, shared_mem_bytes), entry.name),
             stream_entry,
             context,
             LaunchConfig(grid, block, shared_mem_bytes, stream_entry.obj),

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
 import msgpack
@@ -47,6 +47,7 @@ from scheduler.dispatcher import (
     DispatcherClosed,
     IssueFn,
     LaunchProbe,
+    RunIssueFn,
     clock_us,
     done_prefix,
 )
@@ -277,6 +278,12 @@ class DispatcherLink:
         probe_id = next(self._ids)
         self.control.send("issued", probe_id, stream_key(probe.stream_key), 0)
         self._follow(probe_id, probe)
+
+    def launch_run(
+        self, task_id: int, kernels: Sequence[tuple[str, str]], issue: RunIssueFn
+    ) -> bool:
+        """False: the front end hears of each launch (``launch``), leased or not."""
+        return False
 
     def _on_credit(self, kernel_id: str) -> bool:
         """Whether the last go's credit lets a launch of ``kernel_id`` go unasked; while

@@ -40,7 +40,7 @@ import math
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol, TypeVar
 
@@ -82,6 +82,14 @@ class IssueFn(Protocol):
     any task of this process) has finished."""
 
     def __call__(self, timed: bool, after: LaunchProbe | None = None, /) -> LaunchProbe: ...
+
+
+class RunIssueFn(Protocol):
+    """Puts launches ``first`` to ``stop`` (exclusive) of a run, one stream's, on it, with
+    one probe after them, timed or not (only a run of one is timed); None when none of them
+    went out (each failure is the caller's to report)."""
+
+    def __call__(self, first: int, stop: int, timed: bool, /) -> LaunchProbe | None: ...
 
 
 class DispatcherClosed(RuntimeError):
@@ -377,37 +385,14 @@ class Dispatcher:
     def launch(self, task_id: int, kernel_id: str, name: str, issue: IssueFn) -> None:
         """Issue a launch of ``kernel_id`` now, or block until the policy releases it.
 
-        A task the policy leases (``Policy.leased``) issues at once and is counted after,
-        under one lock, without asking the policy: the launch path of a task alone, of
-        every task under FIFO and of the top level under the priority policies. Its own
-        earlier launches cannot be held meanwhile, since each call of a session waits
-        until its launch went out. Errors of ``issue`` (a ``CudaError``) propagate to the
-        caller either way.
+        A task the policy leases issues at once (``launch_run``). Errors of ``issue`` (a
+        ``CudaError``) propagate to the caller either way.
         """
+        if self.launch_run(task_id, ((kernel_id, name),), lambda _, __, timed: issue(timed)):
+            return
         profiles = self.profiles
         timed, predicted = (False, None) if profiles is None else profiles.launch_plan(kernel_id)
         timed = timed or self.trace is not None
-        if task_id in self._leased and not self._closed:
-            # Arrived now: the lock may be busy after the issue, and a late stamp would
-            # lengthen the task's measured gap by the wait.
-            now = self.clock()
-            probe = issue(timed)
-            with self._lock:
-                if task_id not in self._tasks:
-                    probe.release()  # the task ended meanwhile: nobody is left to tell
-                    return
-                queue = self._streams.get(probe.stream_key)
-                last = queue[-1] if queue and not timed else None
-                if last is not None and last.launch.task_id == task_id and not last.timed:
-                    # A run of launches is one record to the policy and the tracker.
-                    last.join(kernel_id, probe, predicted or 0.0, now)
-                    self.policy.joined(task_id, kernel_id, now)
-                    self.launches += 1
-                else:
-                    self._count_unasked(task_id, kernel_id, name, probe, timed, predicted, now)
-                if self._held and self.policy.opens_gap(task_id):
-                    self._release_behind(now)
-            return
         with self._lock:
             if self._closed:
                 raise DispatcherClosed("the server is shutting down")
@@ -434,6 +419,81 @@ class Dispatcher:
         held.issued.wait()
         if held.error is not None:
             raise held.error
+
+    def launch_run(
+        self, task_id: int, kernels: Sequence[tuple[str, str]], issue: RunIssueFn
+    ) -> bool:
+        """Under the task's lease, issue a run of its launches, one stream's, in order:
+        ``kernels`` gives each one's (kernel ID, name). Returns False, issuing nothing, when
+        the task holds no lease: the caller then launches them one at a time.
+
+        A task the policy leases (``Policy.leased``) issues at once and is counted after,
+        under one lock, without asking the policy: the launch path of a task alone, of
+        every task under FIFO and of the top level under the priority policies. Its own
+        earlier launches cannot be held meanwhile, since each call of a session waits
+        until its launch went out. The launches the profiles want measured go out alone,
+        timed; those between them go out together, with one probe, and count as one
+        launch to the policy (the launches after the first ``joined`` to it).
+        """
+        if task_id not in self._leased or self._closed:
+            return False
+        profiles = self.profiles
+        if profiles is None:
+            plans = [(False, None)] * len(kernels)
+        else:
+            plans = profiles.launch_plans(kernel_id for kernel_id, _ in kernels)
+        if self.trace is not None:  # the trace times every launch
+            plans = [(True, predicted) for _, predicted in plans]
+        first = 0
+        for i, (timed, _) in enumerate(plans):
+            if timed:
+                if first < i:
+                    self._issue_leased(task_id, kernels, plans, first, i, issue)
+                self._issue_leased(task_id, kernels, plans, i, i + 1, issue)
+                first = i + 1
+        if first < len(kernels):
+            self._issue_leased(task_id, kernels, plans, first, len(kernels), issue)
+        return True
+
+    def _issue_leased(
+        self,
+        task_id: int,
+        kernels: Sequence[tuple[str, str]],
+        plans: list[tuple[bool, float | None]],
+        first: int,
+        stop: int,
+        issue: RunIssueFn,
+    ) -> None:
+        """Issue launches ``first`` to ``stop`` of a leased task's run, and count them."""
+        timed = plans[first][0]
+        # Arrived now: the lock may be busy after the issue, and a late stamp would lengthen
+        # the task's measured gap by the wait.
+        now = self.clock()
+        probe = issue(first, stop, timed)
+        if probe is None:
+            return
+        predictions = [predicted for _, predicted in plans[first:stop] if predicted is not None]
+        predicted = sum(predictions) if predictions else None
+        with self._lock:
+            if task_id not in self._tasks:
+                probe.release()  # the task ended meanwhile: nobody is left to tell
+                return
+            queue = self._streams.get(probe.stream_key)
+            last = queue[-1] if queue and not timed else None
+            if last is not None and last.launch.task_id == task_id and not last.timed:
+                # A run of launches is one record to the policy and the tracker.
+                last.join(kernels[stop - 1][0], probe, predicted or 0.0, now)
+                joined = kernels[first:stop]
+            else:
+                kernel_id, name = kernels[first]
+                record = self._count_unasked(task_id, kernel_id, name, probe, timed, predicted, now)
+                record.last_kernel_id = kernels[stop - 1][0]
+                joined = kernels[first + 1 : stop]
+            if joined:
+                self.policy.joined(task_id, [kernel_id for kernel_id, _ in joined], now)
+                self.launches += len(joined)
+            if self._held and self.policy.opens_gap(task_id):
+                self._release_behind(now)
 
     def leased_tasks(self) -> set[int]:
         """Tasks whose launches the policy issues at arrival until a task comes or goes:
@@ -471,13 +531,13 @@ class Dispatcher:
         timed: bool,
         predicted: float | None,
         now: float,
-    ) -> None:
+    ) -> _InFlight:
         """A launch that went out without asking the policy arrives, counts in flight and
-        is tracked (call with the lock held)."""
+        is tracked (call with the lock held); its record."""
         task, launch = self._arriving(task_id, kernel_id, predicted, now)
         self.policy.issue_now(launch, now)
         task.in_flight += 1
-        self._follow_locked(launch, name, probe, timed, now, now)
+        return self._follow_locked(launch, name, probe, timed, now, now)
 
     def credit(self, task_id: int, kernel_id: str) -> Credit:
         """After a launch of ``kernel_id`` by the task went out: how many more of it the
@@ -584,9 +644,10 @@ class Dispatcher:
         timed: bool,
         now: float,
         released_us: float,
-    ) -> None:
+    ) -> _InFlight:
         """Track an issued launch's probe until it says the launch finished (call with the
-        lock held): issued at ``now``, released by the policy at ``released_us``."""
+        lock held): issued at ``now``, released by the policy at ``released_us``; its
+        record."""
         self.launches += 1
         self.timed_launches += timed
         queue = self._streams.get(probe.stream_key)
@@ -605,6 +666,7 @@ class Dispatcher:
             # wait began is due from now on: otherwise a session whose short kernels the
             # tracker saw done while it issued the next one woke it for every launch.
             self._wake.notify()
+        return record
 
     def _complete(self, launch: PendingLaunch, now: float, last_kernel_id: str = "") -> None:
         """Tell the policy and the task that a launch (and the run that joined it, whose

@@ -36,7 +36,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -118,10 +118,11 @@ class Policy(Protocol):
         """A launch that went to the GPU without being held (a task with a lease, see
         ``leased``): it arrives and is in flight at once."""
 
-    def joined(self, task_id: int, kernel_id: str, now: float) -> None:
-        """A launch of ``kernel_id`` went to the GPU without arriving on its own: the
-        caller counts it with the task's launch in flight before it on its stream (one
-        record, completed once, with the newest kernel's ID). It is the task's newest."""
+    def joined(self, task_id: int, kernel_ids: Sequence[str], now: float) -> None:
+        """Launches of ``kernel_ids``, in order, went to the GPU without arriving on their
+        own: the caller counts them with the task's launch in flight before them on their
+        stream (one record, completed once, with the newest kernel's ID). The last is the
+        task's newest."""
 
     def behind(self, seq: int) -> int | None:
         """For a launch just handed out by ``take_issuable``: the task whose newest launch
@@ -272,7 +273,7 @@ class _QueuedPolicy:
         """A launch issued without being held: it arrives and counts in flight at once."""
         self._count_in_flight(self._arrived(launch, now), launch)
 
-    def joined(self, task_id: int, kernel_id: str, now: float) -> None:
+    def joined(self, task_id: int, kernel_ids: Sequence[str], now: float) -> None:
         """Nothing to do: only ``FikitPolicy`` with ``arm_behind`` needs a task's newest
         kernel."""
 
@@ -660,10 +661,12 @@ class FikitPolicy(PriorityPolicy):
     def _gap_ended(self, task_id: int, key: str, gap_us: float) -> None:
         self.gaps.record(task_id, key, gap_us)
 
-    def joined(self, task_id: int, kernel_id: str, now: float) -> None:
-        """With ``arm_behind``: the launch is the task's newest (``_launched_again``)."""
+    def joined(self, task_id: int, kernel_ids: Sequence[str], now: float) -> None:
+        """With ``arm_behind``: each launch in turn is the task's newest
+        (``_launched_again``)."""
         if self.arm_behind and (task := self._tasks.get(task_id)) is not None:
-            self._launched_again(task, kernel_id)
+            for kernel_id in kernel_ids:
+                self._launched_again(task, kernel_id)
 
     def _launched_again(self, task: _Task, kernel_id: str) -> None:
         """With ``arm_behind``: learn whether the task's newest launch opened a gap (no

@@ -21,7 +21,7 @@ import os
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -299,18 +299,25 @@ class ProfileStore:
             return self._plan(kernel_id)[0]
 
     def launch_plan(self, kernel_id: str) -> tuple[bool, float | None]:
-        """For one launch: ``(should_measure, predicted_duration_us)`` under one lock. Every
-        launch in the measurement stage is measured; in the sharing stage every
-        ``sample_every``-th (counted per kernel ID in this process). On every launch's path:
-        one call, dictionaries only."""
+        """For one launch: ``(should_measure, predicted_duration_us)`` (``launch_plans``)."""
+        return self.launch_plans((kernel_id,))[0]
+
+    def launch_plans(self, kernel_ids: Iterable[str]) -> list[tuple[bool, float | None]]:
+        """For launches in order: ``(should_measure, predicted_duration_us)`` of each, under
+        one lock. Every launch in the measurement stage is measured; in the sharing stage
+        every ``sample_every``-th (counted per kernel ID in this process). On every
+        launch's path: dictionaries only."""
+        plans = []
         with self._lock:
-            predicted, measuring = self._plans.get(kernel_id) or self._plan(kernel_id)
-            if measuring:
-                return True, predicted
-            shared = self._shared_launches
-            launches = shared.get(kernel_id, 0) + 1
-            shared[kernel_id] = launches % self.sample_every
-            return launches == self.sample_every, predicted
+            cached, shared, every = self._plans, self._shared_launches, self.sample_every
+            for kernel_id in kernel_ids:
+                predicted, measuring = cached.get(kernel_id) or self._plan(kernel_id)
+                if not measuring:
+                    launches = shared.get(kernel_id, 0) + 1
+                    shared[kernel_id] = launches % every
+                    measuring = launches == every
+                plans.append((measuring, predicted))
+        return plans
 
     def _plan(self, kernel_id: str) -> tuple[float | None, bool]:
         """(predicted duration, in the measurement stage) of ``kernel_id``, cached until its

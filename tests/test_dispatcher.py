@@ -124,6 +124,30 @@ def test_a_launch_made_under_a_lease_is_tracked_and_sets_the_timing_of_the_next(
     profiles.close()
 
 
+def test_a_leased_run_goes_out_together_but_for_the_launches_to_measure(tmp_path: Path) -> None:
+    profiles = ProfileStore(tmp_path / "p.sqlite3", measure_count=1, sample_every=3)
+    profiles.record_duration("known", "k", 5.0)  # sharing stage: one launch in three timed
+    dispatcher = Dispatcher(PriorityPolicy(quiet_after_us=0), profiles)
+    dispatcher.add_task(1, 9)
+    dispatcher.add_task(2, 0)
+    runs: list[tuple[int, int, bool]] = []
+
+    def issue(first: int, stop: int, timed: bool) -> FakeProbe:
+        runs.append((first, stop, timed))
+        return FakeProbe("s", (10.0, 35.0) if timed else None)
+
+    kernels = [("known", "k")] * 3 + [("new", "n")] + [("known", "k")] * 2
+    assert dispatcher.launch_run(1, kernels, issue)
+    assert runs == [(0, 2, False), (2, 3, True), (3, 4, True), (4, 6, False)]
+    assert (dispatcher.launches, dispatcher.timed_launches) == (6, 2)
+    assert not dispatcher.launch_run(2, kernels, issue), "task 2 holds no lease"
+    assert len(runs) == 4
+    assert dispatcher.launch_run(1, [("known", "k")], lambda *_: None)  # nothing went out
+    assert dispatcher.launches == 6
+    dispatcher.close()
+    profiles.close()
+
+
 def test_a_run_of_leased_launches_ends_with_its_newest_launch_and_its_gap_follows_it(
     tmp_path: Path,
 ) -> None:

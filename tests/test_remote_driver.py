@@ -16,6 +16,7 @@ from cuda.bindings.driver import CUresult
 from client_stub import connection
 from client_stub import driver as impl
 from client_stub.connection import Connection, connect
+from fikit_wire import calls as wire
 from fikit_wire.calls import CLIENT_HANDLE_BIT, COPY_CHUNK_BYTES
 from gpu_server.backends.sim import SimBackend
 from gpu_server.ownership import DeviceOwnership
@@ -536,6 +537,74 @@ def test_alternating_parameter_buffers_are_each_checked_once(monkeypatch) -> Non
     assert len(checks) == 2
     session.close()
     dispatcher.close()
+
+
+class RunRecordingSim(SimBackend):
+    """The CPU test double, noting how many launches each of its launch calls took."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs: list[int] = []
+
+    def launch(self, ctx, launches, timed, after=None):
+        self.runs.append(len(launches))
+        return super().launch(ctx, launches, timed, after)
+
+
+@pytest.fixture
+def run_session() -> Iterator[tuple[Session, RunRecordingSim, Dispatcher, int, int]]:
+    """A session over RunRecordingSim, its primary context and the saxpy kernel."""
+    backend, dispatcher = RunRecordingSim(), Dispatcher(FifoPolicy())
+    session = Session(1, backend, dispatcher, handle_counter(), 0)
+    ctx = session.execute(["cuDevicePrimaryCtxRetain", True, 0])[1]
+    module = session.execute(["cuModuleLoadData", True, ctx, SAXPY_PTX, {}])[1]
+    saxpy = session.execute(["cuModuleGetFunction", True, module, "saxpy"])[1]
+    yield session, backend, dispatcher, ctx, saxpy
+    session.close()
+    dispatcher.close()
+
+
+def posted_launch(ctx: int, function: int, stream: int, blocks: int, **changes: object) -> list:
+    """A posted cuLaunchKernel of ``blocks`` blocks; ``changes``: block, params."""
+    block, params = changes.get("block", [64, 1, 1]), changes.get("params", bytes(36))
+    return ["cuLaunchKernel", False, ctx, function, [blocks, 1, 1], block, 0, stream, params]
+
+
+def test_posted_launches_in_a_row_on_one_stream_go_out_together_in_order(run_session) -> None:
+    session, backend, dispatcher, ctx, saxpy = run_session
+    first, second = (session.execute(["cuStreamCreate", True, ctx, 1, 0])[1] for _ in range(2))
+    payloads = [
+        wire.pack([posted_launch(ctx, saxpy, first, 1)]),
+        wire.pack([posted_launch(ctx, saxpy, first, 2), posted_launch(ctx, saxpy, first, 3)]),
+        wire.pack([posted_launch(ctx, saxpy, second, 4)]),
+        wire.pack([posted_launch(ctx, saxpy, first, 5), ["cuCtxSynchronize", True, ctx]]),
+    ]
+    replies: list[bytes] = []
+    session.run_frames(payloads, replies.append)
+    assert backend.runs == [3, 1, 1]
+    assert [launch.grid[0] for launch in backend.launches] == [1, 2, 3, 4, 5]
+    assert dispatcher.launches == 5
+    assert [wire.unpack(frame) for frame in replies] == [[[0]]]
+    assert session.replied_last and session.calls_run == 6
+    session.run_frames([wire.pack([posted_launch(ctx, saxpy, first, 6)])], replies.append)
+    assert not session.replied_last and session.calls_run == 7
+
+
+def test_a_launch_failing_in_a_run_fails_the_next_synchronization_and_the_rest_go_out(
+    run_session,
+) -> None:
+    session, backend, _, ctx, saxpy = run_session
+    too_wide = posted_launch(ctx, saxpy, 0, 2, block=[2048, 1, 1])  # refused by the backend
+    short = posted_launch(ctx, saxpy, 0, 4, params=bytes(10))  # refused by the session
+    launches = [posted_launch(ctx, saxpy, 0, 1), too_wide, posted_launch(ctx, saxpy, 0, 3)]
+    launches += [short, posted_launch(ctx, saxpy, 0, 5)]
+    synchronize = ["cuCtxSynchronize", True, ctx]
+    replies: list[bytes] = []
+    session.run_frames([wire.pack(launches), wire.pack([synchronize] * 2)], replies.append)
+    assert backend.runs == [3, 1]
+    assert [launch.grid[0] for launch in backend.launches] == [1, 3, 5]
+    invalid = CUresult.CUDA_ERROR_INVALID_VALUE
+    assert [wire.unpack(frame) for frame in replies] == [[[invalid], [0]]]
 
 
 def test_a_remembered_launch_is_refused_once_its_stream_module_or_context_is_gone() -> None:

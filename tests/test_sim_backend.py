@@ -99,7 +99,7 @@ def launch(
     """Launch kernel ``name`` of ``module`` with zeroed parameters; its record."""
     function = sim.module_function(ctx, module, name)
     layout = sim.function_param_layout(function)
-    sim.launch(ctx, function, config(stream), bytes(layout.total_size), layout, False)
+    sim.launch(ctx, [(function, config(stream), bytes(layout.total_size), layout)], False)
     return sim.launches[-1]
 
 
@@ -381,7 +381,8 @@ def test_library_path(sim: SimBackend, ctx: SimContext) -> None:
     assert sim.kernel_function(other, kernel) is not function
     assert sim.function_name(function) == "k10"
     assert sim.function_param_layout(function) == ParamLayout((0, 8), (8, 4))
-    sim.launch(ctx, function, config(), bytes(12), sim.function_param_layout(function), False)
+    layout = sim.function_param_layout(function)
+    sim.launch(ctx, [(function, config(), bytes(12), layout)], False)
     assert sim.launches[-1].kernel == "k10"
     sim.library_unload(library)
 
@@ -435,7 +436,9 @@ def test_launch_is_recorded(sim: SimBackend, ctx: SimContext) -> None:
     stream = sim.stream_create(ctx, 0, 0)
     params = struct.pack("<QI", 0x7F00_0000_0000, 7)
     layout = sim.function_param_layout(function)
-    sim.launch(ctx, function, config(stream, (4, 2, 1), (128, 2, 1), 1024), params, layout, False)
+    sim.launch(
+        ctx, [(function, config(stream, (4, 2, 1), (128, 2, 1), 1024), params, layout)], False
+    )
     (record,) = sim.launches
     assert record.kernel == "k10"
     assert (record.grid, record.block, record.shared_mem_bytes) == ((4, 2, 1), (128, 2, 1), 1024)
@@ -453,11 +456,12 @@ def test_a_launch_after_another_context_launch_starts_when_that_one_ends(
     function = sim.module_function(ctx, sim.module_load(ctx, PTX, {}), "k10")
     first = sim.module_function(other, sim.module_load(other, PTX, {}), "k20")
     layout = sim.function_param_layout(function)
-    before = sim.launch(
-        other, first, config(), bytes(layout.total_size), sim.function_param_layout(first), False
+    first_layout = sim.function_param_layout(first)
+    before, _ = sim.launch(
+        other, [(first, config(), bytes(layout.total_size), first_layout)], False
     )
     stream = sim.stream_create(ctx, 0, 0)
-    sim.launch(ctx, function, config(stream), bytes(layout.total_size), layout, False, before)
+    sim.launch(ctx, [(function, config(stream), bytes(layout.total_size), layout)], False, before)
     assert (sim.launches[-1].start_ns, sim.launches[-1].end_ns) == (20_000, 30_000)
 
 
@@ -467,7 +471,7 @@ def test_default_modelled_duration(sim: SimBackend, ctx: SimContext) -> None:
     module = sim.module_load(ctx, PTX.replace(b"k20", b"plain"), {})
     function = sim.module_function(ctx, module, "plain")
     layout = ParamLayout((), ())
-    sim.launch(ctx, function, config(0, (4000, 1, 1), (250, 1, 1)), b"", layout, False)
+    sim.launch(ctx, [(function, config(0, (4000, 1, 1), (250, 1, 1)), b"", layout)], False)
     assert sim.launches[-1].end_ns - sim.launches[-1].start_ns == 12_000
 
 
@@ -492,19 +496,18 @@ def test_launch_validation(
 ) -> None:
     function = sim.module_function(ctx, sim.module_load(ctx, PTX, {}), "k20")
     with cuda_error(CUresult.CUDA_ERROR_INVALID_VALUE):
-        sim.launch(ctx, function, config(0, grid, block, smem), b"", ParamLayout((), ()), False)
+        sim.launch(ctx, [(function, config(0, grid, block, smem), b"", ParamLayout((), ()))], False)
     assert sim.launches == []
 
 
 def test_launch_limits_that_pass(sim: SimBackend, ctx: SimContext) -> None:
     function = sim.module_function(ctx, sim.module_load(ctx, PTX, {}), "k20")
     layout = ParamLayout((), ())
-    sim.launch(
-        ctx, function, config(0, (2**31 - 1, 65535, 65535), (1024, 1, 1)), b"", layout, False
-    )
-    sim.launch(ctx, function, config(0, (1, 1, 1), (16, 1, 64), 48 * 1024), b"", layout, False)
+    largest = config(0, (2**31 - 1, 65535, 65535), (1024, 1, 1))
+    sim.launch(ctx, [(function, largest, b"", layout)], False)
+    sim.launch(ctx, [(function, config(0, (1, 1, 1), (16, 1, 64), 48 * 1024), b"", layout)], False)
     sim.function_set_attribute(ctx, function, int(MAX_DYNAMIC_SHARED), 200 * 1024)
-    sim.launch(ctx, function, config(0, (1, 1, 1), (1, 1, 1), 200 * 1024), b"", layout, False)
+    sim.launch(ctx, [(function, config(0, (1, 1, 1), (1, 1, 1), 200 * 1024), b"", layout)], False)
     assert len(sim.launches) == 3
 
 
@@ -512,8 +515,8 @@ def test_launch_needs_all_parameter_bytes(sim: SimBackend, ctx: SimContext) -> N
     function = sim.module_function(ctx, sim.module_load(ctx, PTX, {}), "k10")
     layout = sim.function_param_layout(function)
     with cuda_error(CUresult.CUDA_ERROR_INVALID_VALUE):
-        sim.launch(ctx, function, config(), bytes(11), layout, False)
-    sim.launch(ctx, function, config(), bytes(12), layout, False)
+        sim.launch(ctx, [(function, config(), bytes(11), layout)], False)
+    sim.launch(ctx, [(function, config(), bytes(12), layout)], False)
     assert len(sim.launches) == 1
 
 
@@ -645,3 +648,17 @@ def test_destroyed_stream_work_still_counts(sim: SimBackend, ctx: SimContext) ->
         sim.stream_destroy(ctx, 0)
     sim.context_synchronize(ctx)
     assert sim.now == 30_000
+
+
+def test_a_run_of_launches_goes_on_past_a_failed_one(sim: SimBackend, ctx: SimContext) -> None:
+    function = sim.module_function(ctx, sim.module_load(ctx, PTX, {}), "k10")
+    layout = sim.function_param_layout(function)
+    good = (function, config(), bytes(12), layout)
+    short = (function, config(), bytes(11), layout)
+    probe, failure = sim.launch(ctx, [good, short, good], False)
+    assert failure is not None and failure.code == CUresult.CUDA_ERROR_INVALID_VALUE
+    assert len(sim.launches) == 2
+    assert probe.launch is sim.launches[-1], "the probe follows the run's last launch"
+    with cuda_error(CUresult.CUDA_ERROR_INVALID_VALUE):
+        sim.launch(ctx, [short, short], False)
+    assert len(sim.launches) == 2

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from gpu_server.errors import CudaError
 from scheduler.dispatcher import LaunchProbe
 
 Context = Any
@@ -66,6 +68,11 @@ class LaunchConfig(NamedTuple):
     block: tuple[int, int, int]
     shared_mem_bytes: int
     stream: Stream
+
+
+#: One kernel launch: (function, configuration, parameter buffer, the layout it is packed
+#: by). A plain tuple: one is made per launch on the hot path.
+KernelLaunch = tuple[Function, LaunchConfig, bytes, ParamLayout]
 
 
 class Backend(ABC):
@@ -203,19 +210,18 @@ class Backend(ABC):
     def launch(
         self,
         ctx: Context,
-        function: Function,
-        config: LaunchConfig,
-        params: bytes,
-        layout: ParamLayout,
+        launches: Sequence[KernelLaunch],
         timed: bool,
         after: LaunchProbe | None = None,
-    ) -> LaunchProbe:
-        """Launch ``function``; ``params`` is its parameter buffer packed by ``layout``.
-        With ``after`` (a probe this backend gave, of any context), the launch starts only
-        once that launch has finished.
+    ) -> tuple[LaunchProbe, CudaError | None]:
+        """Put ``launches``, all on one stream, on it in order, and one completion probe
+        after them: a run of launches costs one probe, not one each. With ``after`` (a
+        probe this backend gave, of any context), the first starts only once that launch
+        has finished. A timed probe gives the GPU start and end times of the run.
 
-        Returns the launch's completion probe, which also gives its GPU start and end
-        times when ``timed``.
+        A launch that fails does not keep the later ones from going out (as with launches
+        posted to CUDA one by one): returns the probe and the first failure, or None.
+        Raises that failure when no launch went out.
         """
 
     # -- streams and events ------------------------------------------------------------

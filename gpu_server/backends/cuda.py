@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from cuda.bindings import driver
@@ -24,7 +25,7 @@ from gpu_server.backends.base import (
     Event,
     Function,
     Kernel,
-    LaunchConfig,
+    KernelLaunch,
     Library,
     Module,
     ParamLayout,
@@ -574,56 +575,58 @@ class CudaBackend(Backend):
     def launch(
         self,
         ctx: Context,
-        function: Function,
-        config: LaunchConfig,
-        params: bytes,
-        layout: ParamLayout,
+        launches: Sequence[KernelLaunch],
         timed: bool,
         after: _CudaProbe | None = None,
-    ) -> _CudaProbe:
-        """Launch ``function``; ``params`` is its parameter buffer packed by ``layout``.
+    ) -> tuple[_CudaProbe, CudaError | None]:
+        """Launch each of ``launches`` (one stream's) in order; events recorded on the
+        stream before them (when ``timed``) and after them make the run's probe.
 
-        ``params`` is copied into the calling thread's parameter buffer, at which the
-        layout's cached ``void*[]`` points; the driver has read the parameters by the time
-        cuLaunchKernel returns, so the buffer is free for the thread's next launch. Events
-        recorded on the stream before (when ``timed``) and after the launch make its probe.
-        ``after``'s end event, of this or another context, gates the stream first.
+        Each launch's parameters are copied into the calling thread's parameter buffer, at
+        which its layout's cached ``void*[]`` points; the driver has read them by the time
+        cuLaunchKernel returns, so the buffer is free for the next launch. ``after``'s end
+        event, of this or another context, gates the stream first.
         """
         tls = self._tls
         if tls.ctx != int(ctx) or tls.epoch != self._epoch:
             self._set_current(tls, ctx)
-        stream = config.stream
+        stream = launches[0][1].stream
         if isinstance(stream, int):
             stream = _stream(stream)
-        if layout.offsets:
-            entry = tls.pointer_arrays.get(layout)
-            if entry is None:
-                entry = tls.pointer_array(layout)
-            kernel_params, size, _ = entry
-            if not size <= len(params) <= _PARAM_BUFFER_BYTES:
-                raise invalid_value(f"{len(params)} parameter bytes for a layout of {size}")
-            tls.params_view[: len(params)] = params
-        else:
-            kernel_params = None
         pool = self._pools.get(int(ctx)) or self._pool(ctx)
         probe = _CudaProbe(self, ctx, int(stream), pool, timed)
-        gx, gy, gz = config.grid
-        bx, by, bz = config.block
+        failure: CudaError | None = None
+        went_out = False
         try:
             if after is not None:
                 _check(driver.cuStreamWaitEvent(stream, after._end, 0))
             if timed:
                 _check(driver.cuEventRecord(probe._start, stream))
-            (err,) = driver.cuLaunchKernel(
-                function, gx, gy, gz, bx, by, bz, config.shared_mem_bytes, stream, kernel_params, 0
-            )
-            if err:
-                raise CudaError(err)
+            arrays, params_view, launch = tls.pointer_arrays, tls.params_view, driver.cuLaunchKernel
+            for function, config, params, layout in launches:
+                if layout.offsets:
+                    kernel_params, size, _ = arrays.get(layout) or tls.pointer_array(layout)
+                    if not size <= len(params) <= _PARAM_BUFFER_BYTES:
+                        failure = failure or invalid_value(
+                            f"{len(params)} parameter bytes for a layout of {size}"
+                        )
+                        continue
+                    params_view[: len(params)] = params
+                else:
+                    kernel_params = None
+                (gx, gy, gz), (bx, by, bz), smem, _ = config
+                (err,) = launch(function, gx, gy, gz, bx, by, bz, smem, stream, kernel_params, 0)
+                if err:
+                    failure = failure or CudaError(err)
+                else:
+                    went_out = True
+            if not went_out and failure is not None:
+                raise failure
             _check(driver.cuEventRecord(probe._end, stream))
         except CudaError:
             probe.release()  # its events go back to the pool
             raise
-        return probe
+        return probe, failure
 
     def _pool(self, ctx: Context) -> _EventPool:
         """The context's event pool, made with its epoch event on first use."""

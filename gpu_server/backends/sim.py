@@ -21,7 +21,7 @@ import math
 import re
 import threading
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -33,6 +33,7 @@ from gpu_server.backends.base import (
     Event,
     Function,
     Kernel,
+    KernelLaunch,
     LaunchConfig,
     Library,
     Module,
@@ -603,45 +604,64 @@ class SimBackend(Backend):
     def launch(
         self,
         ctx: Context,
+        launches: Sequence[KernelLaunch],
+        timed: bool,
+        after: SimProbe | None = None,
+    ) -> tuple[SimProbe, CudaError | None]:
+        """Validate and record each launch; each occupies its stream for the modelled time.
+
+        The probe reports completion once the virtual clock has passed the last one's end;
+        polling it unfinished moves the clock one poll step, as a failed query does."""
+        failure: CudaError | None = None
+        record: SimLaunch | None = None
+        with self._lock:
+            self._live(ctx)
+            target = _stream(ctx, launches[0][1].stream)
+            if after is not None:
+                target.ready_at = max(target.ready_at, after.launch.end_ns)
+            for function, config, params, layout in launches:
+                try:
+                    record = self._launch_one(ctx, target, function, config, params, layout)
+                except CudaError as err:
+                    failure = failure or err
+        if record is None:
+            raise failure or invalid_value("no launches")
+        return SimProbe(id(target), self, record), failure
+
+    def _launch_one(
+        self,
+        ctx: SimContext,
+        target: SimStream,
         function: Function,
         config: LaunchConfig,
         params: bytes,
         layout: ParamLayout,
-        timed: bool,
-        after: SimProbe | None = None,
-    ) -> SimProbe:
-        """Validate and record the launch; it occupies its stream for the modelled time.
-
-        Its probe reports completion once the virtual clock has passed its end; polling an
-        unfinished probe moves the clock one poll step, as a failed query does."""
-        with self._lock:
-            self._live(ctx)
-            _check_launch(config, len(params), layout)
-            most = function.attributes[_F.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES]
-            if not 0 <= config.shared_mem_bytes <= most:
-                raise invalid_value(f"{config.shared_mem_bytes} B dynamic shared memory > {most}")
-            duration = self._durations.get(function.name)
-            if duration is None:
-                duration = modelled_duration_us(function.name, config.grid, config.block)
-            target = _stream(ctx, config.stream)
-            if after is not None:
-                target.ready_at = max(target.ready_at, after.launch.end_ns)
-            start, end = self._enqueue(target, round(duration * 1000))
-            record = SimLaunch(
-                function.name,
-                config.grid,
-                config.block,
-                config.shared_mem_bytes,
-                bytes(params),
-                ctx,
-                config.stream,
-                start,
-                end,
-            )
-            self.launches.append(record)
-            if function.name.startswith(FAULT_KERNEL_PREFIX):
-                self.fault = CudaError(_R.CUDA_ERROR_ILLEGAL_ADDRESS, f"kernel {function.name}")
-        return SimProbe(id(target), self, record)
+    ) -> SimLaunch:
+        """Validate and record one launch on ``target`` (call with the lock held)."""
+        self._live(ctx)
+        _check_launch(config, len(params), layout)
+        most = function.attributes[_F.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES]
+        if not 0 <= config.shared_mem_bytes <= most:
+            raise invalid_value(f"{config.shared_mem_bytes} B dynamic shared memory > {most}")
+        duration = self._durations.get(function.name)
+        if duration is None:
+            duration = modelled_duration_us(function.name, config.grid, config.block)
+        start, end = self._enqueue(target, round(duration * 1000))
+        record = SimLaunch(
+            function.name,
+            config.grid,
+            config.block,
+            config.shared_mem_bytes,
+            bytes(params),
+            ctx,
+            config.stream,
+            start,
+            end,
+        )
+        self.launches.append(record)
+        if function.name.startswith(FAULT_KERNEL_PREFIX):
+            self.fault = CudaError(_R.CUDA_ERROR_ILLEGAL_ADDRESS, f"kernel {function.name}")
+        return record
 
     # -- streams and events ------------------------------------------------------------
     def stream_create(self, ctx: Context, flags: int, priority: int) -> Stream:
