@@ -229,6 +229,10 @@ REMOTE = RemoteDriver()
 IMPLEMENTATIONS: dict[str, Callable[..., tuple[Any, ...]]] = {}
 
 
+#: What every successful call's result starts with.
+_SUCCEEDED = (CUresult.CUDA_SUCCESS,)
+
+
 def _driver_function(outputs: int) -> Callable[[Callable[..., tuple[Any, ...]]], Any]:
     """Register a stub: it returns its output values, or raises DriverFailure."""
 
@@ -243,7 +247,7 @@ def _driver_function(outputs: int) -> Callable[[Callable[..., tuple[Any, ...]]],
                 return (CUresult(failure.code), *failed)
             except ConnectionLost:
                 return (CUresult.CUDA_ERROR_DEVICE_UNAVAILABLE, *failed)
-            return (CUresult.CUDA_SUCCESS, *values)
+            return _SUCCEEDED + values
 
         IMPLEMENTATIONS[fn.__name__] = call
         return call
@@ -769,15 +773,18 @@ def _launch(
     except ParamCountMismatch as err:
         log.debug("fikit: %s", err)
         raise DriverFailure(CUresult.CUDA_ERROR_INVALID_VALUE) from None
-    connection.post(
-        "cuLaunchKernel",
-        REMOTE.current,
-        handle,
-        grid,
-        block,
-        int(shared_mem_bytes),
-        _handle(stream),
-        params,
+    connection.post_call(
+        [
+            "cuLaunchKernel",
+            False,
+            REMOTE.current,
+            handle,
+            grid,
+            block,
+            int(shared_mem_bytes),
+            _handle(stream),
+            params,
+        ]
     )
     return ()
 

@@ -102,27 +102,31 @@ def _typed_packer(
     sizes: tuple[int, ...],
     types: tuple[Any, ...],
     value_types: tuple[type, ...],
-) -> tuple[struct.Struct, tuple[bool, ...]] | None:
+) -> tuple[struct.Struct, tuple[int, ...]] | None:
     """A ``struct`` that packs (values, types) arguments of these value types at the
-    layout's offsets, with which values go in as ``int(value)`` (pointer objects); None
-    when some argument needs ctypes (structs, ctypes instances, a size that differs)."""
-    fmt, end, as_int = ["<"], 0, []
-    for offset, size, ctype, value_type in zip(offsets, sizes, types, value_types):
+    layout's offsets, and the positions of the values that go in as ``int(value)``
+    (pointer objects); None when some argument needs ctypes (structs, ctypes instances, a
+    size that differs)."""
+    fmt, end, pointer_objects = ["<"], 0, []
+    for index, (offset, size, ctype, value_type) in enumerate(
+        zip(offsets, sizes, types, value_types)
+    ):
         if ctype is None or ctype is ctypes.c_void_p:
             pointer = value_type is int or hasattr(value_type, "getPtr")
             if not pointer or (ctype is None and value_type is int) or size != 8:
                 return None
-            code, convert = "Q", True
+            code = "Q"
+            if value_type is not int:
+                pointer_objects.append(index)
         else:
-            code, convert = _STRUCT_CODES.get(ctype), False
+            code = _STRUCT_CODES.get(ctype)
             if code is None or value_type not in _PLAIN_VALUES or struct.calcsize(code) != size:
                 return None
         if offset < end:
             return None
         fmt.append(f"{offset - end}x{code}")
         end = offset + size
-        as_int.append(convert)
-    return struct.Struct("".join(fmt)), tuple(as_int)
+    return struct.Struct("".join(fmt)), tuple(pointer_objects)
 
 
 def _pointed_bytes(address_array: Any, sizes: tuple[int, ...]) -> list[bytes]:
@@ -154,9 +158,12 @@ def pack_kernel_params(
             raise ParamCountMismatch(f"kernel takes {n} parameters, {len(values)} given")
         packer = _typed_packer(offsets, sizes, types, tuple(map(type, values)))
         if packer is not None:
-            packed, as_int = packer
+            packed, pointer_objects = packer
+            packable = list(values)
             try:
-                return packed.pack(*[int(v) if i else v for v, i in zip(values, as_int)])
+                for index in pointer_objects:
+                    packable[index] = int(packable[index])
+                return packed.pack(*packable)
             except (struct.error, OverflowError):
                 pass  # a value struct refuses: ctypes decides (it may wrap it, or refuse)
         arguments = [_typed_value_bytes(v, t) for v, t in zip(values, types)]

@@ -59,11 +59,16 @@ Payload = bytes | memoryview
 _packers = threading.local()
 
 
+def new_packer() -> msgpack.Packer:
+    """A packer of calls and replies, as ``pack`` packs them, for one thread at a time."""
+    return msgpack.Packer(use_bin_type=True)
+
+
 def _packer() -> msgpack.Packer:
     try:
         return _packers.packer
     except AttributeError:
-        _packers.packer = msgpack.Packer(use_bin_type=True)
+        _packers.packer = new_packer()
         return _packers.packer
 
 

@@ -21,6 +21,9 @@ _HEADER = struct.Struct("<I")
 #: megabyte per ``recv`` cost tens of microseconds per small frame. Every complete frame a
 #: read brings is handed out at once; a frame longer than this is read into its own buffer.
 _READ_BYTES = 1 << 16
+#: A payload up to this size leaves joined to its header in one ``sendall``: copying it
+#: costs less than a gather write (``sendmsg``); a larger one is not copied.
+_JOINED_BYTES = 1 << 16
 
 
 def header(payload: bytes) -> bytes:
@@ -92,8 +95,12 @@ class FrameSocket:
         return b"".join(frames) + bytes(self._buffer)
 
     def send(self, payload: bytes) -> None:
-        """Send one frame (header and payload in one system call when they fit)."""
+        """Send one frame (header and payload in one system call when they fit): a small
+        payload joined to its header, a large one gathered with it."""
         header = _HEADER.pack(len(payload))
+        if len(payload) <= _JOINED_BYTES:
+            self.sock.sendall(header + payload)
+            return
         sent = self.sock.sendmsg([header, payload])
         if sent < len(header) + len(payload):
             self.sock.sendall((header + payload)[sent:])

@@ -714,9 +714,6 @@ class AnsweringConnection(Connection):
         self.unanswered: deque[list] = deque()
         self.most_unanswered = 0
 
-    def _post(self, call: list) -> None:
-        self._send([call])
-
     def _send(self, calls: list[list]) -> None:
         self.sent += calls
         self.unanswered.extend(call for call in calls if call[1])
