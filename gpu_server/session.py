@@ -383,19 +383,19 @@ class Session:
         for call in calls:
             try:
                 plan = self._checked_launch(*call[2:])
-                if run is not None and plan.stream is not run.stream:
-                    self._issue_run(run)
-                    run = None
-                if plan.stream.blocking:
-                    self._order(plan.stream, plan.context)
+                if run is None or plan.stream is not run.stream:
+                    if run is not None:
+                        self._issue_run(run)
+                        run = None
+                    if plan.stream.blocking:  # once per run: nothing else comes between
+                        self._order(plan.stream, plan.context)
+                    run = LaunchRun(self.backend, plan)
             except Exception:
                 if run is not None:
                     self._issue_run(run)
                     run = None
                 self.execute(call)
                 continue
-            if run is None:
-                run = LaunchRun(self.backend, plan)
             run.add(plan, call[8])
         if run is not None:
             self._issue_run(run)

@@ -445,12 +445,11 @@ class Dispatcher:
         if self.trace is not None:  # the trace times every launch
             plans = [(True, predicted) for _, predicted in plans]
         first = 0
-        for i, (timed, _) in enumerate(plans):
-            if timed:
-                if first < i:
-                    self._issue_leased(task_id, kernels, plans, first, i, issue)
-                self._issue_leased(task_id, kernels, plans, i, i + 1, issue)
-                first = i + 1
+        for i in [i for i, (timed, _) in enumerate(plans) if timed]:
+            if first < i:
+                self._issue_leased(task_id, kernels, plans, first, i, issue)
+            self._issue_leased(task_id, kernels, plans, i, i + 1, issue)
+            first = i + 1
         if first < len(kernels):
             self._issue_leased(task_id, kernels, plans, first, len(kernels), issue)
         return True

@@ -303,19 +303,25 @@ class ProfileStore:
         return self.launch_plans((kernel_id,))[0]
 
     def launch_plans(self, kernel_ids: Iterable[str]) -> list[tuple[bool, float | None]]:
-        """For launches in order: ``(should_measure, predicted_duration_us)`` of each, under
-        one lock. Every launch in the measurement stage is measured; in the sharing stage
-        every ``sample_every``-th (counted per kernel ID in this process). On every
-        launch's path: dictionaries only."""
+        """For a run of launches, in order: ``(should_measure, predicted_duration_us)`` of
+        each, under one lock. Every launch in the measurement stage is measured; in the
+        sharing stage every ``sample_every``-th (counted per kernel ID in this process),
+        at most one per kernel ID in a run: a measured launch goes to the GPU on its own,
+        and a burst of one kernel would otherwise be cut into pieces. On every launch's
+        path: dictionaries only."""
         plans = []
+        sampled: set[str] = set()
         with self._lock:
             cached, shared, every = self._plans, self._shared_launches, self.sample_every
             for kernel_id in kernel_ids:
                 predicted, measuring = cached.get(kernel_id) or self._plan(kernel_id)
                 if not measuring:
                     launches = shared.get(kernel_id, 0) + 1
-                    shared[kernel_id] = launches % every
-                    measuring = launches == every
+                    measuring = launches >= every and kernel_id not in sampled
+                    if measuring:
+                        sampled.add(kernel_id)
+                        launches = 0
+                    shared[kernel_id] = launches
                 plans.append((measuring, predicted))
         return plans
 

@@ -166,6 +166,17 @@ def test_measurement_stage_lasts_until_enough_samples_arrive(tmp_path: Path) -> 
         assert [store.should_measure("k") for _ in range(8)] == [False, False, False, True] * 2
 
 
+def test_a_run_of_launches_measures_each_new_kernel_but_samples_a_known_one_once(
+    tmp_path: Path,
+) -> None:
+    with ProfileStore(tmp_path / "p.sqlite3", measure_count=1, sample_every=2) as store:
+        store.record_duration("k", "kern", 10.0)
+        plans = store.launch_plans(["k", "new", "k", "k", "new", "k", "k"])
+        assert [measured for measured, _ in plans] == [False, True, True, False, True, False, False]
+        assert [predicted for _, predicted in plans[:2]] == [None, None]  # min_samples: 3
+        assert store.launch_plans(["k"]) == [(True, None)], "the skipped sample comes next"
+
+
 def test_sharing_stage_continues_after_reopen(tmp_path: Path) -> None:
     path = tmp_path / "p.sqlite3"
     with ProfileStore(path, measure_count=2, sample_every=3) as store:
