@@ -60,6 +60,12 @@ ROOM_CHECK_S = 0.1
 CLOSE_TIMEOUT_S = 2.0
 #: How long a client whose send failed reads for the server's reason before giving up.
 PARTING_TIMEOUT_S = 0.5
+#: Payloads of distinct launches a unix-socket session keeps, to send again; more start
+#: the memo afresh.
+KEPT_LAUNCHES = 1024
+#: Longest parameter buffer of a launch whose payload is kept: hashing a longer one to find
+#: it again costs about what packing it does.
+KEPT_LAUNCH_PARAM_BYTES = 1024
 
 
 class ConnectionLost(Exception):
@@ -116,14 +122,16 @@ class Connection(ABC):
 
     # -- calls ---------------------------------------------------------------------------
     def post(self, name: str, *args: Any) -> None:
-        """Send a call that wants no reply."""
-        self.post_call([name, False, *args])
-
-    def post_call(self, call: list[Any]) -> None:
-        """Send a call ``[name, False, *args]`` that wants no reply, from any thread. A lost
-        session drops it: the next synchronizing call fails."""
+        """Send a call that wants no reply, from any thread. A lost session drops it: the
+        next synchronizing call fails."""
         if self._lost is None:
-            self._send([call])
+            self._send([[name, False, *args]])
+
+    def post_launch(self, *launch: Any) -> None:
+        """Post ``cuLaunchKernel`` with these arguments: context, function, grid, block,
+        shared memory bytes, stream and parameter buffer (as ``post`` does)."""
+        if self._lost is None:
+            self._send([["cuLaunchKernel", False, *launch]])
 
     def request(self, name: str, *args: Any) -> list[Any]:
         """Send a call and wait for its reply ``[status, *values]``."""
@@ -467,10 +475,11 @@ class SocketConnection(Connection):
             sock.close()
             raise ConnectionLost(f"no GPU server answers at {target}: {err.strerror}") from None
         self._frames = FrameSocket(sock)
-        #: Held while a frame is packed (by the session's packer) and sent: frames from two
-        #: threads never interleave.
+        #: Held while a frame is sent: frames from two threads never interleave.
         self._send_lock = threading.Lock()
-        self._packer = wire.new_packer()
+        #: Launch arguments -> their call's payload (``post_launch``); dict operations are
+        #: safe from any thread.
+        self._launch_payloads: dict[tuple[Any, ...], bytes] = {}
         offered = self._offer_staging()
         hello = {
             "protocol_version": wire.PROTOCOL_VERSION,
@@ -495,12 +504,34 @@ class SocketConnection(Connection):
         sock.settimeout(None)
         self._welcomed(offered, welcome)
 
+    def post_launch(self, *launch: Any) -> None:
+        """As ``Connection.post_launch``, written out flat: every launch takes this path.
+        Programs launch the same kernels with the same arguments over and over, so the
+        payload of a launch is kept (``KEPT_LAUNCHES``): finding it again costs less than
+        packing it."""
+        if self._lost is not None:
+            return
+        kept = self._launch_payloads
+        short = len(launch[-1]) <= KEPT_LAUNCH_PARAM_BYTES
+        payload = kept.get(launch) if short else None
+        if payload is None:
+            payload = wire.pack([["cuLaunchKernel", False, *launch]])
+            if short:
+                if len(kept) >= KEPT_LAUNCHES:
+                    kept.clear()
+                kept[launch] = payload
+        self._send_frame(payload, 1)
+
     def _send(self, calls: list[list[Any]]) -> None:
+        self._send_frame(wire.pack(calls), len(calls))
+
+    def _send_frame(self, payload: bytes, calls: int) -> None:
+        """Send one frame of ``calls`` calls; frames of two threads never interleave."""
         try:
             self._send_lock.acquire()  # not ``with``: half the cost, on every launch's path
             try:
-                self._frames.send(self._packer.pack(calls))
-                self._sent += len(calls)
+                self._frames.send(payload)
+                self._sent += calls
             finally:
                 self._send_lock.release()
         except OSError as err:

@@ -225,12 +225,18 @@ class RemoteDriver:
 
 REMOTE = RemoteDriver()
 
-#: name -> implementation, filled by ``_driver_function``.
+#: name -> implementation, filled by ``_driver_function`` and ``_registered``.
 IMPLEMENTATIONS: dict[str, Callable[..., tuple[Any, ...]]] = {}
 
 
 #: What every successful call's result starts with.
 _SUCCEEDED = (CUresult.CUDA_SUCCESS,)
+
+
+def _registered(fn: Callable[..., tuple[Any, ...]]) -> Callable[..., tuple[Any, ...]]:
+    """Register a stub as it is: it returns its whole result, status first."""
+    IMPLEMENTATIONS[fn.__name__] = fn
+    return fn
 
 
 def _driver_function(outputs: int) -> Callable[[Callable[..., tuple[Any, ...]]], Any]:
@@ -249,8 +255,7 @@ def _driver_function(outputs: int) -> Callable[[Callable[..., tuple[Any, ...]]],
                 return (CUresult.CUDA_ERROR_DEVICE_UNAVAILABLE, *failed)
             return _SUCCEEDED + values
 
-        IMPLEMENTATIONS[fn.__name__] = call
-        return call
+        return _registered(call)
 
     return register
 
@@ -751,45 +756,10 @@ def cuOccupancyMaxActiveBlocksPerMultiprocessor(
     return tuple(REMOTE.request("cuOccupancyMaxActiveBlocksPerMultiprocessor", *args))
 
 
-def _launch(
-    f: Any,
-    grid: tuple[int, int, int],
-    block: tuple[int, int, int],
-    shared_mem_bytes: int,
-    stream: Any,
-    kernel_params: Any,
-    extra: Any,
-) -> tuple[()]:
-    connection = REMOTE.session()
-    handle = _handle(f)
-    layout = REMOTE.layouts.get(handle)
-    if layout is None:
-        raise DriverFailure(CUresult.CUDA_ERROR_INVALID_HANDLE)
-    try:
-        if extra and not kernel_params:
-            params = pack_extra(extra, *layout)
-        else:
-            params = pack_kernel_params(kernel_params, *layout)
-    except ParamCountMismatch as err:
-        log.debug("fikit: %s", err)
-        raise DriverFailure(CUresult.CUDA_ERROR_INVALID_VALUE) from None
-    connection.post_call(
-        [
-            "cuLaunchKernel",
-            False,
-            REMOTE.current,
-            handle,
-            grid,
-            block,
-            int(shared_mem_bytes),
-            _handle(stream),
-            params,
-        ]
-    )
-    return ()
-
-
-@_driver_function(0)
+# Every launch takes this path, so it is kept flat: it returns its failures itself (no
+# ``_driver_function`` wrapper), and ``REMOTE.session``, ``_handle`` and ``REMOTE.current``
+# are written out.
+@_registered
 def cuLaunchKernel(
     f: Any,
     gridDimX: int,
@@ -802,21 +772,69 @@ def cuLaunchKernel(
     hStream: Any,
     kernelParams: Any,
     extra: Any,
-) -> tuple[()]:
-    grid = (int(gridDimX), int(gridDimY), int(gridDimZ))
-    block = (int(blockDimX), int(blockDimY), int(blockDimZ))
-    return _launch(f, grid, block, sharedMemBytes, hStream, kernelParams, extra)
+) -> tuple[CUresult]:
+    grid = (gridDimX, gridDimY, gridDimZ)
+    block = (blockDimX, blockDimY, blockDimZ)
+    # ints go as they are (int() on each costs more than checking them all); anything else
+    # cuda-python takes (numpy ints, objects with __int__) goes as its int() value.
+    if not (
+        type(gridDimX)
+        is type(gridDimY)
+        is type(gridDimZ)
+        is type(blockDimX)
+        is type(blockDimY)
+        is type(blockDimZ)
+        is type(sharedMemBytes)
+        is int
+    ):
+        grid, block = tuple(map(int, grid)), tuple(map(int, block))
+        sharedMemBytes = int(sharedMemBytes)
+    connection = REMOTE.connection
+    if connection is None:
+        return (CUresult.CUDA_ERROR_NOT_INITIALIZED,)
+    function = 0 if f is None else int(f)
+    layout = REMOTE.layouts.get(function)
+    if layout is None:
+        return (CUresult.CUDA_ERROR_INVALID_HANDLE,)
+    offsets, sizes = layout
+    try:
+        if extra and not kernelParams:
+            params = pack_extra(extra, offsets, sizes)
+        else:
+            params = pack_kernel_params(kernelParams, offsets, sizes)
+    except ParamCountMismatch as err:
+        log.debug("fikit: %s", err)
+        return (CUresult.CUDA_ERROR_INVALID_VALUE,)
+    contexts = REMOTE.thread.contexts
+    stream = 0 if hStream is None else int(hStream)
+    try:
+        connection.post_launch(
+            contexts[-1] if contexts else 0, function, grid, block, sharedMemBytes, stream, params
+        )
+    except ConnectionLost:
+        return (CUresult.CUDA_ERROR_DEVICE_UNAVAILABLE,)
+    return _SUCCEEDED
 
 
-@_driver_function(0)
-def cuLaunchKernelEx(config: Any, f: Any, kernelParams: Any, extra: Any) -> tuple[()]:
+@_registered
+def cuLaunchKernelEx(config: Any, f: Any, kernelParams: Any, extra: Any) -> tuple[CUresult]:
     if config is None:
-        raise DriverFailure(CUresult.CUDA_ERROR_INVALID_VALUE)
+        return (CUresult.CUDA_ERROR_INVALID_VALUE,)
     if config.numAttrs:
-        raise DriverFailure(CUresult.CUDA_ERROR_NOT_SUPPORTED)
-    grid = (config.gridDimX, config.gridDimY, config.gridDimZ)
-    block = (config.blockDimX, config.blockDimY, config.blockDimZ)
-    return _launch(f, grid, block, config.sharedMemBytes, config.hStream, kernelParams, extra)
+        return (CUresult.CUDA_ERROR_NOT_SUPPORTED,)
+    return cuLaunchKernel(
+        f,
+        config.gridDimX,
+        config.gridDimY,
+        config.gridDimZ,
+        config.blockDimX,
+        config.blockDimY,
+        config.blockDimZ,
+        config.sharedMemBytes,
+        config.hStream,
+        kernelParams,
+        extra,
+    )
 
 
 # -- streams and events --------------------------------------------------------------------

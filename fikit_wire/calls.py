@@ -59,16 +59,11 @@ Payload = bytes | memoryview
 _packers = threading.local()
 
 
-def new_packer() -> msgpack.Packer:
-    """A packer of calls and replies, as ``pack`` packs them, for one thread at a time."""
-    return msgpack.Packer(use_bin_type=True)
-
-
 def _packer() -> msgpack.Packer:
     try:
         return _packers.packer
     except AttributeError:
-        _packers.packer = new_packer()
+        _packers.packer = msgpack.Packer(use_bin_type=True)
         return _packers.packer
 
 

@@ -97,12 +97,16 @@ class FrameSocket:
     def send(self, payload: bytes) -> None:
         """Send one frame (header and payload in one system call when they fit): a small
         payload joined to its header, a large one gathered with it."""
-        header = _HEADER.pack(len(payload))
-        if len(payload) <= _JOINED_BYTES:
-            self.sock.sendall(header + payload)
+        size = len(payload)
+        header = _HEADER.pack(size)
+        if size <= _JOINED_BYTES:
+            frame = header + payload
+            sent = self.sock.send(frame)  # a send and a check cost less than ``sendall``
+            if sent < len(frame):
+                self.sock.sendall(memoryview(frame)[sent:])
             return
         sent = self.sock.sendmsg([header, payload])
-        if sent < len(header) + len(payload):
+        if sent < len(header) + size:
             self.sock.sendall((header + payload)[sent:])
 
     def send_all(self, payloads: list[bytes]) -> None:
