@@ -1020,21 +1020,14 @@ class Session:
         )
 
     @handler("cuLaunchKernel")
-    def cu_launch_kernel(
-        self,
-        ctx: int,
-        handle: int,
-        grid: list[int],
-        block: list[int],
-        shared_mem_bytes: int,
-        stream: int,
-        params: bytes,
-    ) -> tuple[()]:
-        plan = self._checked_launch(ctx, handle, grid, block, shared_mem_bytes, stream, params)
+    def cu_launch_kernel(self, *launch: Any) -> tuple[()]:
+        """One launch on its own (a call that wants a reply; posted launches go through
+        ``_launch_posted``); ``launch``: the arguments ``_checked_launch`` takes."""
+        plan = self._checked_launch(*launch)
         if plan.stream.blocking:
             self._order(plan.stream, plan.context)
         run = LaunchRun(self.backend, plan)
-        run.add(plan, params)
+        run.add(plan, launch[-1])
         kernel_id, name = plan.kernel
         self.dispatcher.launch(self.id, kernel_id, name, run.one(0))
         return ()
