@@ -277,9 +277,7 @@ class Dispatcher:
         self._tasks: dict[int, _TaskState] = {}
         #: The tasks the policy leases (``Policy.leased``), renewed as tasks come and go.
         self._leased: frozenset[int] = frozenset()
-        #: Whether no launch can be held (every task leased), and the tracker's least wait
-        #: between polls while nothing is held (see ``_lease``).
-        self._uncontended = True
+        #: The tracker's least wait between polls while nothing is held (see ``_lease``).
         self._idle_poll_s = UNCONTENDED_POLL_INTERVAL_S
         self._held: dict[int, _Held] = {}
         self._to_issue: deque[_Held] = deque()
@@ -333,7 +331,7 @@ class Dispatcher:
         """Renew the leased tasks, and how often the tracker polls while nothing is held
         (call with the lock held)."""
         self._leased = frozenset(self.policy.leased())
-        uncontended = self._uncontended = self._tasks.keys() <= self._leased
+        uncontended = self._tasks.keys() <= self._leased
         self._idle_poll_s = UNCONTENDED_POLL_INTERVAL_S if uncontended else IDLE_POLL_INTERVAL_S
 
     def stream_priority(self, task_id: int, requested: int, least: int, greatest: int) -> int:
@@ -687,7 +685,8 @@ class Dispatcher:
         while True:
             with self._lock:
                 while not (self._closed or self._streams or self._to_issue):
-                    self._wake.wait(self._idle_wait())
+                    self._poll_at = math.inf
+                    self._wake.wait(self._timer())
                     self._poll_at = -math.inf
                     self._release_if_due()
                 self._release_if_due()
@@ -739,23 +738,6 @@ class Dispatcher:
             wait = min(max(wait, (next_due - now) / 1e6), MAX_POLL_WAIT_S)
         if self._due is not None:
             wait = min(wait, max(0.0, (self._due - now) / 1e6))
-        return wait
-
-    def _idle_wait(self) -> float | None:
-        """Seconds the tracker waits with nothing in flight (call with the lock held): until
-        the policy's next timed event; and while sessions run and no launch can be held, at
-        most UNCONTENDED_POLL_INTERVAL_S, so that it finds their new launches itself:
-        nothing waits for their completions then, and waking it for each launch after an
-        idle time cost the launching session 7-11 us on the H200. Sets when it looks next."""
-        wait = self._timer()
-        if not (self._uncontended and self._tasks):
-            self._poll_at = math.inf
-            return wait
-        wait = (
-            UNCONTENDED_POLL_INTERVAL_S if wait is None else min(wait, UNCONTENDED_POLL_INTERVAL_S)
-        )
-        self._poll_slack_us = UNCONTENDED_POLL_INTERVAL_S * 1e6
-        self._poll_at = self.clock() + wait * 1e6
         return wait
 
     def _timer(self) -> float | None:
