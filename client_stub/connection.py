@@ -130,8 +130,7 @@ class Connection(ABC):
     def post_launch(self, *launch: Any) -> None:
         """Post ``cuLaunchKernel`` with these arguments: context, function, grid, block,
         shared memory bytes, stream and parameter buffer (as ``post`` does)."""
-        if self._lost is None:
-            self._send([["cuLaunchKernel", False, *launch]])
+        self.post("cuLaunchKernel", *launch)
 
     def request(self, name: str, *args: Any) -> list[Any]:
         """Send a call and wait for its reply ``[status, *values]``."""

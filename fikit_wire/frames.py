@@ -21,8 +21,8 @@ _HEADER = struct.Struct("<I")
 #: megabyte per ``recv`` cost tens of microseconds per small frame. Every complete frame a
 #: read brings is handed out at once; a frame longer than this is read into its own buffer.
 _READ_BYTES = 1 << 16
-#: A payload up to this size leaves joined to its header in one ``sendall``: copying it
-#: costs less than a gather write (``sendmsg``); a larger one is not copied.
+#: A payload up to this size leaves joined to its header in one ``send``: copying it costs
+#: less than a gather write (``sendmsg``); a larger one is not copied.
 _JOINED_BYTES = 1 << 16
 
 
