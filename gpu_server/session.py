@@ -160,6 +160,10 @@ class FunctionEntry:
 #: Launch plans a session keeps (``Session._launch_plans``); more distinct launches than
 #: this start the memo afresh.
 LAUNCH_PLANS_KEPT = 256
+#: Frames of one posted launch a session keeps checked (``Session._checked_frames``), up to
+#: this many bytes each (the client stub keeps the same frames, ``KEPT_LAUNCHES``).
+CHECKED_FRAMES_KEPT = 1024
+CHECKED_FRAME_BYTES = 1280
 
 
 @dataclass(slots=True)
@@ -174,6 +178,15 @@ class LaunchPlan:
     stream: StreamEntry
     context: ContextEntry
     config: LaunchConfig
+
+
+#: A posted cuLaunchKernel call, its plan (None: it failed its checks) and the ownership
+#: generation its parameters were checked in.
+PostedLaunch = tuple[list[Any], "LaunchPlan | None", int]
+
+
+class _LaunchRefused(Exception):
+    """A posted launch failed its checks; ``execute`` says why."""
 
 
 class LaunchRun:
@@ -277,6 +290,11 @@ class Session:
         #: Launches resolved so far (``LaunchPlan``), forgotten whenever a stream, context
         #: or function of the session goes away.
         self._launch_plans: dict[tuple[Any, ...], LaunchPlan] = {}
+        #: A frame that held one posted launch which passed its checks -> (the call, its
+        #: plan, the ownership generation then): programs post the same few launches over
+        #: and over, and the same bytes need neither unpacking nor checking again while
+        #: their plan is kept and no device memory changed hands.
+        self._checked_frames: dict[bytes, PostedLaunch] = {}
         self.regions: dict[int, DeviceRegion] = {}
         self._region_bases: list[int] = []
         dispatcher.add_task(session_id, priority, client_name)
@@ -288,9 +306,16 @@ class Session:
         is not a list of calls raises ValueError (the frames before it ran)."""
         dispatcher, priority = self.dispatcher, self.priority
         reply: list[Any] | None = [] if self.replied_last else None
-        posted: list[list[Any]] = []  # launches in a row that want no reply
+        posted: list[PostedLaunch] = []  # launches in a row that want no reply
+        checked_frames, ownership = self._checked_frames, self.ownership
         with dispatcher.running(priority):
             for payload in payloads:
+                known = checked_frames.get(payload) if type(payload) is bytes else None
+                if known is not None and known[2] == ownership.generation:
+                    posted.append(known)
+                    self.calls_run += 1
+                    reply = None
+                    continue
                 replies: list[list[Any]] = []
                 size = 0
                 calls = wire.unpack(payload)
@@ -302,7 +327,10 @@ class Session:
                         and call[1] is False
                         and call[0] == "cuLaunchKernel"
                     ):
-                        posted.append(call)
+                        launch = self._posted_launch(call)
+                        posted.append(launch)
+                        if launch[1] is not None and len(calls) == 1:
+                            self._keep_checked(payload, launch)
                         reply = None
                         continue
                     if posted:
@@ -374,15 +402,38 @@ class Session:
         if posted and not self.deferred_error:
             self.deferred_error = status
 
-    def _launch_posted(self, calls: list[list[Any]]) -> None:
+    def _posted_launch(self, call: list[Any]) -> PostedLaunch:
+        """A posted cuLaunchKernel call with its plan, or None for the plan when it fails
+        its checks."""
+        generation = self.ownership.generation
+        try:
+            return call, self._checked_launch(*call[2:]), generation
+        except Exception:  # it fails in ``execute``, as it does alone
+            return call, None, generation
+
+    def _keep_checked(self, payload: wire.Payload, launch: PostedLaunch) -> None:
+        """Keep the frame of a posted launch that passed its checks (``_checked_frames``)."""
+        if type(payload) is not bytes or len(payload) > CHECKED_FRAME_BYTES:
+            return
+        if len(self._checked_frames) >= CHECKED_FRAMES_KEPT:
+            self._checked_frames.clear()
+        self._checked_frames[payload] = launch
+
+    def _forget_plans(self) -> None:
+        """A stream, context or function went away: resolve every launch afresh."""
+        self._launch_plans.clear()
+        self._checked_frames.clear()
+
+    def _launch_posted(self, launches: list[PostedLaunch]) -> None:
         """Run posted cuLaunchKernel calls in order: those in a row on one stream go to the
-        dispatcher as one run (``LaunchRun``). A call that fails its checks fails as it
+        dispatcher as one run (``LaunchRun``). A call that failed its checks fails as it
         does alone (``execute``)."""
         self.dispatcher.wait_turn(self.priority)
         run: LaunchRun | None = None
-        for call in calls:
+        for call, plan, _ in launches:
             try:
-                plan = self._checked_launch(*call[2:])
+                if plan is None:  # its checks failed: it fails below, as alone
+                    raise _LaunchRefused
                 if run is None or plan.stream is not run.stream:
                     if run is not None:
                         self._issue_run(run)
@@ -541,7 +592,7 @@ class Session:
 
     def _drop_stream(self, stream: StreamEntry, entry: ContextEntry) -> None:
         """Destroy a stream and its marker; the NULL stream still orders after its work."""
-        self._launch_plans.clear()
+        self._forget_plans()
         ctx = entry.backend_ctx
         if stream.unjoined:
             null, _ = self._stream(None, stream.ctx)
@@ -607,7 +658,7 @@ class Session:
 
     def _release_context(self, handle: int, *, destroy: bool) -> None:
         """Free what the session made in a context; destroy the context if it owns it."""
-        self._launch_plans.clear()
+        self._forget_plans()
         entry = self.contexts[handle]
         ctx = entry.backend_ctx
         streams = self._session_streams(handle)
@@ -938,7 +989,7 @@ class Session:
         return (handle, list(layout.offsets), list(layout.sizes))
 
     def _drop_functions(self, parent: int) -> None:
-        self._launch_plans.clear()
+        self._forget_plans()
         for handle in [h for h, fn in self.functions.items() if fn.parent == parent]:
             del self.functions[handle]
 

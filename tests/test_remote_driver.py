@@ -607,6 +607,46 @@ def test_a_launch_failing_in_a_run_fails_the_next_synchronization_and_the_rest_g
     assert [wire.unpack(frame) for frame in replies] == [[[invalid], [0]]]
 
 
+def test_a_posted_launch_frame_seen_before_is_refused_once_its_stream_is_gone(
+    run_session,
+) -> None:
+    session, backend, _, ctx, saxpy = run_session
+    stream = session.execute(["cuStreamCreate", True, ctx, 1, 0])[1]
+    frame = wire.pack([posted_launch(ctx, saxpy, stream, 1)])
+    synchronize = wire.pack([["cuCtxSynchronize", True, ctx]])
+    replies: list[bytes] = []
+    session.run_frames([frame, frame, synchronize], replies.append)
+    assert session.execute(["cuStreamDestroy", True, stream]) == [0]
+    session.run_frames([frame, synchronize], replies.append)
+    assert len(backend.launches) == 2
+    invalid = CUresult.CUDA_ERROR_INVALID_HANDLE
+    assert [wire.unpack(reply) for reply in replies] == [[[0]], [[invalid]]]
+
+
+def test_a_posted_launch_frame_seen_before_is_checked_again_once_memory_changes_owner() -> None:
+    ownership = DeviceOwnership()
+    backend, dispatcher = RunRecordingSim(), Dispatcher(FifoPolicy())
+    session = Session(1, backend, dispatcher, handle_counter(), 0, ownership=ownership)
+    ctx = session.execute(["cuDevicePrimaryCtxRetain", True, 0])[1]
+    module = session.execute(["cuModuleLoadData", True, ctx, SAXPY_PTX, {}])[1]
+    saxpy = session.execute(["cuModuleGetFunction", True, module, "saxpy"])[1]
+    address = 0x7F00_0000_0000
+    params = bytes(8) + address.to_bytes(8, "little") * 3 + bytes(4)
+    frame = wire.pack([posted_launch(ctx, saxpy, 0, 1, params=params)])
+    synchronize = wire.pack([["cuCtxSynchronize", True, ctx]])
+    replies: list[bytes] = []
+    session.run_frames([frame, frame, synchronize], replies.append)  # nobody owns it
+    ownership.add(address, 4096, session=2)  # another session's allocation lands there
+    session.run_frames([frame, synchronize], replies.append)
+    ownership.remove(address)
+    session.run_frames([frame, synchronize], replies.append)
+    assert len(backend.launches) == 3
+    invalid = CUresult.CUDA_ERROR_INVALID_VALUE
+    assert [wire.unpack(reply) for reply in replies] == [[[0]], [[invalid]], [[0]]]
+    session.close()
+    dispatcher.close()
+
+
 def test_a_remembered_launch_is_refused_once_its_stream_module_or_context_is_gone() -> None:
     dispatcher = Dispatcher(FifoPolicy())
     session = Session(1, SimBackend(), dispatcher, handle_counter(), 0)
