@@ -13,7 +13,8 @@ polls. ``--profile N`` then lists the N functions of the
 session's thread with the most own time in one more run (fikit, sampled). ``--layers``
 (CUDA backend only) times each layer of the launch path instead: the driver call alone,
 with the probe's event, the backend's launch of one and of a run, ``Session.execute`` of
-one launch and ``Session.run_frames`` of a batch (fifo).
+one launch, ``Session.run_frames`` of a frame of one launch (what a launch followed by host
+work or a synchronization costs) and of a batch of them (fifo).
 """
 
 import argparse
@@ -157,6 +158,7 @@ def print_layers(profile_path: str) -> None:
                 return launch(function, 4, 1, 1, 256, 1, 1, 0, stream, pointers, 0)
 
             one = [(function, config, params, layout)]
+            lone_frame = [wire.pack([call])]  # a launch before host work or a synchronization
             run = one * BATCH_FRAMES
             layers = {
                 "cuLaunchKernel, parameters by pointer": (bare, 1),
@@ -170,6 +172,10 @@ def print_layers(profile_path: str) -> None:
                     BATCH_FRAMES,
                 ),
                 "Session.execute, fifo": (lambda: session.execute(call), 1),
+                "Session.run_frames, one frame, fifo": (
+                    lambda: session.run_frames(lone_frame, _unexpected_reply),
+                    1,
+                ),
                 f"Session.run_frames, {BATCH_FRAMES} frames, fifo": (
                     batch_of_frames(session, call),
                     BATCH_FRAMES,
