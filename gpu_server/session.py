@@ -185,10 +185,6 @@ class LaunchPlan:
 PostedLaunch = tuple[list[Any], "LaunchPlan | None", int]
 
 
-class _LaunchRefused(Exception):
-    """A posted launch failed its checks; ``execute`` says why."""
-
-
 class LaunchRun:
     """Posted launches of a session in a row on one stream, as the dispatcher issues them:
     together (``issue``) or one at a time (``one``). The first failure is kept."""
@@ -431,22 +427,20 @@ class Session:
         self.dispatcher.wait_turn(self.priority)
         run: LaunchRun | None = None
         for call, plan, _ in launches:
-            try:
-                if plan is None:  # its checks failed: it fails below, as alone
-                    raise _LaunchRefused
-                if run is None or plan.stream is not run.stream:
-                    if run is not None:
-                        self._issue_run(run)
-                        run = None
+            if run is not None and (plan is None or plan.stream is not run.stream):
+                self._issue_run(run)
+                run = None
+            if plan is None:
+                self.execute(call)  # it fails its checks again, as it does alone
+                continue
+            if run is None:
+                try:
                     if plan.stream.blocking:  # once per run: nothing else comes between
                         self._order(plan.stream, plan.context)
-                    run = LaunchRun(self.backend, plan)
-            except Exception:
-                if run is not None:
-                    self._issue_run(run)
-                    run = None
-                self.execute(call)
-                continue
+                except Exception:
+                    self.execute(call)  # fails in the same place, as it does alone
+                    continue
+                run = LaunchRun(self.backend, plan)
             run.add(plan, call[8])
         if run is not None:
             self._issue_run(run)
