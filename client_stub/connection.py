@@ -20,7 +20,7 @@ import sys
 import threading
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ ROOM_CHECK_S = 0.1
 CLOSE_TIMEOUT_S = 2.0
 #: How long a client whose send failed reads for the server's reason before giving up.
 PARTING_TIMEOUT_S = 0.5
-#: Payloads of distinct launches a unix-socket session keeps, to send again; more start
+#: Payloads of distinct launches a session keeps, to send again; more start
 #: the memo afresh.
 KEPT_LAUNCHES = 1024
 #: Longest parameter buffer of a launch whose payload is kept: hashing a longer one to find
@@ -96,6 +96,9 @@ class Connection(ABC):
         self.staging: StagingArea | None = None
         self.backend = ""
         self.session_id = 0
+        #: Launch arguments -> their call's payload (``post_launch``); dict operations are
+        #: safe from any thread.
+        self._launch_payloads: dict[tuple[Any, ...], bytes] = {}
 
     @staticmethod
     def _offer_staging() -> StagingArea | None:
@@ -125,12 +128,27 @@ class Connection(ABC):
         """Send a call that wants no reply, from any thread. A lost session drops it: the
         next synchronizing call fails."""
         if self._lost is None:
-            self._send([[name, False, *args]])
+            self._send_one(self._pack_one([name, False, *args]))
 
     def post_launch(self, *launch: Any) -> None:
         """Post ``cuLaunchKernel`` with these arguments: context, function, grid, block,
-        shared memory bytes, stream and parameter buffer (as ``post`` does)."""
-        self.post("cuLaunchKernel", *launch)
+        shared memory bytes, stream and parameter buffer (as ``post`` does).
+
+        Every launch takes this path, so it is written out flat. Programs launch the same
+        kernels with the same arguments over and over, so the payload of a launch is kept
+        (``KEPT_LAUNCHES``): finding it again costs less than packing it."""
+        if self._lost is not None:
+            return
+        kept = self._launch_payloads
+        short = len(launch[-1]) <= KEPT_LAUNCH_PARAM_BYTES
+        payload = kept.get(launch) if short else None
+        if payload is None:
+            payload = self._pack_one(["cuLaunchKernel", False, *launch])
+            if short:
+                if len(kept) >= KEPT_LAUNCHES:
+                    kept.clear()
+                kept[launch] = payload
+        self._send_one(payload)
 
     def request(self, name: str, *args: Any) -> list[Any]:
         """Send a call and wait for its reply ``[status, *values]``."""
@@ -301,6 +319,15 @@ class Connection(ABC):
         packed before this returns, so a call may carry a view of the caller's memory, taken
         now."""
 
+    @staticmethod
+    @abstractmethod
+    def _pack_one(call: list[Any]) -> bytes:
+        """One call packed as ``_send_one`` sends it."""
+
+    @abstractmethod
+    def _send_one(self, payload: bytes) -> None:
+        """Send one call packed by ``_pack_one``, as ``_send`` does."""
+
     @abstractmethod
     def _receive(self) -> list[list[Any]]:
         """The next replies from the server, waiting for them; raises ConnectionLost."""
@@ -346,7 +373,7 @@ class GrpcConnection(Connection):
         self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         #: Payload bytes of the calls queued and not yet taken by gRPC.
         self._queued_bytes = 0
-        self._room = threading.Condition()
+        self._room = threading.Condition(threading.Lock())
         offered = self._offer_staging()
         hello = session_pb2.Hello(
             protocol_version=wire.PROTOCOL_VERSION,
@@ -417,17 +444,30 @@ class GrpcConnection(Connection):
                 self._room.notify_all()
 
     def _send(self, calls: list[list[Any]]) -> None:
-        """Pack calls (their data is taken now) and queue them; while MAX_QUEUED_BYTES of
-        earlier calls wait for gRPC, wait for room first (a long copy is taken a few
-        frames at a time, not queued whole)."""
         packed = [wire.pack(call) for call in calls]
-        size = sum(map(len, packed))
-        with self._room:
+        self._queue(packed, sum(map(len, packed)))
+
+    @staticmethod
+    def _pack_one(call: list[Any]) -> bytes:
+        return wire.pack(call)
+
+    def _send_one(self, payload: bytes) -> None:
+        self._queue((payload,), len(payload))
+
+    def _queue(self, packed: Sequence[bytes], size: int) -> None:
+        """Queue packed calls of ``size`` bytes (their data was taken when they were
+        packed); while MAX_QUEUED_BYTES of earlier calls wait for gRPC, wait for room first
+        (a long copy is taken a few frames at a time, not queued whole)."""
+        room = self._room
+        room.acquire()  # not ``with``: a Python-level call on every launch's path
+        try:
             while self._queued_bytes and self._queued_bytes + size > MAX_QUEUED_BYTES:
                 if self._stream.done():
                     raise self._lose("the stream ended")
-                self._room.wait(ROOM_CHECK_S)
+                room.wait(ROOM_CHECK_S)
             self._queued_bytes += size
+        finally:
+            room.release()
         for call in packed:
             self._outbox.put(call)
 
@@ -476,9 +516,6 @@ class SocketConnection(Connection):
         self._frames = FrameSocket(sock)
         #: Held while a frame is sent: frames from two threads never interleave.
         self._send_lock = threading.Lock()
-        #: Launch arguments -> their call's payload (``post_launch``); dict operations are
-        #: safe from any thread.
-        self._launch_payloads: dict[tuple[Any, ...], bytes] = {}
         offered = self._offer_staging()
         hello = {
             "protocol_version": wire.PROTOCOL_VERSION,
@@ -503,26 +540,15 @@ class SocketConnection(Connection):
         sock.settimeout(None)
         self._welcomed(offered, welcome)
 
-    def post_launch(self, *launch: Any) -> None:
-        """As ``Connection.post_launch``, written out flat: every launch takes this path.
-        Programs launch the same kernels with the same arguments over and over, so the
-        payload of a launch is kept (``KEPT_LAUNCHES``): finding it again costs less than
-        packing it."""
-        if self._lost is not None:
-            return
-        kept = self._launch_payloads
-        short = len(launch[-1]) <= KEPT_LAUNCH_PARAM_BYTES
-        payload = kept.get(launch) if short else None
-        if payload is None:
-            payload = wire.pack([["cuLaunchKernel", False, *launch]])
-            if short:
-                if len(kept) >= KEPT_LAUNCHES:
-                    kept.clear()
-                kept[launch] = payload
-        self._send_frame(payload, 1)
-
     def _send(self, calls: list[list[Any]]) -> None:
         self._send_frame(wire.pack(calls), len(calls))
+
+    @staticmethod
+    def _pack_one(call: list[Any]) -> bytes:
+        return wire.pack([call])
+
+    def _send_one(self, payload: bytes) -> None:
+        self._send_frame(payload, 1)
 
     def _send_frame(self, payload: bytes, calls: int) -> None:
         """Send one frame of ``calls`` calls; frames of two threads never interleave."""
