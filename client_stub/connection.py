@@ -54,6 +54,9 @@ STAGED = object()
 REPLY_SPIN_S = 50e-6
 #: Most payload bytes of calls a gRPC session queues before gRPC takes them.
 MAX_QUEUED_BYTES = 16 * 1024 * 1024
+#: A gRPC session's call with an argument of this many bytes or more (a copy's chunk, a
+#: module image) leaves as a frame of its own, made by the calling thread.
+OWN_FRAME_BYTES = 64 * 1024
 #: How often a sender waiting for room checks that the stream still lives.
 ROOM_CHECK_S = 0.1
 #: How long closing a session waits for the server to end the stream.
@@ -416,36 +419,44 @@ class GrpcConnection(Connection):
         self, hello: session_pb2.Hello
     ) -> Iterator[session_pb2.ClientFrame | SerializedBatch]:
         """Request stream: the Hello, then whatever has queued up while the last frame left,
-        each batch joined once from its calls, packed as they were sent."""
+        each batch joined once from its calls, packed as they were sent; a call that came
+        as a frame of its own (``_own_frame``) leaves as it is, after the calls before it."""
         yield session_pb2.ClientFrame(hello=hello)
         while True:
-            call = self._outbox.get()
-            if call is _CLOSE:
-                return
-            batch, size = [call], len(call)
-            closing = False
-            while size < wire.FRAME_SOFT_LIMIT_BYTES:
+            item = self._outbox.get()
+            batch: list[bytes] = []
+            size = 0
+            while True:
+                if item is _CLOSE or type(item) is SerializedBatch:
+                    break
+                batch.append(item)
+                size += len(item)
+                if size >= wire.FRAME_SOFT_LIMIT_BYTES:
+                    item = None
+                    break
                 try:
-                    call = self._outbox.get_nowait()
+                    item = self._outbox.get_nowait()
                 except queue.Empty:
+                    item = None
                     break
-                if call is _CLOSE:
-                    closing = True
-                    break
-                batch.append(call)
-                size += len(call)
-            header = wire.batch_header(len(batch))
-            prefix = batch_prefix(len(header) + size)
-            yield SerializedBatch(b"".join((prefix, header, *batch)))
-            if closing:
+            if batch:
+                header = wire.array_header(len(batch))
+                prefix = batch_prefix(len(header) + size)
+                yield SerializedBatch(b"".join((prefix, header, *batch)))
+            if item is _CLOSE:
                 return
-            with self._room:  # gRPC took the frame: its calls no longer count
+            if item is not None:
+                yield item
+                size += len(item.data)
+            with self._room:  # gRPC took the frames: their calls no longer count
                 self._queued_bytes -= size
                 self._room.notify_all()
 
     def _send(self, calls: list[list[Any]]) -> None:
-        packed = [wire.pack(call) for call in calls]
-        self._queue(packed, sum(map(len, packed)))
+        packed = [_own_frame(call) if _carries_bulk(call) else wire.pack(call) for call in calls]
+        self._queue(
+            packed, sum(len(p.data) if type(p) is SerializedBatch else len(p) for p in packed)
+        )
 
     @staticmethod
     def _pack_one(call: list[Any]) -> bytes:
@@ -454,7 +465,7 @@ class GrpcConnection(Connection):
     def _send_one(self, payload: bytes) -> None:
         self._queue((payload,), len(payload))
 
-    def _queue(self, packed: Sequence[bytes], size: int) -> None:
+    def _queue(self, packed: Sequence[bytes | SerializedBatch], size: int) -> None:
         """Queue packed calls of ``size`` bytes (their data was taken when they were
         packed); while MAX_QUEUED_BYTES of earlier calls wait for gRPC, wait for room first
         (a long copy is taken a few frames at a time, not queued whole)."""
@@ -600,6 +611,27 @@ def connect(target: str, *, priority: int, client_name: str, timeout: float = 5.
     """A session with the server at ``target``: ``unix:PATH`` (this host) or ``host:port``."""
     kind = SocketConnection if target.startswith("unix:") else GrpcConnection
     return kind(target, priority=priority, client_name=client_name, timeout=timeout)
+
+
+def _carries_bulk(call: list[Any]) -> bool:
+    """Whether an argument of ``call`` holds OWN_FRAME_BYTES of data or more."""
+    return any(
+        isinstance(arg, (bytes, bytearray, memoryview)) and len(arg) >= OWN_FRAME_BYTES
+        for arg in call
+    )
+
+
+def _own_frame(call: list[Any]) -> SerializedBatch:
+    """``call`` as a gRPC batch frame of its own, its bulk arguments copied once, into the
+    frame (packing them first and joining the packed call to a batch copied them twice)."""
+    pieces = [wire.array_header(1), wire.array_header(len(call))]
+    for arg in call:
+        if isinstance(arg, (bytes, bytearray, memoryview)) and len(arg) >= OWN_FRAME_BYTES:
+            pieces += (wire.bin_header(len(arg)), arg)
+        else:
+            pieces.append(wire.pack(arg))
+    size = sum(map(len, pieces))
+    return SerializedBatch(b"".join((batch_prefix(size), *pieces)))
 
 
 def _placed(call: list[Any], offset: int) -> list[Any]:

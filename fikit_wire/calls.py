@@ -68,13 +68,23 @@ def _packer() -> msgpack.Packer:
 
 
 def pack(items: Any) -> bytes:
-    """Encode a batch of calls or replies (or one call, for ``batch_header``)."""
+    """Encode a batch of calls or replies (or one call, for ``array_header``)."""
     return _packer().pack(items)
 
 
-def batch_header(count: int) -> bytes:
-    """What goes before ``count`` calls packed one by one to make them one batch."""
+def array_header(count: int) -> bytes:
+    """What goes before ``count`` values packed one by one to make them one array (a batch
+    of calls packed one by one, a call packed argument by argument)."""
     return _packer().pack_array_header(count)
+
+
+def bin_header(size: int) -> bytes:
+    """What goes before ``size`` bytes to make them one packed binary value."""
+    if size <= 0xFF:
+        return bytes((0xC4, size))
+    if size <= 0xFFFF:
+        return b"\xc5" + size.to_bytes(2, "big")
+    return b"\xc6" + size.to_bytes(4, "big")
 
 
 class SessionEnded(ValueError):

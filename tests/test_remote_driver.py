@@ -810,6 +810,47 @@ def test_a_copy_without_staging_arrives_whole_in_many_chunks(
         impl.REMOTE.close()
 
 
+def test_copies_over_grpc_keep_their_place_among_the_calls_posted_around_them(
+    sim_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FIKIT_STAGING", "off")
+    own_frames: list[int] = []
+    own_frame = connection._own_frame
+
+    def counted(call):
+        own_frames.append(len(call))
+        return own_frame(call)
+
+    monkeypatch.setattr(connection, "_own_frame", counted)
+    impl.REMOTE.close()
+    impl.REMOTE.configure(sim_server.running.addresses[0], None)
+    try:
+        ok(impl.cuInit(0))
+        ok(impl.cuCtxSetCurrent(ok(impl.cuDevicePrimaryCtxRetain(0))))
+        rng = np.random.default_rng(11)
+        size, tail = 3 * COPY_CHUNK_BYTES + 5, connection.OWN_FRAME_BYTES + 7
+        data = rng.integers(0, 256, size, dtype=np.uint8)
+        last = rng.integers(0, 256, tail, dtype=np.uint8)
+        dptr = int(ok(impl.cuMemAlloc(size)))
+        stream = ok(impl.cuStreamCreate(0))
+        ok(impl.cuMemsetD8Async(dptr, 1, size, stream))
+        ok(impl.cuMemcpyHtoDAsync(dptr, data, size, stream))
+        ok(impl.cuMemsetD8Async(dptr + 10, 2, 100, stream))
+        ok(impl.cuMemcpyHtoDAsync(dptr + size - tail, last, tail, stream))
+        ok(impl.cuMemsetD8Async(dptr + size - 3, 3, 3, stream))
+        ok(impl.cuStreamSynchronize(stream))
+        assert len(own_frames) == 4  # the three whole chunks and the tail, not the last 5 bytes
+        expected = data.copy()
+        expected[10:110] = 2
+        expected[size - tail :] = last
+        expected[size - 3 :] = 3
+        back = np.zeros(size, np.uint8)
+        ok(impl.cuMemcpyDtoH(back, dptr, size))
+        assert np.array_equal(back, expected)
+    finally:
+        impl.REMOTE.close()
+
+
 def test_a_long_copy_over_grpc_waits_for_the_stream_instead_of_queueing_whole(
     sim_server, monkeypatch: pytest.MonkeyPatch
 ) -> None:

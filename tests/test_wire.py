@@ -45,6 +45,16 @@ def test_codec_round_trip() -> None:
     assert wire.unpack(wire.pack(batch)) == batch
 
 
+@pytest.mark.parametrize("size", [0, 1, 0xFF, 0x100, 0xFFFF, 0x10000, (1 << 20) + 3])
+def test_a_call_packed_argument_by_argument_reads_as_packed_whole(size: int) -> None:
+    data = os.urandom(size)
+    call = ["cuMemcpyHtoD", True, 1, 2, data, None]
+    pieces = [wire.array_header(len(call))]
+    for arg in call:
+        pieces += (wire.bin_header(len(arg)), arg) if arg is data else (wire.pack(arg),)
+    assert b"".join(pieces) == wire.pack(call)
+
+
 @pytest.mark.parametrize("data", [b"", b"\xc1", b"\x92\x01", wire.pack({"a": 1}), wire.pack(5)])
 def test_codec_refuses_malformed_frames(data: bytes) -> None:
     with pytest.raises(ValueError, match="malformed frame"):
