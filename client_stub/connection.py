@@ -304,7 +304,7 @@ class Connection(ABC):
         for payload in payloads:
             done = wire.done_count(payload)
             if done is None:
-                replies.extend(wire.unpack(payload))
+                replies.extend(wire.unpack_replies(payload))
             else:
                 self._done = done
         return replies

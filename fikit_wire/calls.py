@@ -132,6 +132,30 @@ def end_reason(payload: bytes) -> str | None:
     return None
 
 
+#: How a successful reply carrying one long binary value (a device-to-host copy's chunk)
+#: starts: an array of two, status 0, a binary value with a 32-bit length.
+_LONG_REPLY_START = b"\x92\x00\xc6"
+
+
+def unpack_replies(data: Payload) -> list[Any]:
+    """Decode a batch of replies, as ``unpack`` does; a batch of up to 15 successful replies
+    that each carry one long binary value comes as views of ``data`` instead, uncopied."""
+    view = memoryview(data)
+    count = view[0] - 0x90 if view and 0x91 <= view[0] <= 0x9F else 0
+    replies: list[Any] = []
+    offset = 1
+    for _ in range(count):
+        if view[offset : offset + 3] != _LONG_REPLY_START:
+            return unpack(data)
+        size = int.from_bytes(view[offset + 3 : offset + 7], "big")
+        offset += 7
+        replies.append([0, view[offset : offset + size]])
+        offset += size
+    if not count or offset != len(view):
+        return unpack(data)
+    return replies
+
+
 def unpack(data: Payload) -> list[Any]:
     """Decode a batch of calls or replies; raises ValueError on malformed input, and
     SessionEnded for a ``pack_end`` frame."""

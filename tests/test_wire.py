@@ -55,6 +55,37 @@ def test_a_call_packed_argument_by_argument_reads_as_packed_whole(size: int) -> 
     assert b"".join(pieces) == wire.pack(call)
 
 
+LONG = os.urandom(0x10000)
+
+
+@pytest.mark.parametrize(
+    ("batch", "viewed"),
+    [
+        ([[0, LONG]], True),
+        ([[0, LONG], [0, LONG[:-1] + b"!"]], True),
+        ([[0, LONG]] * 15, True),
+        ([[0, LONG]] * 16, False),  # not a fixed-size array
+        ([[0, LONG[:0xFFFF]]], False),  # a 16-bit length
+        ([[0, LONG], [0]], False),
+        ([[1, LONG]], False),
+        ([[0, LONG, 1]], False),
+        ([[0, b"short"]], False),
+        ([], False),
+    ],
+)
+def test_replies_carrying_long_data_unpack_as_views_and_any_other_batch_as_usual(
+    batch: list, viewed: bool
+) -> None:
+    replies = wire.unpack_replies(wire.pack(batch))
+    assert replies == batch
+    assert all(isinstance(reply[1], memoryview) == viewed for reply in replies if len(reply) > 1)
+
+
+def test_a_malformed_batch_of_replies_is_refused() -> None:
+    with pytest.raises(ValueError, match="malformed frame"):
+        wire.unpack_replies(wire.pack([[0, LONG]])[:-1])
+
+
 @pytest.mark.parametrize("data", [b"", b"\xc1", b"\x92\x01", wire.pack({"a": 1}), wire.pack(5)])
 def test_codec_refuses_malformed_frames(data: bytes) -> None:
     with pytest.raises(ValueError, match="malformed frame"):
