@@ -140,8 +140,10 @@ _LONG_REPLY_START = b"\x92\x00\xc6"
 def unpack_replies(data: Payload) -> list[Any]:
     """Decode a batch of replies, as ``unpack`` does; a batch of up to 15 successful replies
     that each carry one long binary value comes as views of ``data`` instead, uncopied."""
+    if len(data) <= 0xFFFF:  # too short to hold one
+        return unpack(data)
     view = memoryview(data)
-    count = view[0] - 0x90 if view and 0x91 <= view[0] <= 0x9F else 0
+    count = view[0] - 0x90 if 0x91 <= view[0] <= 0x9F else 0
     replies: list[Any] = []
     offset = 1
     for _ in range(count):
