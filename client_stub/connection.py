@@ -453,7 +453,7 @@ class GrpcConnection(Connection):
                 self._room.notify_all()
 
     def _send(self, calls: list[list[Any]]) -> None:
-        packed = [_own_frame(call) if _carries_bulk(call) else wire.pack(call) for call in calls]
+        packed = [_own_frame(c) if any(map(_is_bulk, c)) else wire.pack(c) for c in calls]
         self._queue(
             packed, sum(len(p.data) if type(p) is SerializedBatch else len(p) for p in packed)
         )
@@ -613,12 +613,9 @@ def connect(target: str, *, priority: int, client_name: str, timeout: float = 5.
     return kind(target, priority=priority, client_name=client_name, timeout=timeout)
 
 
-def _carries_bulk(call: list[Any]) -> bool:
-    """Whether an argument of ``call`` holds OWN_FRAME_BYTES of data or more."""
-    return any(
-        isinstance(arg, (bytes, bytearray, memoryview)) and len(arg) >= OWN_FRAME_BYTES
-        for arg in call
-    )
+def _is_bulk(arg: Any) -> bool:
+    """Whether a call's argument holds OWN_FRAME_BYTES of data or more."""
+    return isinstance(arg, (bytes, bytearray, memoryview)) and len(arg) >= OWN_FRAME_BYTES
 
 
 def _own_frame(call: list[Any]) -> SerializedBatch:
@@ -626,7 +623,7 @@ def _own_frame(call: list[Any]) -> SerializedBatch:
     frame (packing them first and joining the packed call to a batch copied them twice)."""
     pieces = [wire.array_header(1), wire.array_header(len(call))]
     for arg in call:
-        if isinstance(arg, (bytes, bytearray, memoryview)) and len(arg) >= OWN_FRAME_BYTES:
+        if _is_bulk(arg):
             pieces += (wire.bin_header(len(arg)), arg)
         else:
             pieces.append(wire.pack(arg))
