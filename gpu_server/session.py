@@ -337,6 +337,8 @@ class Session:
                     if reply is None:
                         continue
                     replies.append(reply)
+                    if len(reply) == 1:  # a status alone: most replies
+                        continue
                     size += sum(
                         len(v) for v in reply if isinstance(v, (bytes, bytearray, memoryview))
                     )
