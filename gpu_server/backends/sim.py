@@ -624,8 +624,9 @@ class SimBackend(Backend):
                     record = self._launch_one(ctx, target, function, config, params, layout)
                 except CudaError as err:
                     failure = failure or err
-        if record is None:
-            raise failure or invalid_value("no launches")
+        if record is None:  # every launch failed
+            assert failure is not None
+            raise failure
         return SimProbe(id(target), self, record), failure
 
     def _launch_one(
@@ -637,8 +638,8 @@ class SimBackend(Backend):
         params: bytes,
         layout: ParamLayout,
     ) -> SimLaunch:
-        """Validate and record one launch on ``target`` (call with the lock held)."""
-        self._live(ctx)
+        """Validate and record one launch on ``target`` of the live ``ctx`` (call with the
+        lock held)."""
         _check_launch(config, len(params), layout)
         most = function.attributes[_F.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES]
         if not 0 <= config.shared_mem_bytes <= most:
