@@ -35,8 +35,10 @@ PROTOCOL_VERSION = 1
 
 #: Largest gRPC message either side accepts (module images travel whole).
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-#: Bulk copies are cut into calls carrying at most this many bytes.
-COPY_CHUNK_BYTES = 1024 * 1024
+#: Bulk copies without a staging area are cut into calls carrying at most this many bytes.
+#: On the H200 over TCP, 2 MiB moved 64 MiB 15-20% faster than 1 MiB each way (gRPC's
+#: cost per message); 4 MiB no faster again.
+COPY_CHUNK_BYTES = 2 * 1024 * 1024
 #: A frame stops growing once its payload passes this size.
 FRAME_SOFT_LIMIT_BYTES = 4 * 1024 * 1024
 #: Set in every handle a client chooses itself (streams and events, created without a round

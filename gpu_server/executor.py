@@ -68,7 +68,8 @@ class ReceiveBudget:
                 waiter.set_result(None)
 
 
-#: Bytes the relay reads from a worker's socket at once (a copy reply is 1 MiB a chunk).
+#: Bytes the relay reads from a worker's socket at once (a long reply frame is read into
+#: a buffer of its own, below).
 RELAY_READ_BYTES = 1 << 20
 #: A frame up to this size goes to the worker with its header in one system call (the
 #: two copied together); a larger one in two, uncopied. A reply frame longer than this
