@@ -18,6 +18,7 @@ import queue
 import socket
 import sys
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -52,6 +53,15 @@ STAGED = object()
 #: How long a unix-socket session polls for a reply before it blocks: most replies come
 #: within tens of microseconds, and a blocked thread takes several more to wake.
 REPLY_SPIN_S = 50e-6
+#: How long after posting a call a synchronization looks for the server's work-done notice
+#: before asking: after a short kernel the notice comes sooner than a synchronization's
+#: round trip would (the server reads the launch, runs it, sees the GPU done, says so).
+NOTICE_WAIT_S = 60e-6
+#: Waits for a notice that went unanswered in a row (the session's kernels run longer than
+#: the server watches them) after which a session stops waiting, and the synchronizations
+#: after which it tries once more.
+NOTICE_MISSES = 4
+NOTICE_RETRY_AFTER = 64
 #: Most payload bytes of calls a gRPC session queues before gRPC takes them.
 MAX_QUEUED_BYTES = 16 * 1024 * 1024
 #: A gRPC session's call with an argument of this many bytes or more (a copy's chunk, a
@@ -96,6 +106,11 @@ class Connection(ABC):
         #: none came yet).
         self._sent = 0
         self._done = -1
+        #: When the last call sent left, if it was posted (0.0: it wanted a reply), and how
+        #: waits for notices went (``work_done``).
+        self._posted_at = 0.0
+        self._notice_misses = 0
+        self._unwaited = 0
         self.staging: StagingArea | None = None
         self.backend = ""
         self.session_id = 0
@@ -240,14 +255,45 @@ class Connection(ABC):
             consume(index, self.staging.view[offset : offset + size])
         return status
 
-    def work_done(self) -> bool:
+    def work_done(self, wait: bool = False) -> bool:
         """Whether the server said that every call sent so far ran, succeeded, and finished
-        its GPU work (a synchronization would return success at once)."""
+        its GPU work (a synchronization would return success at once).
+
+        ``wait`` (a synchronization is about to ask): if not yet, keep looking until
+        NOTICE_WAIT_S after the last call posted, unless waits went unanswered
+        NOTICE_MISSES times in a row (then once every NOTICE_RETRY_AFTER times)."""
+        if self._notice_covers_sent():
+            return True
+        if not wait or not self._notice_due():
+            return False
+        deadline = self._posted_at + NOTICE_WAIT_S
+        while time.perf_counter() < deadline:
+            if self._notice_covers_sent():
+                self._notice_misses = 0
+                return True
+        self._notice_misses += 1
+        return False
+
+    def _notice_covers_sent(self) -> bool:
+        """Whether the last notice read, after reading what has arrived, covers every call
+        sent."""
         with self._lock:
             if self._lost is not None:
                 return False
             self._replies.extend(self._received_now())
             return self._done == self._sent
+
+    def _notice_due(self) -> bool:
+        """Whether a wait for a notice may still be answered and is worth it."""
+        if time.perf_counter() >= self._posted_at + NOTICE_WAIT_S:
+            return False
+        if self._notice_misses < NOTICE_MISSES:
+            return True
+        self._unwaited += 1
+        if self._unwaited < NOTICE_RETRY_AFTER:
+            return False
+        self._unwaited = 0
+        return True
 
     def close(self) -> None:
         """End the session; the server frees everything it held. Closing again does nothing."""
@@ -553,6 +599,7 @@ class SocketConnection(Connection):
 
     def _send(self, calls: list[list[Any]]) -> None:
         self._send_frame(wire.pack(calls), len(calls))
+        self._posted_at = 0.0
 
     @staticmethod
     def _pack_one(call: list[Any]) -> bytes:
@@ -560,6 +607,7 @@ class SocketConnection(Connection):
 
     def _send_one(self, payload: bytes) -> None:
         self._send_frame(payload, 1)
+        self._posted_at = time.perf_counter()
 
     def _send_frame(self, payload: bytes, calls: int) -> None:
         """Send one frame of ``calls`` calls; frames of two threads never interleave."""

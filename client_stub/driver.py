@@ -191,17 +191,20 @@ class RemoteDriver:
         stack = self.thread.contexts
         return stack[-1] if stack else 0
 
-    def all_work_done(self, stream: int | None = None, event: int | None = None) -> bool:
+    def all_work_done(
+        self, stream: int | None = None, event: int | None = None, wait: bool = False
+    ) -> bool:
         """Whether a synchronization of ``event``, else of ``stream``, else of the current
         context, would return success at once: it names a live event, stream or context,
-        and the server said that every call sent so far finished without error."""
+        and the server said that every call sent so far finished without error (``wait``:
+        see ``Connection.work_done``)."""
         if event is not None:
             ctx = self.live_events.get(event)
         elif stream is None or stream in _NULL_STREAMS:
             ctx = self.current
         else:
             ctx = self.live_streams.get(stream)
-        return ctx in self.live_contexts and self.session().work_done()
+        return ctx in self.live_contexts and self.session().work_done(wait)
 
     def forget_context(self, handle: int) -> None:
         """A context, its streams and events are gone, or may be: ask the server about
@@ -455,7 +458,7 @@ def cuCtxGetDevice() -> tuple[CUdevice]:
 
 @_driver_function(0)
 def cuCtxSynchronize() -> tuple[()]:
-    if not REMOTE.all_work_done():
+    if not REMOTE.all_work_done(wait=True):
         REMOTE.request("cuCtxSynchronize", REMOTE.current)
     return ()
 
@@ -867,7 +870,7 @@ def cuStreamDestroy(hStream: Any) -> tuple[()]:
 @_driver_function(0)
 def cuStreamSynchronize(hStream: Any) -> tuple[()]:
     stream = _handle(hStream)
-    if not REMOTE.all_work_done(stream):
+    if not REMOTE.all_work_done(stream, wait=True):
         REMOTE.request("cuStreamSynchronize", REMOTE.current, stream)
     return ()
 
@@ -920,7 +923,7 @@ def cuEventRecord(hEvent: Any, hStream: Any) -> tuple[()]:
 @_driver_function(0)
 def cuEventSynchronize(hEvent: Any) -> tuple[()]:
     event = _handle(hEvent)
-    if not REMOTE.all_work_done(event=event):
+    if not REMOTE.all_work_done(event=event, wait=True):
         REMOTE.request("cuEventSynchronize", event)
     return ()
 

@@ -929,3 +929,32 @@ def test_a_synchronization_after_a_work_done_notice_needs_no_round_trip(
     time.sleep(0.05)
     assert remote.cuStreamSynchronize(stream) == (CUresult.CUDA_ERROR_INVALID_VALUE,)
     assert remote.cuStreamSynchronize(stream) == (OK,)
+
+
+@pytest.mark.parametrize("remote", ["unix"], indirect=True)
+def test_a_synchronization_right_after_a_launch_takes_the_notice_that_follows(
+    remote: ModuleType, module: object, sim_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = impl.REMOTE.session()
+    empty = ok(remote.cuModuleGetFunction(module, b"empty"))
+    stream = ok(remote.cuStreamCreate(0))
+
+    def launch_and_synchronize() -> tuple[int, float]:
+        ok(remote.cuLaunchKernel(empty, 1, 1, 1, 1, 1, 1, 0, stream, None, 0))
+        sent, start = session._sent, time.perf_counter()
+        assert remote.cuStreamSynchronize(stream) == (OK,)
+        return session._sent - sent, time.perf_counter() - start
+
+    monkeypatch.setattr(connection, "NOTICE_WAIT_S", 10.0)  # however slow this machine is
+    sim_server.backend.set_kernel_duration("empty", 0.0)
+    assert launch_and_synchronize()[0] == 0  # the server's notice answered it
+    # Kernels that outlast the server's watch: no notice comes, so the synchronization is
+    # sent after the wait; after NOTICE_MISSES such waits in a row, at once.
+    monkeypatch.setattr(connection, "NOTICE_WAIT_S", 0.02)
+    sim_server.backend.set_kernel_duration("empty", 100e3)
+    for _ in range(connection.NOTICE_MISSES):
+        sent, took = launch_and_synchronize()
+        assert sent == 1 and took >= 0.02
+    assert session._notice_misses == connection.NOTICE_MISSES
+    assert launch_and_synchronize()[0] == 1
+    assert session._unwaited == 1  # it asked without waiting
