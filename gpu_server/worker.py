@@ -50,6 +50,7 @@ from scheduler.dispatcher import (
     RunIssueFn,
     clock_us,
     done_prefix,
+    stretches,
 )
 from scheduler.policy import NO_CREDIT, Credit
 
@@ -155,7 +156,8 @@ class DispatcherLink:
     A launch waits for the front end's go, unless the session holds a lease: while no other
     task has a higher priority (any task under FIFO), the policy would issue every launch
     of it at arrival, so the worker issues at once and reports the launch afterwards, with
-    no round trip. The front end grants and revokes the lease as tasks come and go; a
+    no round trip (launches read together go as a run, one probe and one report for
+    them). The front end grants and revokes the lease as tasks come and go; a
     launch issued just before a revocation arrives counts as already in flight. A go may
     carry a credit (``Credit``): launches of the same kernel ID go unasked while the
     session has fewer than its count in flight and each is predicted to finish by its
@@ -173,7 +175,7 @@ class DispatcherLink:
         self._credit = NO_CREDIT
         #: Kernel IDs launched here, and those whose next launch the front end wants timed.
         self._seen: set[str] = set()
-        self._to_time: set[str] = set()
+        self._to_time_next: set[str] = set()
         control.on_notice = self._notice
         self._ids = itertools.count(1)
         #: Launches in flight, oldest first, by stream (each stream completes in order).
@@ -228,25 +230,21 @@ class DispatcherLink:
         if message[0] == "lease":
             self.leased = bool(message[1])
         else:
-            self._to_time.add(message[1])
+            self._to_time_next.add(message[1])
 
     def launch(self, task_id: int, kernel_id: str, name: str, issue: IssueFn) -> None:
-        """Issue the launch at once under a lease, else once the front end's policy
-        releases it; either way the front end learns of it."""
-        if self.leased or self._on_credit(kernel_id):
-            self.stats["leased" if self.leased else "on credit"] += 1
-            timed = kernel_id in self._to_time or kernel_id not in self._seen
-            self._seen.add(kernel_id)
-            self._to_time.discard(kernel_id)
-            arrived = clock_us()  # the front end's clock too (CLOCK_MONOTONIC)
-            probe = issue(timed)
-            probe_id = next(self._ids)
-            key = stream_key(probe.stream_key)
-            # A launch that ends an idle gap leaves at once: until the front end hears
-            # of it, the policy counts the task idle and may fill the gap it has left.
-            report = self.control.send if self._in_flight == 0 else self.control.hold
-            report("leased", task_id, kernel_id, name, probe_id, key, timed, arrived)
-            self._follow(probe_id, probe)
+        """Issue the launch at once under a lease or on credit, else once the front end's
+        policy releases it; either way the front end learns of it."""
+        kernels = ((kernel_id, name),)
+
+        def issue_run(first: int, stop: int, timed: bool) -> LaunchProbe:
+            return issue(timed)
+
+        if self.launch_run(task_id, kernels, issue_run):
+            return
+        if self._on_credit(kernel_id):
+            self.stats["on credit"] += 1
+            self._issue_unasked(task_id, kernels, 0, 1, self._to_time(kernel_id), issue_run)
             return
         self.control.send("launch", task_id, kernel_id, name)
         asked = clock_us()
@@ -282,8 +280,48 @@ class DispatcherLink:
     def launch_run(
         self, task_id: int, kernels: Sequence[tuple[str, str]], issue: RunIssueFn
     ) -> bool:
-        """False: the front end hears of each launch (``launch``), leased or not."""
-        return False
+        """Under the lease, issue a run of the session's launches at once, as the
+        dispatcher does (``Dispatcher.launch_run``): the launches to time alone (the first
+        of each kernel ID, and those the front end asks for), those between them together
+        with one probe, each such stretch reported once. False, issuing nothing, without
+        the lease."""
+        if not self.leased:
+            return False
+        timed = [self._to_time(kernel_id) for kernel_id, _ in kernels]
+        for first, stop in stretches(timed):
+            self._issue_unasked(task_id, kernels, first, stop, timed[first], issue)
+        self.stats["leased"] += len(kernels)
+        return True
+
+    def _to_time(self, kernel_id: str) -> bool:
+        """Whether the session's launch of ``kernel_id`` about to go unasked is timed: its
+        first, and the next after the front end asked for one."""
+        timed = kernel_id in self._to_time_next or kernel_id not in self._seen
+        self._seen.add(kernel_id)
+        self._to_time_next.discard(kernel_id)
+        return timed
+
+    def _issue_unasked(
+        self,
+        task_id: int,
+        kernels: Sequence[tuple[str, str]],
+        first: int,
+        stop: int,
+        timed: bool,
+        issue: RunIssueFn,
+    ) -> None:
+        """Issue launches ``first`` to ``stop`` of a run with one probe, and report them."""
+        arrived = clock_us()  # the front end's clock too (CLOCK_MONOTONIC)
+        probe = issue(first, stop, timed)
+        if probe is None:
+            return
+        probe_id = next(self._ids)
+        key = stream_key(probe.stream_key)
+        # A launch that ends an idle gap leaves at once: until the front end hears of it,
+        # the policy counts the task idle and may fill the gap it has left.
+        report = self.control.send if self._in_flight == 0 else self.control.hold
+        report("leased", task_id, kernels[first:stop], probe_id, key, timed, arrived)
+        self._follow(probe_id, probe)
 
     def _on_credit(self, kernel_id: str) -> bool:
         """Whether the last go's credit lets a launch of ``kernel_id`` go unasked; while

@@ -248,16 +248,17 @@ class WorkerProcess:
     def _on_leased(
         self,
         task_id: int,
-        kernel_id: str,
-        name: str,
+        kernels: list[list[str]],
         probe_id: int,
         stream_key: int,
         timed: bool,
         arrived_us: float,
     ) -> None:
+        """Launches the worker issued unasked, one probe after them: ``kernels`` gives each
+        one's (kernel ID, name)."""
         assert self.dispatcher is not None
         probe = self._remote_probe(probe_id, stream_key)
-        if self.dispatcher.launched(task_id, kernel_id, name, probe, timed, arrived_us):
+        for kernel_id in self.dispatcher.launched(task_id, kernels, probe, timed, arrived_us):
             self._control.send("time", kernel_id)
 
     def _on_issued(self, probe_id: int, stream_key: int, error: int) -> None:

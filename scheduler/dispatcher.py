@@ -238,6 +238,19 @@ def _finished_at(record: _InFlight, looked_before: float, now: float) -> float:
     return min(now, max(looked_before, record.issued_us, record.due_us))
 
 
+def stretches(timed: Sequence[bool]) -> Iterator[tuple[int, int]]:
+    """How a run of launches goes out, (first, stop) each: a launch to time alone, those
+    between such launches together."""
+    first = 0
+    for i in [i for i, timing in enumerate(timed) if timing]:
+        if first < i:
+            yield first, i
+        yield i, i + 1
+        first = i + 1
+    if first < len(timed):
+        yield first, len(timed)
+
+
 def clock_us() -> float:
     """Host monotonic time in microseconds, the clock policies run on."""
     return time.perf_counter() * 1e6
@@ -437,22 +450,22 @@ class Dispatcher:
         """
         if task_id not in self._leased or self._closed:
             return False
+        plans = self._plans(kernels)
+        for first, stop in stretches([timed for timed, _ in plans]):
+            self._issue_leased(task_id, kernels, plans, first, stop, issue)
+        return True
+
+    def _plans(self, kernels: Sequence[tuple[str, str]]) -> list[tuple[bool, float | None]]:
+        """Whether the profiles want each launch of a run timed, and its predicted duration
+        (every launch is timed while a trace is written)."""
         profiles = self.profiles
         if profiles is None:
             plans = [(False, None)] * len(kernels)
         else:
             plans = profiles.launch_plans(kernel_id for kernel_id, _ in kernels)
-        if self.trace is not None:  # the trace times every launch
+        if self.trace is not None:
             plans = [(True, predicted) for _, predicted in plans]
-        first = 0
-        for i in [i for i, (timed, _) in enumerate(plans) if timed]:
-            if first < i:
-                self._issue_leased(task_id, kernels, plans, first, i, issue)
-            self._issue_leased(task_id, kernels, plans, i, i + 1, issue)
-            first = i + 1
-        if first < len(kernels):
-            self._issue_leased(task_id, kernels, plans, first, len(kernels), issue)
-        return True
+        return plans
 
     def _issue_leased(
         self,
@@ -471,28 +484,48 @@ class Dispatcher:
         probe = issue(first, stop, timed)
         if probe is None:
             return
-        predictions = [predicted for _, predicted in plans[first:stop] if predicted is not None]
-        predicted = sum(predictions) if predictions else None
         with self._lock:
             if task_id not in self._tasks:
                 probe.release()  # the task ended meanwhile: nobody is left to tell
                 return
-            queue = self._streams.get(probe.stream_key)
-            last = queue[-1] if queue and not timed else None
-            if last is not None and last.launch.task_id == task_id and not last.timed:
-                # A run of launches is one record to the policy and the tracker.
-                last.join(kernels[stop - 1][0], probe, predicted or 0.0, now)
-                joined = kernels[first:stop]
-            else:
-                kernel_id, name = kernels[first]
-                record = self._count_unasked(task_id, kernel_id, name, probe, timed, predicted, now)
-                record.last_kernel_id = kernels[stop - 1][0]
-                joined = kernels[first + 1 : stop]
-            if joined:
-                self.policy.joined(task_id, [kernel_id for kernel_id, _ in joined], now)
-                self.launches += len(joined)
-            if self._held and self.policy.opens_gap(task_id):
-                self._release_behind(now)
+            self._count_run(task_id, kernels[first:stop], plans[first:stop], probe, timed, now)
+
+    def _count_run(
+        self,
+        task_id: int,
+        kernels: Sequence[tuple[str, str]],
+        plans: Sequence[tuple[bool, float | None]],
+        probe: LaunchProbe,
+        timed: bool,
+        now: float,
+    ) -> None:
+        """A run of the task's launches, issued without asking with one probe after them,
+        arrives, counts in flight and is tracked (call with the lock held). A leased task's
+        launches are one record to the policy and the tracker while they follow one another
+        on a stream: the run joins the stream's last record when that is the task's, untimed
+        and not seen done yet (a launch on credit counts in flight on its own)."""
+        predictions = [predicted for _, predicted in plans if predicted is not None]
+        predicted = sum(predictions) if predictions else None
+        queue = self._streams.get(probe.stream_key)
+        last = queue[-1] if queue and not timed else None
+        if (
+            last is not None
+            and last.launch.task_id == task_id
+            and not last.timed
+            and task_id in self._leased
+        ):
+            last.join(kernels[-1][0], probe, predicted or 0.0, now)
+            joined = kernels
+        else:
+            kernel_id, name = kernels[0]
+            record = self._count_unasked(task_id, kernel_id, name, probe, timed, predicted, now)
+            record.last_kernel_id = kernels[-1][0]
+            joined = kernels[1:]
+        if joined:
+            self.policy.joined(task_id, [kernel_id for kernel_id, _ in joined], now)
+            self.launches += len(joined)
+        if self._held and self.policy.opens_gap(task_id):
+            self._release_behind(now)
 
     def leased_tasks(self) -> set[int]:
         """Tasks whose launches the policy issues at arrival until a task comes or goes:
@@ -502,24 +535,23 @@ class Dispatcher:
     def launched(
         self,
         task_id: int,
-        kernel_id: str,
-        name: str,
+        kernels: Sequence[tuple[str, str]],
         probe: LaunchProbe,
         timed: bool,
         arrived_us: float | None = None,
-    ) -> bool:
-        """A launch that a task issued without asking (under a lease, ``leased_tasks``, or
-        on credit, ``credit``), at ``arrived_us`` on this clock (default: now): it counts
-        and is tracked like any other. Returns whether the profiles want the task's next
-        launch of ``kernel_id`` timed."""
-        profiles = self.profiles
-        measure, predicted = (False, None) if profiles is None else profiles.launch_plan(kernel_id)
+    ) -> set[str]:
+        """A run of launches that a task issued without asking, one stream's, with one probe
+        after them (``kernels``: each one's kernel ID and name), under a lease
+        (``leased_tasks``) or, a run of one, on credit (``credit``), at ``arrived_us`` on
+        this clock (default: now): it counts and is tracked as a run issued here is.
+        Returns the kernel IDs whose next launch by the task the profiles want timed."""
+        plans = self._plans(kernels)
         with self._lock:
             if self._closed or task_id not in self._tasks:  # the report outran the task's end
-                return False
+                return set()
             now = self.clock() if arrived_us is None else arrived_us
-            self._count_unasked(task_id, kernel_id, name, probe, timed, predicted, now)
-        return measure or self.trace is not None
+            self._count_run(task_id, kernels, plans, probe, timed, now)
+        return {kernel_id for (kernel_id, _), (measure, _) in zip(kernels, plans) if measure}
 
     def _count_unasked(
         self,

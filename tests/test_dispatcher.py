@@ -108,7 +108,7 @@ def test_a_launch_made_under_a_lease_is_tracked_and_sets_the_timing_of_the_next(
     dispatcher.add_task(2, 0)
     assert dispatcher.leased_tasks() == {1}
     timed = FakeProbe("hp", (10.0, 35.0))
-    assert dispatcher.launched(1, "k", "hp", timed, True)  # new kernel: time the next too
+    assert dispatcher.launched(1, [("k", "hp")], timed, True) == {"k"}  # new: time the next
     waiter = in_thread(dispatcher.launch, 2, "k2", "lp", gpu.issuer("lp"))
     waiter.join(0.2)
     assert waiter.is_alive() and gpu.issued == []  # held behind the leased launch
@@ -117,8 +117,8 @@ def test_a_launch_made_under_a_lease_is_tracked_and_sets_the_timing_of_the_next(
     assert gpu.issued == [("lp", True)]
     assert wait_until(lambda: profiles.get("k") is not None)
     assert profiles.get("k").duration.count == 1  # the leased launch's time was recorded
-    plans = [dispatcher.launched(1, "k", "hp", FakeProbe("hp", None), False) for _ in range(4)]
-    assert plans == [False, True, False, True]  # measured: one launch in two
+    plans = [dispatcher.launched(1, [("k", "hp")], FakeProbe("hp", None), False) for _ in range(4)]
+    assert plans == [set(), {"k"}, set(), {"k"}]  # measured: one launch in two
     assert dispatcher.launches == 6
     dispatcher.close()
     profiles.close()
@@ -144,6 +144,13 @@ def test_a_leased_run_goes_out_together_but_for_the_launches_to_measure(tmp_path
     assert len(runs) == 4
     assert dispatcher.launch_run(1, [("known", "k")], lambda *_: None)  # nothing went out
     assert dispatcher.launches == 6
+    # A run a worker issued under the lease and reported counts the same way, as one
+    # record after the stream's last one, and a credit launch of task 2 as its own.
+    in_flight = len(dispatcher._streams["s"])
+    assert dispatcher.launched(1, kernels[:2], FakeProbe("s", None), False) == set()
+    assert (dispatcher.launches, len(dispatcher._streams["s"])) == (8, in_flight)
+    dispatcher.launched(2, kernels[:1], FakeProbe("s", None), False)
+    assert (dispatcher.launches, len(dispatcher._streams["s"])) == (9, in_flight + 1)
     dispatcher.close()
     profiles.close()
 
@@ -349,7 +356,7 @@ def test_a_reported_launch_arrives_at_the_time_its_worker_stamped() -> None:
     dispatcher = Dispatcher(FifoPolicy(), trace=trace, clock=lambda: 900.0)
     dispatcher.add_task(7, 3)
     probe = FakeProbe("s", (10.0, 35.0))
-    dispatcher.launched(7, "abc", "gemm", probe, True, arrived_us=640.0)  # heard at 900
+    dispatcher.launched(7, [("abc", "gemm")], probe, True, arrived_us=640.0)  # heard at 900
     probe.finished.set()
     assert wait_until(lambda: trace.getvalue().endswith("\n"))
     dispatcher.close()

@@ -427,6 +427,31 @@ def test_a_worker_launches_unasked_within_its_credit_window_then_asks_again() ->
     link.close()
 
 
+def test_a_leased_worker_issues_a_run_together_but_for_the_launches_to_time() -> None:
+    control = FakeControl()
+    link = DispatcherLink(control)  # type: ignore[arg-type]
+    runs: list[tuple[int, int, bool]] = []
+
+    def issue(first: int, stop: int, timed: bool) -> FinishingProbe:
+        runs.append((first, stop, timed))
+        return FinishingProbe()
+
+    kernels = [("a", "fa"), ("a", "fa"), ("b", "fb"), ("a", "fa"), ("b", "fb")]
+    assert not link.launch_run(1, kernels, issue) and runs == []  # no lease: one at a time
+    control.on_notice(["lease", True])
+    assert link.launch_run(1, kernels, issue)
+    # The first launch of each kernel ID goes alone, timed; those between go together.
+    assert runs == [(0, 1, True), (1, 2, False), (2, 3, True), (3, 5, False)]
+    reports = [m for m in control.sent + control.held if m[0] == "leased"]
+    assert [m[2] for m in reports] == [kernels[0:1], kernels[1:2], kernels[2:3], kernels[3:5]]
+    control.on_notice(["time", "b"])  # the front end wants the next launch of b timed
+    runs.clear()
+    assert link.launch_run(1, kernels, issue)
+    assert runs == [(0, 2, False), (2, 3, True), (3, 5, False)]
+    assert link.stats["leased"] == 10
+    link.close()
+
+
 def test_a_leased_launch_is_reported_with_the_time_it_came_before_its_issue() -> None:
     control = FakeControl()
     link = DispatcherLink(control)  # type: ignore[arg-type]
