@@ -238,17 +238,21 @@ def _finished_at(record: _InFlight, looked_before: float, now: float) -> float:
     return min(now, max(looked_before, record.issued_us, record.due_us))
 
 
-def stretches(timed: Sequence[bool]) -> Iterator[tuple[int, int]]:
+def stretches(timed: Sequence[bool]) -> list[tuple[int, int]]:
     """How a run of launches goes out, (first, stop) each: a launch to time alone, those
     between such launches together."""
+    if True not in timed:  # most runs: one stretch
+        return [(0, len(timed))]
+    parts = []
     first = 0
     for i in [i for i, timing in enumerate(timed) if timing]:
         if first < i:
-            yield first, i
-        yield i, i + 1
+            parts.append((first, i))
+        parts.append((i, i + 1))
         first = i + 1
     if first < len(timed):
-        yield first, len(timed)
+        parts.append((first, len(timed)))
+    return parts
 
 
 def clock_us() -> float:
@@ -488,23 +492,26 @@ class Dispatcher:
             if task_id not in self._tasks:
                 probe.release()  # the task ended meanwhile: nobody is left to tell
                 return
-            self._count_run(task_id, kernels[first:stop], plans[first:stop], probe, timed, now)
+            self._count_run(task_id, kernels, plans, first, stop, probe, timed, now)
 
     def _count_run(
         self,
         task_id: int,
         kernels: Sequence[tuple[str, str]],
         plans: Sequence[tuple[bool, float | None]],
+        first: int,
+        stop: int,
         probe: LaunchProbe,
         timed: bool,
         now: float,
     ) -> None:
-        """A run of the task's launches, issued without asking with one probe after them,
-        arrives, counts in flight and is tracked (call with the lock held). A leased task's
-        launches are one record to the policy and the tracker while they follow one another
-        on a stream: the run joins the stream's last record when that is the task's, untimed
-        and not seen done yet (a launch on credit counts in flight on its own)."""
-        predictions = [predicted for _, predicted in plans if predicted is not None]
+        """Launches ``first`` to ``stop`` of a run of the task's, issued without asking with
+        one probe after them, arrive, count in flight and are tracked (call with the lock
+        held). A leased task's launches are one record to the policy and the tracker while
+        they follow one another on a stream: they join the stream's last record when that
+        is the task's, untimed and not seen done yet (a launch on credit counts in flight on
+        its own)."""
+        predictions = [predicted for _, predicted in plans[first:stop] if predicted is not None]
         predicted = sum(predictions) if predictions else None
         queue = self._streams.get(probe.stream_key)
         last = queue[-1] if queue and not timed else None
@@ -514,13 +521,13 @@ class Dispatcher:
             and not last.timed
             and task_id in self._leased
         ):
-            last.join(kernels[-1][0], probe, predicted or 0.0, now)
-            joined = kernels
+            last.join(kernels[stop - 1][0], probe, predicted or 0.0, now)
+            joined = kernels[first:stop]
         else:
-            kernel_id, name = kernels[0]
+            kernel_id, name = kernels[first]
             record = self._count_unasked(task_id, kernel_id, name, probe, timed, predicted, now)
-            record.last_kernel_id = kernels[-1][0]
-            joined = kernels[1:]
+            record.last_kernel_id = kernels[stop - 1][0]
+            joined = kernels[first + 1 : stop]
         if joined:
             self.policy.joined(task_id, [kernel_id for kernel_id, _ in joined], now)
             self.launches += len(joined)
@@ -550,7 +557,7 @@ class Dispatcher:
             if self._closed or task_id not in self._tasks:  # the report outran the task's end
                 return set()
             now = self.clock() if arrived_us is None else arrived_us
-            self._count_run(task_id, kernels, plans, probe, timed, now)
+            self._count_run(task_id, kernels, plans, 0, len(kernels), probe, timed, now)
         return {kernel_id for (kernel_id, _), (measure, _) in zip(kernels, plans) if measure}
 
     def _count_unasked(
