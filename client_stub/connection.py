@@ -57,10 +57,12 @@ REPLY_SPIN_S = 50e-6
 #: before asking: after a short kernel the notice comes sooner than a synchronization's
 #: round trip would (the server reads the launch, runs it, sees the GPU done, says so).
 NOTICE_WAIT_S = 60e-6
-#: Waits for a notice that went unanswered in a row (the session's kernels run longer than
-#: the server watches them) after which a session stops waiting, and the synchronizations
-#: after which it tries once more.
-NOTICE_MISSES = 4
+#: Whether waiting pays is learnt from the share of a session's recent waits that went
+#: unanswered (its kernels outlast the server's watch, or the server is slow to say so): an
+#: average giving each new wait this weight. Above NOTICE_MISS_LIMIT the session stops
+#: waiting, and tries once more every NOTICE_RETRY_AFTER synchronizations.
+NOTICE_MISS_WEIGHT = 0.1
+NOTICE_MISS_LIMIT = 0.25
 NOTICE_RETRY_AFTER = 64
 #: Most payload bytes of calls a gRPC session queues before gRPC takes them.
 MAX_QUEUED_BYTES = 16 * 1024 * 1024
@@ -109,7 +111,7 @@ class Connection(ABC):
         #: When the last call sent left, if it was posted (0.0: it wanted a reply), and how
         #: waits for notices went (``work_done``).
         self._posted_at = 0.0
-        self._notice_misses = 0
+        self._notice_miss_share = 0.0
         self._unwaited = 0
         self.staging: StagingArea | None = None
         self.backend = ""
@@ -260,19 +262,18 @@ class Connection(ABC):
         its GPU work (a synchronization would return success at once).
 
         ``wait`` (a synchronization is about to ask): if not yet, keep looking until
-        NOTICE_WAIT_S after the last call posted, unless waits went unanswered
-        NOTICE_MISSES times in a row (then once every NOTICE_RETRY_AFTER times)."""
+        NOTICE_WAIT_S after the last call posted, while such waits are mostly answered
+        (NOTICE_MISS_LIMIT)."""
         if self._notice_covers_sent():
             return True
         if not wait or not self._notice_due():
             return False
         deadline = self._posted_at + NOTICE_WAIT_S
-        while time.perf_counter() < deadline:
-            if self._notice_covers_sent():
-                self._notice_misses = 0
-                return True
-        self._notice_misses += 1
-        return False
+        answered = False
+        while not answered and time.perf_counter() < deadline:
+            answered = self._notice_covers_sent()
+        self._notice_miss_share += NOTICE_MISS_WEIGHT * ((not answered) - self._notice_miss_share)
+        return answered
 
     def _notice_covers_sent(self) -> bool:
         """Whether the last notice read, after reading what has arrived, covers every call
@@ -287,7 +288,7 @@ class Connection(ABC):
         """Whether a wait for a notice may still be answered and is worth it."""
         if time.perf_counter() >= self._posted_at + NOTICE_WAIT_S:
             return False
-        if self._notice_misses < NOTICE_MISSES:
+        if self._notice_miss_share < NOTICE_MISS_LIMIT:
             return True
         self._unwaited += 1
         if self._unwaited < NOTICE_RETRY_AFTER:
