@@ -60,7 +60,8 @@ NOTICE_WAIT_S = 60e-6
 #: Whether waiting pays is learnt from the share of a session's recent waits that went
 #: unanswered (its kernels outlast the server's watch, or the server is slow to say so): an
 #: average giving each new wait this weight. Above NOTICE_MISS_LIMIT the session stops
-#: waiting, and tries once more every NOTICE_RETRY_AFTER synchronizations.
+#: waiting, and tries once more every NOTICE_RETRY_AFTER synchronizations that could wait
+#: (made within NOTICE_WAIT_S of a posted call).
 NOTICE_MISS_WEIGHT = 0.1
 NOTICE_MISS_LIMIT = 0.25
 NOTICE_RETRY_AFTER = 64
