@@ -19,7 +19,7 @@ import uvloop
 from gpu_server.auth import TokenBook, parse_bytes
 from gpu_server.backends import BackendUnavailable, open_backend
 from gpu_server.hub import DEFAULT_MAX_SESSIONS, Admission
-from gpu_server.ports import InProcess, Placement, PlacementFailed
+from gpu_server.ports import RECEIVE_SPIN_S, InProcess, Placement, PlacementFailed
 from gpu_server.server import start_server
 from gpu_server.workers import SharedWorker, WorkerPerSession, WorkerSettings
 from scheduler.dispatcher import Dispatcher
@@ -47,6 +47,17 @@ def tokens_file(path: str) -> TokenBook:
         return TokenBook.load(Path(path))
     except (OSError, ValueError) as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def non_negative(text: str) -> float:
+    """A number of microseconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number 0 or more")
+    return value
 
 
 def memory_size(text: str) -> int:
@@ -151,6 +162,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--tls-cert", type=Path, help="PEM certificate chain: serve gRPC over TLS only"
     )
     parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--receive-spin-us",
+        type=non_negative,
+        default=RECEIVE_SPIN_S * 1e6,
+        help="how long a session's thread polls for its client's next calls before it "
+        f"blocks ({RECEIVE_SPIN_S * 1e6:.0f}; 0: at once): polling costs a CPU core while the "
+        "client keeps calling, waking a blocked thread makes the next call slower",
+    )
     parser.add_argument("--grace", type=float, default=5.0, help="seconds to drain on SIGTERM")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     return parser.parse_args(argv)
@@ -207,7 +226,12 @@ def worker_settings(args: argparse.Namespace) -> WorkerSettings:
         "arm_behind": args.arm_behind,
         "quiet_after_us": args.quiet_after_us,
     }
-    return WorkerSettings(args.backend, args.log_level.upper(), scheduling)
+    return WorkerSettings(
+        args.backend,
+        args.log_level.upper(),
+        receive_spin_s=args.receive_spin_us * 1e-6,
+        scheduling=scheduling,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -228,7 +252,9 @@ async def open_placement(
                     WorkerPerSession, worker_settings(args), dispatcher
                 )
             else:
-                placement = InProcess(open_backend(args.backend), dispatcher)
+                placement = InProcess(
+                    open_backend(args.backend), dispatcher, None, args.receive_spin_us * 1e-6
+                )
             stack.enter_context(_flushing(dispatcher))
             cut_off = dispatcher.close
         stack.callback(placement.close)

@@ -407,8 +407,9 @@ class Worker:
         dispatcher: Dispatcher | DispatcherLink,
         control: ControlSocket,
         one_session: bool,
+        receive_spin_s: float,
     ) -> None:
-        self.placement = InProcess(backend, dispatcher, on_fault=self._lost)
+        self.placement = InProcess(backend, dispatcher, self._lost, receive_spin_s)
         self.control = control
         self.one_session = one_session
 
@@ -509,7 +510,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             scheduling = argparse.Namespace(**settings["scheduling"])
             dispatcher = stack.enter_context(open_dispatcher(scheduling, in_one_process=True))
-        worker = Worker(backend, dispatcher, control, settings["one_session"])
+        worker = Worker(
+            backend, dispatcher, control, settings["one_session"], settings["receive_spin_s"]
+        )
         worker.serve(settings["socket"])
         settle_interpreter()
         control.send("ready", *worker.placement.describe())

@@ -33,7 +33,15 @@ from cuda.bindings.driver import CUresult
 from fikit_wire import calls as wire
 from fikit_wire.frames import FrameSocket
 from gpu_server.errors import CudaError
-from gpu_server.ports import Emit, End, Placement, PlacementFailed, SessionPort, SessionSpec
+from gpu_server.ports import (
+    RECEIVE_SPIN_S,
+    Emit,
+    End,
+    Placement,
+    PlacementFailed,
+    SessionPort,
+    SessionSpec,
+)
 from gpu_server.worker import ADOPT, ENDED, FAULT_EXIT, ControlChannel
 from scheduler.dispatcher import Dispatcher, DispatcherClosed
 
@@ -51,6 +59,8 @@ class WorkerSettings:
 
     backend: str
     log_level: str = "INFO"
+    #: ``InProcess``'s polling for a client's next frame.
+    receive_spin_s: float = RECEIVE_SPIN_S
     #: ``cli.open_dispatcher``'s settings, for a worker that schedules its own sessions.
     scheduling: dict[str, Any] = field(default_factory=dict)
 

@@ -30,6 +30,7 @@ from fikit_wire import session_pb2
 from fikit_wire.frames import FrameSocket
 from gpu_server import worker as worker_module
 from gpu_server.backends.sim import FAULT_KERNEL_PREFIX
+from gpu_server.cli import parse_args, worker_settings
 from gpu_server.errors import CudaError
 from gpu_server.worker import ControlChannel, DispatcherLink
 from gpu_server.workers import WorkerProcess
@@ -542,3 +543,14 @@ def test_a_launch_reported_done_before_its_issuer_woke_counts_as_done() -> None:
     with pytest.raises(CudaError) as failed:
         worker._issue(1, "k", False)
     assert failed.value.code == CUresult.CUDA_ERROR_LAUNCH_FAILED
+
+
+def test_workers_poll_for_frames_as_long_as_the_command_line_says(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert worker_settings(parse_args(["--receive-spin-us", "250"])).receive_spin_s == 250e-6
+    assert worker_settings(parse_args(["--receive-spin-us", "0"])).receive_spin_s == 0.0
+    for wrong in ("-1", "nan", "soon"):
+        with pytest.raises(SystemExit):
+            parse_args(["--receive-spin-us", wrong])
+        assert "--receive-spin-us" in capsys.readouterr().err

@@ -303,6 +303,32 @@ def test_work_done_notices_stop_while_the_client_leaves_them_unread(sim_server) 
     assert all(count is not None for count in notices) and notices == sorted(notices)
 
 
+def test_a_session_thread_polls_for_the_next_frame_then_blocks_until_it_comes(
+    sim_server,
+) -> None:
+    session = Session(97, sim_server.backend, sim_server.dispatcher, handle_counter(), 0)
+    port = LocalPort(session, receive_spin_s=0.02)
+    server_end, client_end = socket.socketpair()
+    call = wire.pack([["cuDeviceGetCount", True]])
+    with server_end, client_end:
+        serving = threading.Thread(target=serve_frames, args=(port, FrameSocket(server_end)))
+        serving.start()
+        frames = FrameSocket(client_end)
+        client_end.sendall(header(call) + call)
+        assert [wire.unpack(frame) for frame in frames.receive()] == [[[0, 1]]]
+        client_end.sendall(header(call) + call)  # while it polls
+        assert [wire.unpack(frame) for frame in frames.receive()] == [[[0, 1]]]
+        cpu_before = time.process_time()
+        time.sleep(0.3)
+        assert time.process_time() - cpu_before < 0.15  # blocked after 0.02 s, not polling
+        client_end.sendall(header(call) + call)  # wakes it
+        assert [wire.unpack(frame) for frame in frames.receive()] == [[[0, 1]]]
+        client_end.shutdown(socket.SHUT_WR)
+        serving.join(10)
+    port.close()
+    assert not serving.is_alive()
+
+
 @pytest.mark.parametrize("transport", [0, 1], ids=["grpc", "unix"])
 def test_a_server_going_away_fails_the_next_call_with_device_unavailable(
     tmp_path: Path, transport: int
