@@ -35,7 +35,7 @@ OnFault = Callable[[int, int], None]
 
 #: How long a session's thread polls its socket for the client's next frame before it
 #: blocks (``gpu-server --receive-spin-us``). On the H200 test machine a launch frame that
-#: found the thread blocked for 1 ms cost it 42-94 us against 14-23 us right after another
+#: found the thread blocked for 1 ms cost it 42-94 us against 14-24 us right after another
 #: call; same-host launch+sync, polling 500 us against blocking, read lower in each of six
 #: paired rounds (34-68 us against 47-92). Polling costs a CPU core while the client keeps
 #: calling.
