@@ -168,7 +168,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=RECEIVE_SPIN_S * 1e6,
         help="how long a session's thread polls for its client's next calls before it "
         f"blocks ({RECEIVE_SPIN_S * 1e6:.0f}; 0: at once): polling costs a CPU core while the "
-        "client keeps calling, waking a blocked thread makes the next call slower",
+        "client keeps calling, waking a blocked thread makes the next call slower; a GPU "
+        "process with more sessions than half the cores does not poll",
     )
     parser.add_argument("--grace", type=float, default=5.0, help="seconds to drain on SIGTERM")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")

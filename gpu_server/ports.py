@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import socket
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -40,6 +42,32 @@ OnFault = Callable[[int, int], None]
 #: paired rounds (34-68 us against 47-92). Polling costs a CPU core while the client keeps
 #: calling.
 RECEIVE_SPIN_S = 500e-6
+
+
+class Pollers:
+    """Whether the sessions of one process may poll for their clients' frames: while each
+    has two cores to itself (its client's and its thread's). Past that, polling threads
+    slow the threads that have work: on a 2-core machine four clients' launch+sync took
+    up to twice as long with every session polling, and longer for all but one with one
+    polling at a time."""
+
+    def __init__(self, cores: int | None = None) -> None:
+        self._cores = cores or os.cpu_count() or 1
+        self._sessions = 0
+        self._lock = threading.Lock()
+
+    def opened(self) -> None:
+        with self._lock:
+            self._sessions += 1
+
+    def closed(self) -> None:
+        with self._lock:
+            self._sessions -= 1
+
+    def allowed(self) -> bool:
+        """Whether a session may poll now."""
+        return 2 * self._sessions <= self._cores
+
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +164,7 @@ class LocalPort(SessionPort):
         on_fault: OnFault | None = None,
         notices: bool = False,
         receive_spin_s: float = RECEIVE_SPIN_S,
+        pollers: Pollers | None = None,
     ) -> None:
         super().__init__(session.id, session.staging is not None)
         self.session = session
@@ -143,8 +172,11 @@ class LocalPort(SessionPort):
         self._emit: Emit | None = None
         #: Whether the client wants work-done notices (``serve_frames``).
         self.notices = notices
-        #: How long ``serve_frames`` polls for the client's next frame before it blocks.
+        #: How long ``serve_frames`` polls for the client's next frame before it blocks,
+        #: while ``pollers`` allow it.
         self.receive_spin_s = receive_spin_s
+        self.pollers = pollers or Pollers()
+        self.pollers.opened()
 
     def start(self, emit: Emit, end: End) -> None:
         self._emit = emit
@@ -160,6 +192,7 @@ class LocalPort(SessionPort):
         """Frames run as they are submitted: nothing to wait for."""
 
     def close(self) -> None:
+        self.pollers.closed()
         session = self.session
         session.close()
         if session.staging is not None:
@@ -171,7 +204,8 @@ class LocalPort(SessionPort):
 class InProcess(Placement):
     """Sessions run in this process, on one backend and dispatcher; ``on_fault`` hears of
     a call that found the process's GPU state lost; each session's thread polls for its
-    client's next frame for ``receive_spin_s`` before it blocks (``serve_frames``)."""
+    client's next frame for ``receive_spin_s`` before it blocks (``serve_frames``), while
+    there are few enough of them (``Pollers``)."""
 
     isolation = "none"
 
@@ -186,6 +220,7 @@ class InProcess(Placement):
         self.dispatcher = dispatcher
         self.on_fault = on_fault
         self.receive_spin_s = receive_spin_s
+        self.pollers = Pollers()
         #: Who owns which device memory, across the sessions of this process.
         self.ownership = DeviceOwnership()
         self._handle_ids = handle_counter()
@@ -203,7 +238,7 @@ class InProcess(Placement):
             spec.memory_quota,
             self.ownership,
         )
-        return LocalPort(session, self.on_fault, spec.notices, self.receive_spin_s)
+        return LocalPort(session, self.on_fault, spec.notices, self.receive_spin_s, self.pollers)
 
     def describe(self) -> tuple[str, str]:
         return self._description
@@ -235,11 +270,11 @@ def serve_frames(port: LocalPort, frames: FrameSocket) -> str:
     that ended with a call wanting no reply (the client is not reading one), the session
     watches for NOTICE_WATCH_S for the GPU to finish its work, then says so. Between
     batches the thread polls for the next frame for ``port.receive_spin_s`` before it
-    blocks."""
+    blocks, while the port's ``Pollers`` allow it."""
     port.start(frames.send, lambda reason: end_session(frames, reason))
-    spin_s = port.receive_spin_s
+    spin_s, pollers = port.receive_spin_s, port.pollers
     try:
-        while payloads := frames.receive(spin_s):
+        while payloads := frames.receive(spin_s if pollers.allowed() else 0.0):
             port.submit(payloads)
             if port.notices and not port.session.replied_last:
                 _notice_when_done(port.session, frames)

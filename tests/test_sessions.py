@@ -26,7 +26,7 @@ from client_stub.connection import ConnectionLost, connect
 from fikit_wire import calls as wire
 from fikit_wire import session_pb2, session_pb2_grpc
 from fikit_wire.frames import FrameSocket, header
-from gpu_server.ports import LocalPort, serve_frames
+from gpu_server.ports import LocalPort, Pollers, serve_frames
 from gpu_server.session import Session, handle_counter
 from tests.conftest import ServerThread
 
@@ -327,6 +327,23 @@ def test_a_session_thread_polls_for_the_next_frame_then_blocks_until_it_comes(
         serving.join(10)
     port.close()
     assert not serving.is_alive()
+
+
+def test_sessions_poll_for_frames_only_while_each_has_two_cores(sim_server) -> None:
+    pollers = Pollers(cores=4)
+    ports = [
+        LocalPort(
+            Session(90 + i, sim_server.backend, sim_server.dispatcher, handle_counter(), 0),
+            pollers=pollers,
+        )
+        for i in range(3)
+    ]
+    assert not pollers.allowed()  # three sessions, four cores
+    ports.pop().close()
+    assert pollers.allowed()
+    for port in ports:
+        port.close()
+    assert pollers.allowed()
 
 
 @pytest.mark.parametrize("transport", [0, 1], ids=["grpc", "unix"])
