@@ -8,6 +8,7 @@ import contextlib
 import faulthandler
 import gc
 import logging
+import math
 import signal
 import sqlite3
 import sys
@@ -50,13 +51,13 @@ def tokens_file(path: str) -> TokenBook:
 
 
 def non_negative(text: str) -> float:
-    """A number of microseconds, 0 or more."""
+    """A finite number of microseconds, 0 or more."""
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value >= 0.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number 0 or more")
+    if not 0.0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number 0 or more")
     return value
 
 
@@ -254,7 +255,9 @@ async def open_placement(
                 )
             else:
                 placement = InProcess(
-                    open_backend(args.backend), dispatcher, None, args.receive_spin_us * 1e-6
+                    open_backend(args.backend),
+                    dispatcher,
+                    receive_spin_s=args.receive_spin_us * 1e-6,
                 )
             stack.enter_context(_flushing(dispatcher))
             cut_off = dispatcher.close

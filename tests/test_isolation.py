@@ -550,7 +550,7 @@ def test_workers_poll_for_frames_as_long_as_the_command_line_says(
 ) -> None:
     assert worker_settings(parse_args(["--receive-spin-us", "250"])).receive_spin_s == 250e-6
     assert worker_settings(parse_args(["--receive-spin-us", "0"])).receive_spin_s == 0.0
-    for wrong in ("-1", "nan", "soon"):
+    for wrong in ("-1", "nan", "inf", "soon"):
         with pytest.raises(SystemExit):
             parse_args(["--receive-spin-us", wrong])
         assert "--receive-spin-us" in capsys.readouterr().err
