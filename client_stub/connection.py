@@ -56,7 +56,7 @@ REPLY_SPIN_S = 50e-6
 #: How long after posting a call a synchronization looks for the server's work-done notice
 #: before asking: after a short kernel the notice comes sooner than a synchronization's
 #: round trip would (the server reads the launch, runs it, sees the GPU done, says so). On
-#: the H200 a notice after an empty kernel came a median 35-49 us after the post, 52-75 at
+#: the H200 a notice after an empty kernel came a median 35-57 us after the post, 52-87 at
 #: p90 (shared and none), while asking took 59-75: a shorter wait missed often enough that
 #: sessions stopped waiting (NOTICE_MISS_LIMIT) and asked every time.
 NOTICE_WAIT_S = 120e-6
