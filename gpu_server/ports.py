@@ -268,33 +268,39 @@ def serve_frames(port: LocalPort, frames: FrameSocket) -> str:
 
     For a client that asked for notices, whenever nothing more has arrived after a batch
     that ended with a call wanting no reply (the client is not reading one), the session
-    watches for NOTICE_WATCH_S for the GPU to finish its work, then says so. Between
+    watches for NOTICE_WATCH_S for the GPU to finish its work, then says so. Then, unless
+    the client sent more meanwhile, the dispatcher hears that the session is idle. Between
     batches the thread polls for the next frame for ``port.receive_spin_s`` before it
     blocks, while the port's ``Pollers`` allow it."""
     port.start(frames.send, lambda reason: end_session(frames, reason))
-    spin_s, pollers = port.receive_spin_s, port.pollers
+    spin_s, pollers, session = port.receive_spin_s, port.pollers, port.session
     try:
         while payloads := frames.receive(spin_s if pollers.allowed() else 0.0):
             port.submit(payloads)
-            if port.notices and not port.session.replied_last:
-                _notice_when_done(port.session, frames)
+            work_done: bool | None = False
+            if port.notices and not session.replied_last:
+                work_done = _notice_when_done(session, frames)
+            if work_done is not None:
+                session.dispatcher.idle(session.id, work_done)
     except ValueError as err:
         log.info("session %d: %s", port.id, err)
         return str(err)
     return ""
 
 
-def _notice_when_done(session: Session, frames: FrameSocket) -> None:
+def _notice_when_done(session: Session, frames: FrameSocket) -> bool | None:
     """Until the client sends more or NOTICE_WATCH_S passed: once the session's work is
-    done, tell the client (unless it left earlier notices unread)."""
+    done, tell the client (unless it left earlier notices unread). Whether the work was
+    seen done; None when the client sent more first."""
     deadline = time.perf_counter() + NOTICE_WATCH_S
     while not frames.poll():
         if session.work_done():
             if frames.unread_sent_bytes() <= NOTICE_BACKLOG_BYTES:
                 frames.send(wire.pack_done(session.calls_run))
-            return
+            return True
         if time.perf_counter() >= deadline:
-            return
+            return False
+    return None
 
 
 def end_session(frames: FrameSocket, reason: str) -> None:

@@ -181,7 +181,16 @@ class DispatcherLink:
         #: Launches in flight, oldest first, by stream (each stream completes in order).
         self._probes: dict[Hashable, deque[tuple[int, LaunchProbe]]] = {}
         self._in_flight = 0
+        #: Whether the session's thread waits for its client (``idle``) or for a go, and
+        #: whether the tracker waits for either: a tracker taking the interpreter at the
+        #: driver calls of the session's frames doubled a one-session worker's launch+sync.
+        self._idle = True
+        self._asking = False
+        self._tracker_waiting = False
         self._wake = threading.Condition()
+        #: Held while completions are asked for and reported, by the tracker or by the
+        #: session's thread: each launch is reported once, its probe released once.
+        self._reporting = threading.Lock()
         self._closed = False
         #: How the session's launches went (counts, and waits in microseconds), logged at
         #: its end: under the lease, on credit, or asked for; why a credit did not serve.
@@ -209,11 +218,27 @@ class DispatcherLink:
         self.control.send("started", task_id)
 
     def call_finished(self, task_id: int) -> None:
+        """The call ended; the completions it waited for leave with the report of its end
+        (the tracker does not look while the session runs its frames)."""
+        self._report_done(self.control.hold)
         self.control.send("finished", task_id)
+
+    def idle(self, task_id: int, work_done: bool) -> None:
+        """The session's thread waits for its client: report the launches done when it saw
+        the session's work done, else let the tracker follow them from now."""
+        if work_done:
+            self._report_done(self.control.send)
+        with self._wake:
+            self._idle = True
+            if self._probes and self._tracker_waiting:
+                self._wake.notify()
 
     def running(self, priority: int) -> contextlib.AbstractContextManager[object]:
         """The worker's one session has its CPU to itself: nothing to order; the reports of
-        launches made under the lease or on credit leave together when its frames ran."""
+        launches made under the lease or on credit leave together when its frames ran.
+        From here until the session is ``idle`` the tracker leaves the interpreter to the
+        session's thread."""
+        self._idle = False
         return self._report_after()
 
     @contextlib.contextmanager
@@ -248,7 +273,14 @@ class DispatcherLink:
             return
         self.control.send("launch", task_id, kernel_id, name)
         asked = clock_us()
-        grant = self._reply()
+        with self._wake:
+            self._asking = True
+            if self._probes and self._tracker_waiting:
+                self._wake.notify()
+        try:
+            grant = self._reply()
+        finally:
+            self._asking = False
         waited = clock_us() - asked
         self.stats["asked"] += 1
         self.stats["us waiting for a go"] += round(waited)
@@ -333,21 +365,24 @@ class DispatcherLink:
             return False
         latest = credit.until - credit.count * credit.cost_us  # a full window's last chance
         waited_since = None
-        with self._wake:
-            while True:
-                in_flight, now = self._in_flight, clock_us()
-                if waited_since is not None:
-                    self.stats["us waiting for room"] += round(now - waited_since)
-                    waited_since = None
-                if credit.allows(kernel_id, in_flight, now):
-                    return True
-                if in_flight < credit.count or now >= latest or self._closed:
-                    self.stats["credit ran out"] += 1
-                    return False
+        while True:
+            in_flight, now = self._in_flight, clock_us()
+            if credit.allows(kernel_id, in_flight, now) or (
+                in_flight < credit.count or now >= latest or self._closed
+            ):
+                break
+            if waited_since is None:
                 self.stats["waits for room"] += 1
                 waited_since = now
                 self.control.flush()  # the front end counts what is in flight meanwhile
-                self._wake.wait((latest - now) / 1e6)
+            if not self._report_done(self.control.send):  # the tracker does not look now
+                time.sleep(POLL_INTERVAL_S)
+        if waited_since is not None:
+            self.stats["us waiting for room"] += round(now - waited_since)
+        if credit.allows(kernel_id, in_flight, now):
+            return True
+        self.stats["credit ran out"] += 1
+        return False
 
     def _follow(self, probe_id: int, probe: LaunchProbe) -> None:
         """Report the probe's completion once it is done."""
@@ -357,45 +392,55 @@ class DispatcherLink:
                 queue = self._probes[probe.stream_key] = deque()
             queue.append((probe_id, probe))
             self._in_flight += 1
-            self._wake.notify()
+            if self._tracker_waiting and self._idle:  # a launch outside a frame
+                self._wake.notify()
 
     def close(self) -> None:
         with self._wake:
             self._closed = True
-            self._wake.notify_all()  # the tracker, and a launch waiting for its credit
+            self._wake.notify()
         self._tracker.join()
 
     def _track(self) -> None:
-        """Report each launch's completion (and its GPU times when timed) as it happens.
-        Each poll asks a stream's newest launch, and only when that one is not done its
-        oldest ones until one is not: a burst of launches costs a poll a query or a few,
-        not one per launch in flight."""
+        """Report each launch's completion (and its GPU times when timed) as it happens,
+        while the session's thread waits for its client or for the front end's go. (A
+        synchronizing call reports what it waited for as it ends, ``call_finished``; a
+        launch waiting for room in its credit looks itself, ``_on_credit``.)"""
         while True:
             with self._wake:
-                while not (self._probes or self._closed):
+                while not ((self._probes and (self._idle or self._asking)) or self._closed):
+                    self._tracker_waiting = True
                     self._wake.wait()
+                    self._tracker_waiting = False
                 if self._closed:
                     return
+            if not self._report_done(self.control.send):
+                time.sleep(POLL_INTERVAL_S)
+
+    def _report_done(self, report: Callable[..., None]) -> bool:
+        """Report the launches found done through ``report``; whether there were any. Each
+        stream's newest launch is asked first, and only when that one is not done its
+        oldest ones until one is not: a burst costs a query or a few, not one per launch."""
+        with self._reporting:
+            with self._wake:
                 streams = [list(queue) for queue in self._probes.values()]
             finished = [probe for launches in streams for probe in done_prefix(launches)]
+            if not finished:
+                return False
             reports: list[int | float | None] = []
             for probe_id, probe in finished:
                 times = probe.times_us()
                 probe.release()
                 reports += (probe_id, *(times or (None, None)))
-            if reports:  # one message for the poll: (probe ID, start, end) per launch
-                self.control.send("done", *reports)
-            if finished:
-                with self._wake:
-                    for _, probe in finished:
-                        queue = self._probes[probe.stream_key]
-                        queue.popleft()
-                        if not queue:
-                            del self._probes[probe.stream_key]
-                    self._in_flight -= len(finished)
-                    self._wake.notify_all()  # a launch may wait for room in its credit
-            else:
-                time.sleep(POLL_INTERVAL_S)
+            report("done", *reports)  # one message: (probe ID, start, end) per launch
+            with self._wake:
+                for _, probe in finished:
+                    queue = self._probes[probe.stream_key]
+                    queue.popleft()
+                    if not queue:
+                        del self._probes[probe.stream_key]
+                self._in_flight -= len(finished)
+            return True
 
 
 class Worker:

@@ -398,6 +398,10 @@ class Dispatcher:
         with self._cpu:
             self._cpu.wait_for(lambda: self._top_running <= priority, TURN_WAIT_S)
 
+    def idle(self, task_id: int, work_done: bool) -> None:
+        """The task's session waits for its client (``work_done``: it saw its GPU work
+        done). Nothing to do here: the tracker follows every session's launches itself."""
+
     # -- launches ------------------------------------------------------------------------
     def launch(self, task_id: int, kernel_id: str, name: str, issue: IssueFn) -> None:
         """Issue a launch of ``kernel_id`` now, or block until the policy releases it.

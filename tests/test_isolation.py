@@ -498,6 +498,56 @@ def test_a_worker_reports_a_burst_of_launches_and_their_completions_together() -
     link.close()
 
 
+def test_a_worker_reports_completions_at_a_calls_end_and_when_its_session_is_idle() -> None:
+    """While the session runs its frames the tracker leaves its thread alone: a
+    synchronization reports what it waited for as it ends, in the write of its end; the
+    tracker follows launches left in flight once the session waits for its client, and
+    a session that saw its work done reports it itself."""
+    control = FakeControl()
+    link = DispatcherLink(control)  # type: ignore[arg-type]
+    control.on_notice(["lease", True])
+    kinds = lambda: [m[0] for m in control.sent]  # noqa: E731
+    synced, left, seen = FinishingProbe(), FinishingProbe(), FinishingProbe()
+    with link.running(0):  # a launch, then a synchronization, as one client's frames
+        link.launch(1, "k", "k", lambda timed: synced)
+        link.call_started(1)
+        synced.finished.set()
+        link.call_finished(1)
+    assert kinds() == ["leased", "started", "done", "finished"]
+    assert control.sent[2][1] == control.sent[0][3]  # the probe it was reported with
+    with link.running(0):
+        link.launch(1, "k", "k", lambda timed: left)
+    left.finished.set()
+    time.sleep(0.05)
+    assert kinds()[4:] == ["leased"]  # not looked for during the frame, nor after it
+    link.idle(1, work_done=False)  # the client is quiet: the tracker takes over
+    assert wait_until(lambda: kinds()[4:] == ["leased", "done"])
+    with link.running(0):
+        link.launch(1, "k", "k", lambda timed: seen)
+    seen.finished.set()
+    link.idle(1, work_done=True)  # the session's thread saw the work done: reported now
+    assert kinds()[6:] == ["leased", "done"]
+    link.close()
+
+
+def test_a_worker_reports_completions_while_its_session_waits_for_a_go() -> None:
+    """A lower task's launch waits for the front end's go inside a frame; its launches
+    before it are reported done meanwhile, or the policy would count them in flight."""
+    control = FakeControl()
+    link = DispatcherLink(control)  # type: ignore[arg-type]
+    first, second = FinishingProbe(), FinishingProbe()
+    control.replies.put(["issue", False, 0, 0.0, 0.0])
+    with link.running(0):
+        link.launch(1, "k", "k", lambda timed: first)
+        first.finished.set()
+        waiting = threading.Thread(target=link.launch, args=(1, "k", "k", lambda t: second))
+        waiting.start()
+        assert wait_until(lambda: [m[0] for m in control.sent][-2:] == ["launch", "done"])
+        control.replies.put(["issue", False, 0, 0.0, 0.0])
+        waiting.join(5)
+    link.close()
+
+
 def test_held_control_messages_leave_in_order_when_sent_after_or_too_many_or_too_old(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
