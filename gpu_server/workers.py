@@ -32,6 +32,7 @@ from cuda.bindings.driver import CUresult
 
 from fikit_wire import calls as wire
 from fikit_wire.frames import FrameSocket
+from gpu_server.control import ControlChannel
 from gpu_server.errors import CudaError
 from gpu_server.ports import (
     RECEIVE_SPIN_S,
@@ -42,7 +43,7 @@ from gpu_server.ports import (
     SessionPort,
     SessionSpec,
 )
-from gpu_server.worker import ADOPT, ENDED, FAULT_EXIT, ControlChannel
+from gpu_server.worker import ADOPT, ENDED, FAULT_EXIT
 from scheduler.dispatcher import Dispatcher, DispatcherClosed
 
 log = logging.getLogger(__name__)

@@ -28,11 +28,12 @@ from client_stub.connection import Connection, ConnectionLost, connect
 from fikit_wire import calls as wire
 from fikit_wire import session_pb2
 from fikit_wire.frames import FrameSocket
-from gpu_server import worker as worker_module
+from gpu_server import control as control_module
 from gpu_server.backends.sim import FAULT_KERNEL_PREFIX
 from gpu_server.cli import parse_args, worker_settings
+from gpu_server.control import ControlChannel
+from gpu_server.dispatcher_link import DispatcherLink
 from gpu_server.errors import CudaError
-from gpu_server.worker import ControlChannel, DispatcherLink
 from gpu_server.workers import WorkerProcess
 from scheduler.dispatcher import clock_us
 from scheduler.policy import NO_CREDIT
@@ -565,11 +566,11 @@ def test_held_control_messages_leave_in_order_when_sent_after_or_too_many_or_too
         channel.hold("leased", 1)
         channel.send("started", 1)
         assert received(2) == [["leased", 1], ["started", 1]]
-        monkeypatch.setattr(worker_module, "HOLD_LIMIT_S", 60.0)
-        for i in range(worker_module.HOLD_LIMIT_MESSAGES):
+        monkeypatch.setattr(control_module, "HOLD_LIMIT_S", 60.0)
+        for i in range(control_module.HOLD_LIMIT_MESSAGES):
             channel.hold("leased", i)
-        assert len(received(worker_module.HOLD_LIMIT_MESSAGES)) == 64  # none held back
-        monkeypatch.setattr(worker_module, "HOLD_LIMIT_S", 0.0)
+        assert len(received(control_module.HOLD_LIMIT_MESSAGES)) == 64  # none held back
+        monkeypatch.setattr(control_module, "HOLD_LIMIT_S", 0.0)
         channel.hold("leased", "old")  # waited the limit already: leaves with itself
         assert received(1) == [["leased", "old"]]
 
