@@ -121,8 +121,7 @@ class DispatcherLink:
             self._report_done(self.control.send)
         with self._wake:
             self._idle = True
-            if self._probes and self._tracker_waiting:
-                self._wake.notify()
+            self._let_tracker_look()
 
     def running(self, priority: int) -> contextlib.AbstractContextManager[object]:
         """The worker's one session has its CPU to itself: nothing to order; the reports of
@@ -166,8 +165,7 @@ class DispatcherLink:
         asked = clock_us()
         with self._wake:
             self._asking = True
-            if self._probes and self._tracker_waiting:
-                self._wake.notify()
+            self._let_tracker_look()
         try:
             grant = self._reply()
         finally:
@@ -258,9 +256,8 @@ class DispatcherLink:
         waited_since = None
         while True:
             in_flight, now = self._in_flight, clock_us()
-            if credit.allows(kernel_id, in_flight, now) or (
-                in_flight < credit.count or now >= latest or self._closed
-            ):
+            allowed = credit.allows(kernel_id, in_flight, now)
+            if allowed or in_flight < credit.count or now >= latest or self._closed:
                 break
             if waited_since is None:
                 self.stats["waits for room"] += 1
@@ -270,7 +267,7 @@ class DispatcherLink:
                 time.sleep(POLL_INTERVAL_S)
         if waited_since is not None:
             self.stats["us waiting for room"] += round(now - waited_since)
-        if credit.allows(kernel_id, in_flight, now):
+        if allowed:
             return True
         self.stats["credit ran out"] += 1
         return False
@@ -283,8 +280,7 @@ class DispatcherLink:
                 queue = self._probes[probe.stream_key] = deque()
             queue.append((probe_id, probe))
             self._in_flight += 1
-            if self._tracker_waiting and self._idle:  # a launch outside a frame
-                self._wake.notify()
+            self._let_tracker_look()  # a launch outside a frame
 
     def close(self) -> None:
         with self._wake:
@@ -299,7 +295,7 @@ class DispatcherLink:
         launch waiting for room in its credit looks itself, ``_on_credit``.)"""
         while True:
             with self._wake:
-                while not ((self._probes and (self._idle or self._asking)) or self._closed):
+                while not (self._tracker_may_look() or self._closed):
                     self._tracker_waiting = True
                     self._wake.wait()
                     self._tracker_waiting = False
@@ -307,6 +303,16 @@ class DispatcherLink:
                     return
             if not self._report_done(self.control.send):
                 time.sleep(POLL_INTERVAL_S)
+
+    def _tracker_may_look(self) -> bool:
+        """Whether there are launches to follow and the session's thread leaves the
+        interpreter to the tracker (it waits for its client or for a go)."""
+        return bool(self._probes) and (self._idle or self._asking)
+
+    def _let_tracker_look(self) -> None:
+        """Wake the waiting tracker when it may look now (call with ``_wake`` held)."""
+        if self._tracker_waiting and self._tracker_may_look():
+            self._wake.notify()
 
     def _report_done(self, report: Callable[..., None]) -> bool:
         """Report the launches found done through ``report``; whether there were any. Each
