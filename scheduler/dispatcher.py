@@ -18,6 +18,10 @@ and writes the optional trace. Kernels of new kernel IDs are timed on every laun
 (measurement stage), known ones on a sample (sharing stage); see ``profiles.py``. A probe
 is not asked before its launch is predicted to finish (its profile's duration after those
 ahead of it on its stream): every poll takes the interpreter from the sessions' threads.
+While launches are held, a session whose client went quiet with the session's GPU work
+seen done (``idle``) does the tracker's work for its own task's launches: it holds the
+interpreter already, so a held launch that fits the gap the task just opened goes out
+without waiting for the tracker's next turn.
 
 The priority policies also order the CPU of the process that runs the sessions: sessions
 of many tasks share one Python interpreter (a GPU worker under ``--isolation shared``), so
@@ -232,6 +236,16 @@ def done_prefix(tracked: list[_Tracked]) -> list[_Tracked]:
     return tracked[:-1]
 
 
+def _through_task(queue: deque[_InFlight], task_id: int) -> list[_Seen]:
+    """A stream's launches in flight up to the newest of task ``task_id`` (none if it has
+    none there), each with its probe now: once the task's are done, so are those before."""
+    last = -1
+    for i, record in enumerate(queue):
+        if record.launch.task_id == task_id:
+            last = i
+    return [(record, record.probe) for record in itertools.islice(queue, last + 1)]
+
+
 def _finished_at(record: _InFlight, looked_before: float, now: float) -> float:
     """When a launch seen done now most likely finished: its predicted end, within the time
     since it was issued or the tracker looked before, whichever is later."""
@@ -399,8 +413,21 @@ class Dispatcher:
             self._cpu.wait_for(lambda: self._top_running <= priority, TURN_WAIT_S)
 
     def idle(self, task_id: int, work_done: bool) -> None:
-        """The task's session waits for its client (``work_done``: it saw its GPU work
-        done). Nothing to do here: the tracker follows every session's launches itself."""
+        """The task's session waits for its client (``work_done``: it saw all its GPU work
+        done). When it saw that while launches are held, its thread, which has the
+        interpreter now, does for the task what the tracker would: takes the task's
+        launches as finished and issues what the policy releases for that, where the
+        tracker would have to win the interpreter first. Not having seen it, the thread
+        leaves the looking to the tracker: asking probes here, after every frame, cost the
+        high-priority task more than it won (``docs/scheduling-history.md``)."""
+        if not (work_done and self._held):
+            return
+        with self._lock:
+            looked_before = self._looked_us
+            seen = [s for q in self._streams.values() if (s := _through_task(q, task_id))]
+        if seen:
+            self._finish(seen, looked_before)
+        self._issue_released()
 
     # -- launches ------------------------------------------------------------------------
     def launch(self, task_id: int, kernel_id: str, name: str, issue: IssueFn) -> None:
@@ -744,13 +771,11 @@ class Dispatcher:
                     [(record, record.probe) for record in itertools.islice(q, POLL_DEPTH)]
                     for q in self._streams.values()
                 ]
-                to_issue, self._to_issue = self._to_issue, deque()
-            for waiting in to_issue:
-                self._issue_held(waiting)
+            issued = self._issue_released()
             finished = [done for seen in oldest if (done := done_prefix(seen))]
             if finished:
                 self._finish(finished, looked_before)
-            if not to_issue:
+            if not issued:
                 # Also after completions: they are then handled in batches, and the tracker
                 # does not contend for the lock (or the interpreter) with every launch of a
                 # busy session. A short wait sleeps (cheaper); a long one, until launches
@@ -842,6 +867,16 @@ class Dispatcher:
             in_flight,
         )
 
+    def _issue_released(self) -> bool:
+        """Issue the launches the policy released (``_to_issue``); whether there were any.
+        A session has at most one launch held, so threads issuing at once keep each
+        stream's order."""
+        with self._lock:
+            to_issue, self._to_issue = self._to_issue, deque()
+        for waiting in to_issue:
+            self._issue_held(waiting)
+        return bool(to_issue)
+
     def _issue_held(self, waiting: _Held) -> None:
         with self._lock:
             task = self._tasks.get(waiting.launch.task_id)
@@ -863,15 +898,20 @@ class Dispatcher:
     def _finish(self, finished: list[list[_Seen]], looked_before: float) -> None:
         """Account for completed launches (the done prefix of each stream looked at):
         policy, profiles, trace; then release more. A run that grew after the look is not
-        done, nor is anything after it on its stream."""
+        done, nor is anything after it on its stream; a launch another look finished
+        meanwhile (the tracker's, or an idle session's) is not finished twice."""
         lines = []
         done: list[_InFlight] = []
         with self._lock:
             now = seen_us = self.clock()
             for seen in finished:
                 key = seen[0][1].stream_key
-                queue = self._streams[key]
+                queue = self._streams.get(key)
+                if queue is None:
+                    continue
                 for record, probe in seen:
+                    if not queue or queue[0] is not record:  # finished by another look
+                        break
                     if record.probe is not probe:  # the run grew since the look
                         record.release_through(probe)
                         break

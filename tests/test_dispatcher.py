@@ -99,6 +99,23 @@ def test_held_launches_are_issued_in_order_when_the_high_task_finishes() -> None
     dispatcher.close()
 
 
+def test_an_idle_session_that_saw_its_work_done_issues_the_launches_that_frees() -> None:
+    dispatcher, gpu = Dispatcher(PriorityPolicy(quiet_after_us=0)), FakeGpu()
+    dispatcher.add_task(1, 9)
+    dispatcher.add_task(2, 0)
+    dispatcher.launch(1, "k", "hp", gpu.issuer("hp", stream="hp"))
+    waiter = in_thread(dispatcher.launch, 2, "k", "lp", gpu.issuer("lp", stream="lp"))
+    waiter.join(0.2)
+    dispatcher.idle(1, False)  # not seen done: left to the tracker (its probe is not done)
+    assert waiter.is_alive() and [name for name, _ in gpu.issued] == ["hp"]
+    dispatcher.idle(1, True)  # its probe is never asked: the session saw its streams done
+    assert [name for name, _ in gpu.issued] == ["hp", "lp"]  # issued by this thread
+    assert gpu.probes[0].released
+    waiter.join(5)
+    assert not waiter.is_alive()
+    dispatcher.close()
+
+
 def test_a_launch_made_under_a_lease_is_tracked_and_sets_the_timing_of_the_next(
     tmp_path: Path,
 ) -> None:
