@@ -501,7 +501,11 @@ def test_short_kernels_launched_while_the_tracker_looks_do_not_wake_it_each_time
     asked = 0
 
     def issue(timed: bool) -> FakeProbe:
-        time.sleep(100e-6)  # the driver call: the tracker may run meanwhile
+        # The driver call, 100 us with the interpreter let go (the tracker may run
+        # meanwhile); not one sleep, which a busy machine stretches to most of a ms.
+        end = time.perf_counter() + 100e-6
+        while time.perf_counter() < end:
+            time.sleep(0)
         probe = FakeProbe("s", (1.0, 2.0) if timed else None)
 
         def done() -> bool:
