@@ -221,6 +221,24 @@ def lp_hole_causes(
     return holes / total, late / holes, held / holes
 
 
+def _lp_stretches(trace: list[Json]) -> list[list[float]]:
+    """LP's busy time on the GPU in a trace, as disjoint [start, end] intervals in order."""
+    stretches: list[list[float]] = []
+    lp = sorted((k["start_us"], k["end_us"]) for k in trace if k["priority"] != HP_PRIORITY)
+    for start, end in lp:
+        if stretches and start <= stretches[-1][1]:
+            stretches[-1][1] = max(stretches[-1][1], end)
+        else:
+            stretches.append([start, end])
+    return stretches
+
+
+def _lp_within(stretches: list[list[float]], starts: list[float], a: float, b: float) -> bool:
+    """Whether an LP stretch (``_lp_stretches``, ``starts`` theirs) overlaps [a, b]."""
+    i = bisect.bisect_left(starts, b) - 1  # the last stretch begun before b
+    return i >= 0 and stretches[i][1] > a
+
+
 def hp_slowdown(
     trace: list[Json], alone: list[Json], kernels_per_request: int
 ) -> tuple[float, float] | None:
@@ -236,22 +254,44 @@ def hp_slowdown(
     hp = [k for k in trace if k["priority"] == HP_PRIORITY and k["kernel_id"] in medians]
     if not hp or kernels_per_request < 1:
         return None
-    lp_busy: list[list[float]] = []  # LP's busy time, as disjoint intervals in order
-    lp = sorted((k["start_us"], k["end_us"]) for k in trace if k["priority"] != HP_PRIORITY)
-    for start, end in lp:
-        if lp_busy and start <= lp_busy[-1][1]:
-            lp_busy[-1][1] = max(lp_busy[-1][1], end)
-        else:
-            lp_busy.append([start, end])
-    starts = [start for start, _ in lp_busy]
+    stretches = _lp_stretches(trace)
+    starts = [start for start, _ in stretches]
     beside = without = 0.0
     for k in hp:
         extra = k["end_us"] - k["start_us"] - medians[k["kernel_id"]]
-        i = bisect.bisect_left(starts, k["end_us"]) - 1  # the last LP stretch begun before
-        if i >= 0 and lp_busy[i][1] > k["start_us"]:
+        if _lp_within(stretches, starts, k["start_us"], k["end_us"]):
             beside += extra
         else:
             without += extra
+    requests = len(hp) / kernels_per_request
+    return beside / requests, without / requests
+
+
+def hp_start_waits(trace: list[Json], kernels_per_request: int) -> tuple[float, float] | None:
+    """How long HP's kernels waited to start on the GPU in a traced run, in us per request:
+    each from when it could start (its issue, or the end of the HP kernel before it,
+    whichever is later) to its start, summed over the kernels with an LP kernel on the GPU
+    in that time (what a non-preemptive LP kernel costs HP's start), and over the others
+    (the launch's own latency). The issue is on the host clock, the rest on the GPU's.
+    None for a trace without HP kernels or issue times."""
+    hp = sorted(
+        (k for k in trace if k["priority"] == HP_PRIORITY and "issued_us" in k),
+        key=lambda k: k["start_us"],
+    )
+    if not hp or kernels_per_request < 1:
+        return None
+    stretches = _lp_stretches(trace)
+    starts = [start for start, _ in stretches]
+    beside = without = 0.0
+    previous_end = -math.inf
+    for k in hp:
+        ready = max(k["issued_us"], previous_end)
+        wait = max(0.0, k["start_us"] - ready)
+        if _lp_within(stretches, starts, ready, k["start_us"]):
+            beside += wait
+        else:
+            without += wait
+        previous_end = max(previous_end, k["end_us"])
     requests = len(hp) / kernels_per_request
     return beside / requests, without / requests
 
@@ -393,6 +433,11 @@ def summarize(runs: dict[str, ModeRun], idle: float | None, timeline: dict[str, 
         for mode in filling
         if alone is not None and alone.trace and alone.hp
     }
+    start_waits = {
+        mode: hp_start_waits(timeline[mode].trace, alone.hp["kernels_per_request"])
+        for mode in ("hp-alone", *filling)
+        if mode in timeline and alone is not None and alone.hp
+    }
     latencies = {mode: dispatch_latencies(timeline[mode].trace) for mode in filling}
     turnarounds = {
         mode: lp_turnaround(timeline[mode].calls or [], timeline[mode].trace) for mode in filling
@@ -406,6 +451,7 @@ def summarize(runs: dict[str, ModeRun], idle: float | None, timeline: dict[str, 
         "lp_hole_causes": {mode: c for mode, c in causes.items() if c is not None},
         "lp_release_after_calls": {mode: r for mode, r in releases.items() if r is not None},
         "hp_slowdown": {mode: d for mode, d in slowdowns.items() if d is not None},
+        "hp_start_waits": {mode: w for mode, w in start_waits.items() if w is not None},
         "lp_turnaround": {mode: t for mode, t in turnarounds.items() if t is not None},
         "dispatch_latencies": {mode: d for mode, d in latencies.items() if d is not None},
         "hp_idle_fraction": idle,
@@ -476,6 +522,12 @@ def render(summary: Json, command: str, failures: list[str]) -> str:
             f"an LP kernel beside them, {after:.0f} us with none (against each kernel's "
             "median in the traced hp-alone run)"
             for mode, (beside, after) in summary["hp_slowdown"].items()
+        ),
+        *(
+            f"- {mode}: HP's kernels waited {beside:.0f} us per request to start on the GPU "
+            f"with an LP kernel running, {other:.0f} us with none (each from its issue or "
+            "the previous HP kernel's end, whichever is later; the issue on the host clock)"
+            for mode, (beside, other) in summary["hp_start_waits"].items()
         ),
         "",
         "Server logs (the table's runs):",

@@ -155,6 +155,23 @@ def test_hp_slowdown_splits_extra_kernel_time_by_whether_lp_ran_beside() -> None
     assert scheduling.hp_slowdown(shared, [], 2) is None
 
 
+def test_hp_start_waits_split_by_whether_an_lp_kernel_ran_while_hp_could_have_started() -> None:
+    def hp(issued: float, start: float, end: float) -> dict[str, object]:
+        return {**kernel(9, start, end), "issued_us": issued}
+
+    trace = [
+        hp(0, 5, 50),  # 5 us from its issue, the GPU free
+        hp(10, 50, 80),  # queued behind the one before: no wait
+        hp(200, 260, 300),  # 60 us: an LP kernel ran from 150 to 255
+        hp(280, 310, 320),  # 10 us after the HP kernel before, LP gone by then
+        kernel(0, 150, 255),
+        kernel(0, 400, 500),
+    ]
+    # 4 HP kernels in 2-kernel requests: 2 requests.
+    assert scheduling.hp_start_waits(trace, 2) == (60 / 2, (5 + 10) / 2)
+    assert scheduling.hp_start_waits([kernel(9, 0, 1)], 2) is None  # no issue times
+
+
 def test_lp_turnaround_times_an_lp_call_end_to_its_next_launch() -> None:
     calls = [
         {"task": 1, "priority": 0, "call": "finished", "at_us": 100.0},
