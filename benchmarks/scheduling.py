@@ -221,22 +221,27 @@ def lp_hole_causes(
     return holes / total, late / holes, held / holes
 
 
-def _lp_stretches(trace: list[Json]) -> list[list[float]]:
-    """LP's busy time on the GPU in a trace, as disjoint [start, end] intervals in order."""
-    stretches: list[list[float]] = []
-    lp = sorted((k["start_us"], k["end_us"]) for k in trace if k["priority"] != HP_PRIORITY)
-    for start, end in lp:
-        if stretches and start <= stretches[-1][1]:
-            stretches[-1][1] = max(stretches[-1][1], end)
+def _lp_stretches(trace: list[Json]) -> tuple[list[float], list[float]]:
+    """LP's busy time on the GPU in a trace, as disjoint intervals in order: their starts
+    and their ends."""
+    starts: list[float] = []
+    ends: list[float] = []
+    for start, end in sorted(
+        (k["start_us"], k["end_us"]) for k in trace if k["priority"] != HP_PRIORITY
+    ):
+        if ends and start <= ends[-1]:
+            ends[-1] = max(ends[-1], end)
         else:
-            stretches.append([start, end])
-    return stretches
+            starts.append(start)
+            ends.append(end)
+    return starts, ends
 
 
-def _lp_within(stretches: list[list[float]], starts: list[float], a: float, b: float) -> bool:
-    """Whether an LP stretch (``_lp_stretches``, ``starts`` theirs) overlaps [a, b]."""
+def _lp_within(stretches: tuple[list[float], list[float]], a: float, b: float) -> bool:
+    """Whether an LP stretch (``_lp_stretches``) overlaps [a, b]."""
+    starts, ends = stretches
     i = bisect.bisect_left(starts, b) - 1  # the last stretch begun before b
-    return i >= 0 and stretches[i][1] > a
+    return i >= 0 and ends[i] > a
 
 
 def hp_slowdown(
@@ -255,11 +260,10 @@ def hp_slowdown(
     if not hp or kernels_per_request < 1:
         return None
     stretches = _lp_stretches(trace)
-    starts = [start for start, _ in stretches]
     beside = without = 0.0
     for k in hp:
         extra = k["end_us"] - k["start_us"] - medians[k["kernel_id"]]
-        if _lp_within(stretches, starts, k["start_us"], k["end_us"]):
+        if _lp_within(stretches, k["start_us"], k["end_us"]):
             beside += extra
         else:
             without += extra
@@ -281,13 +285,12 @@ def hp_start_waits(trace: list[Json], kernels_per_request: int) -> tuple[float, 
     if not hp or kernels_per_request < 1:
         return None
     stretches = _lp_stretches(trace)
-    starts = [start for start, _ in stretches]
     beside = without = 0.0
     previous_end = -math.inf
     for k in hp:
         ready = max(k["issued_us"], previous_end)
         wait = max(0.0, k["start_us"] - ready)
-        if _lp_within(stretches, starts, ready, k["start_us"]):
+        if _lp_within(stretches, ready, k["start_us"]):
             beside += wait
         else:
             without += wait
