@@ -176,7 +176,7 @@ def test_contexts(sim: SimBackend, ctx: SimContext) -> None:
         lambda: sim.stream_create(created, 0, 0),
         lambda: sim.event_create(created, 0),
         lambda: sim.module_load(created, PTX, {}),
-        lambda: sim.context_synchronize(created),
+        lambda: sim.stream_synchronize(created, 0),
         lambda: sim.stream_priority_range(created),
         lambda: sim.context_destroy(created),
     ):
@@ -587,7 +587,7 @@ def test_legacy_stream_orders_blocking_streams(sim: SimBackend, ctx: SimContext)
     assert per_thread.start_ns == on_legacy.end_ns == 50_000
     sim.stream_synchronize(ctx, non_blocking)
     assert sim.now == 10_000
-    sim.context_synchronize(ctx)
+    sim.stream_synchronize(ctx, 2)
     assert sim.now == 60_000
 
 
@@ -646,7 +646,7 @@ def test_destroyed_stream_work_still_counts(sim: SimBackend, ctx: SimContext) ->
     assert launch(sim, ctx, module, "k10", 0).start_ns == 20_000
     with cuda_error(CUresult.CUDA_ERROR_INVALID_HANDLE):
         sim.stream_destroy(ctx, 0)
-    sim.context_synchronize(ctx)
+    sim.stream_synchronize(ctx, 0)
     assert sim.now == 30_000
 
 

@@ -112,9 +112,6 @@ class Backend(ABC):
     def context_destroy(self, ctx: Context) -> None: ...
 
     @abstractmethod
-    def context_synchronize(self, ctx: Context) -> None: ...
-
-    @abstractmethod
     def stream_priority_range(self, ctx: Context) -> tuple[int, int]:
         """(least, greatest) stream priority."""
 

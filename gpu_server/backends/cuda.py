@@ -357,11 +357,6 @@ class CudaBackend(Backend):
             self._layouts.clear()
             self._pools.pop(int(ctx), None)
 
-    def context_synchronize(self, ctx: Context) -> None:
-        """Wait for all work in ``ctx``."""
-        self._use(ctx)
-        _check(driver.cuCtxSynchronize())
-
     def stream_priority_range(self, ctx: Context) -> tuple[int, int]:
         """(least, greatest) stream priority."""
         self._use(ctx)

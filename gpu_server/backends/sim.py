@@ -221,8 +221,7 @@ class SimContext:
     per_thread: SimStream = field(init=False)
     #: Live streams that can run work: the per-thread stream and created streams.
     streams: set[SimStream] = field(default_factory=set)
-    #: When the work left on destroyed streams is done: on all of them, on the blocking ones.
-    retired_at: int = 0
+    #: When the work left on destroyed blocking streams is done.
     retired_blocking_at: int = 0
 
     def __post_init__(self) -> None:
@@ -399,12 +398,6 @@ class SimBackend(Backend):
             if ctx is self._primary:
                 raise CudaError(_R.CUDA_ERROR_INVALID_CONTEXT, "the primary context is retained")
             ctx.destroyed = True
-
-    def context_synchronize(self, ctx: Context) -> None:
-        with self._lock:
-            self._live(ctx)
-            pending = (stream.ready_at for stream in ctx.streams)
-            self._wait_until(max(ctx.legacy.ready_at, ctx.retired_at, *pending))
 
     def stream_priority_range(self, ctx: Context) -> tuple[int, int]:
         with self._lock:
@@ -684,7 +677,6 @@ class SimBackend(Backend):
             if target is ctx.legacy or target is ctx.per_thread:
                 raise invalid_handle("a built-in stream cannot be destroyed")
             ctx.streams.discard(target)
-            ctx.retired_at = max(ctx.retired_at, target.ready_at)
             if target.blocking:
                 ctx.retired_blocking_at = max(ctx.retired_blocking_at, target.ready_at)
 
