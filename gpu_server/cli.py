@@ -135,6 +135,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "ends (default off: on the H200 it slowed the higher task's kernels)",
     )
     parser.add_argument(
+        "--min-gap-us",
+        type=float,
+        default=0.0,
+        help="fikit: fill only idle gaps of the higher task predicted at least this long "
+        "(0: every gap)",
+    )
+    parser.add_argument(
         "--quiet-after-us",
         type=float,
         default=2000.0,
@@ -186,6 +193,7 @@ def make_policy(args: argparse.Namespace, in_one_process: bool = True) -> Policy
             max_lp_inflight_us=args.max_lp_inflight_us,
             quiet_after_us=args.quiet_after_us,
             arm_behind=in_one_process and args.arm_behind,
+            min_gap_us=args.min_gap_us,
         )
     if args.policy == PriorityPolicy.name:
         return PriorityPolicy(quiet_after_us=args.quiet_after_us)
@@ -226,6 +234,7 @@ def worker_settings(args: argparse.Namespace) -> WorkerSettings:
         "trace": None if args.trace is None else str(args.trace),
         "max_lp_inflight_us": args.max_lp_inflight_us,
         "arm_behind": args.arm_behind,
+        "min_gap_us": args.min_gap_us,
         "quiet_after_us": args.quiet_after_us,
     }
     return WorkerSettings(

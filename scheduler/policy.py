@@ -549,6 +549,10 @@ class FikitPolicy(PriorityPolicy):
     for ``quiet_after_us`` and for ``QUIET_GAP_MARGIN`` times the longest kept gap of the
     kind it is in: within pauses it has come back from, lower levels stay bounded.
 
+    Gaps predicted shorter than ``min_gap_us`` are not filled: where the sessions share one
+    Python interpreter, releasing and issuing lower work takes it from the top task's
+    session, whose next call comes within such a gap.
+
     Launches never measured (``predicted_us`` None) count as ``default_unknown_us``, by
     default ``max_lp_inflight_us``: they fit only a gap of at least
     ``max_lp_inflight_us / gap_margin`` with no other lower-priority work in flight.
@@ -577,9 +581,11 @@ class FikitPolicy(PriorityPolicy):
         gap_window: int = 64,
         gap_percentile: float = 0.25,
         arm_behind: bool = False,
+        min_gap_us: float = 0.0,
     ) -> None:
         super().__init__(quiet_after_us)
         self.arm_behind = arm_behind
+        self.min_gap_us = min_gap_us
         #: Launches handed out to follow a task's newest launch: seq -> that task.
         self._behind: dict[int, int] = {}
         if max_lp_inflight_us < 0 or not 0.0 <= gap_margin <= 1.0:
@@ -711,7 +717,8 @@ class FikitPolicy(PriorityPolicy):
         launch that work must follow, or None). Else None.
 
         A call's time does not count against the gap (``_Task.idle_for``), but the task
-        makes no launch before the call returns: filling it costs the task nothing."""
+        makes no launch before the call returns: filling it costs the task nothing. A gap
+        predicted shorter than ``min_gap_us`` has no room."""
         remaining = math.inf
         behind: int | None = None
         top = False
@@ -720,10 +727,14 @@ class FikitPolicy(PriorityPolicy):
                 continue
             top = True
             if not task.launching:
-                left = self.gaps.predict(task_id, task.gap_key) - task.idle_for(now)
+                predicted = self.gaps.predict(task_id, task.gap_key)
+                left = predicted - task.idle_for(now)
             elif behind is None and (key := self._coming_gap(task)) is not None:
-                behind, left = task_id, self.gaps.predict(task_id, key)
+                behind, predicted = task_id, self.gaps.predict(task_id, key)
+                left = predicted
             else:
+                return None
+            if predicted < self.min_gap_us:
                 return None
             remaining = min(remaining, left)
         if not top:

@@ -373,6 +373,21 @@ def test_unknown_durations_fill_only_large_gaps(
     assert bool(policy.take_issuable(now)) is released
 
 
+@pytest.mark.parametrize(("gap_us", "released"), [(300.0, False), (600.0, True)])
+def test_gaps_predicted_shorter_than_min_gap_us_are_not_filled(
+    gap_us: float, released: bool
+) -> None:
+    policy = make_policy(parse_args(["--policy", "fikit", "--min-gap-us", "500"]))
+    assert isinstance(policy, FikitPolicy)
+    policy.add_task(1, 9, 0.0)
+    policy.add_task(2, 0, 0.0)
+    policy.arrive(PendingLaunch(0, 2, "lp", 100.0), 0.0)
+    now = learn_gap(policy, gap_us)
+    assert bool(policy.take_issuable(now)) is released
+    credit = policy.credit(2, "lp", 100.0, now)
+    assert (credit == NO_CREDIT) is not released
+
+
 def test_unknown_lp_kernels_stay_out_of_small_gaps_in_simulation() -> None:
     hp = TaskSpec(HP, 9, kernels("hp", (100.0, 80.0)), (150.0,), request_gap_us=150.0, requests=50)
     lp = training(2, requests=20)
