@@ -388,6 +388,20 @@ def test_gaps_predicted_shorter_than_min_gap_us_are_not_filled(
     assert (credit == NO_CREDIT) is not released
 
 
+def test_with_min_gap_us_lp_fills_only_the_long_gaps_in_simulation() -> None:
+    """HP's gaps of 900 us and less (10 % jitter) stay empty; its 1500 us gap and the
+    1200 us between requests are filled, and HP still runs as if alone."""
+    shared = simulate(WORKLOAD, FikitPolicy(min_gap_us=1000.0))
+    assert slowdown(shared) <= 1.05
+    hp = sorted(shared.runs(HP), key=lambda r: r.start_us)
+    hp_gaps = [(a.end_us, b.start_us) for a, b in pairwise(hp) if b.start_us > a.end_us]
+    lp_starts = [r.start_us for r in shared.timeline if r.task_id != HP]
+    filled = [end - begin for begin, end in hp_gaps if any(begin <= t < end for t in lp_starts)]
+    assert filled and min(filled) > 1000.0
+    every_gap = simulate(WORKLOAD, FikitPolicy()).lower_priority_work_us(HP)[1]
+    assert 0 < shared.lower_priority_work_us(HP)[1] < every_gap
+
+
 def test_unknown_lp_kernels_stay_out_of_small_gaps_in_simulation() -> None:
     hp = TaskSpec(HP, 9, kernels("hp", (100.0, 80.0)), (150.0,), request_gap_us=150.0, requests=50)
     lp = training(2, requests=20)
