@@ -120,7 +120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--max-lp-inflight-us",
-        type=float,
+        type=non_negative,
         default=500.0,
         help="fikit: most predicted lower-priority kernel time in flight during a gap (500; "
         "the server gives higher tasks higher CUDA stream priorities, so work in flight "
@@ -136,14 +136,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--min-gap-us",
-        type=float,
+        type=non_negative,
         default=0.0,
         help="fikit: fill only idle gaps of the higher task predicted at least this long "
         "(0: every gap)",
     )
     parser.add_argument(
         "--quiet-after-us",
-        type=float,
+        type=non_negative,
         default=2000.0,
         help="priority, fikit: a task idle this long stops holding back lower ones (fikit: "
         "and 1.25x longer than its recent gaps of the same kind) (2000)",

@@ -588,8 +588,10 @@ class FikitPolicy(PriorityPolicy):
         self.min_gap_us = min_gap_us
         #: Launches handed out to follow a task's newest launch: seq -> that task.
         self._behind: dict[int, int] = {}
-        if max_lp_inflight_us < 0 or not 0.0 <= gap_margin <= 1.0:
-            raise ValueError("need max_lp_inflight_us >= 0 and 0 <= gap_margin <= 1")
+        if max_lp_inflight_us < 0 or min_gap_us < 0 or not 0.0 <= gap_margin <= 1.0:
+            raise ValueError(
+                "need max_lp_inflight_us >= 0, min_gap_us >= 0 and 0 <= gap_margin <= 1"
+            )
         self.max_lp_inflight_us = max_lp_inflight_us
         self.gap_margin = gap_margin
         self.default_unknown_us = (

@@ -773,3 +773,13 @@ def test_the_server_arms_behind_only_where_its_sessions_launch_in_one_process(
 ) -> None:
     policy = make_policy(parse_args(["--policy", "fikit", *flags]), in_one_process)
     assert isinstance(policy, FikitPolicy) and policy.arm_behind is armed
+
+
+@pytest.mark.parametrize("flag", ["--max-lp-inflight-us", "--min-gap-us", "--quiet-after-us"])
+@pytest.mark.parametrize("wrong", ["-1", "nan", "inf", "soon"])
+def test_the_server_refuses_scheduling_times_that_are_not_finite_and_non_negative(
+    flag: str, wrong: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        parse_args([flag, wrong])
+    assert flag in capsys.readouterr().err
