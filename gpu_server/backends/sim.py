@@ -670,7 +670,7 @@ class SimBackend(Backend):
         return stream
 
     def stream_destroy(self, ctx: Context, stream: Stream) -> None:
-        """Forget the stream; work left on it still counts for synchronization."""
+        """Forget the stream; work left on a blocking one still orders the legacy stream."""
         with self._lock:
             self._live(ctx)
             target = _stream(ctx, stream)
