@@ -5,6 +5,10 @@ or ``import cuda.bindings.driver`` gives the stub module; modules imported alrea
 replaced in ``sys.modules`` too. The ``fikit_activate.pth`` file installed with the package
 calls ``activate_from_environment()`` at interpreter start, which installs the hook only
 when ``FIKIT_SERVER`` is set.
+
+Packages that call the driver from compiled code (``cuda.core`` through
+``cuda.bindings.cydriver``) never pass through ``cuda.bindings.driver``, so the stub cannot
+forward their calls: importing one while the stub is in place logs a warning.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.machinery
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -20,6 +25,10 @@ from typing import Any
 
 DRIVER = "cuda.bindings.driver"
 RUNTIME = "cuda.bindings.runtime"
+#: Packages that call the CUDA driver from compiled code, past the stub.
+COMPILED_CALLERS = ("cuda.core",)
+
+log = logging.getLogger("fikit.client")
 
 
 def output_count(fn: Any) -> int:
@@ -98,13 +107,26 @@ _BUILDERS: dict[str, Callable[[ModuleType], ModuleType]] = {
 }
 
 
+def _warn_not_forwarded(package: str) -> None:
+    log.warning(
+        "fikit: %s calls the CUDA driver from compiled code, which the FIKIT stub does not "
+        "forward: its calls go to this host's CUDA driver, if it has one, not to the GPU server; "
+        "cuda.bindings.driver and cuda.bindings.runtime are forwarded",
+        package,
+    )
+
+
 class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Answers imports of the real bindings with their stubs."""
+    """Answers imports of the real bindings with their stubs, and warns at the import of a
+    package whose driver calls the stub cannot see."""
 
     def __init__(self) -> None:
         self._loading_real = False
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname in COMPILED_CALLERS:
+            _warn_not_forwarded(fullname)
+            return None
         if fullname not in _BUILDERS or self._loading_real:
             return None
         return importlib.machinery.ModuleSpec(fullname, self)
@@ -145,6 +167,9 @@ def install(server: str | None = None, priority: int | None = None) -> ModuleTyp
         sys.meta_path.insert(0, _StubFinder())
     for name in _BUILDERS:
         _replace_loaded(name)
+    for package in COMPILED_CALLERS:
+        if package in sys.modules:
+            _warn_not_forwarded(package)
     return importlib.import_module(DRIVER)
 
 

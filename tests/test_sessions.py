@@ -136,6 +136,42 @@ def test_fikit_run_activates_the_stub(sim_server, tmp_path: Path) -> None:
     assert done.stdout.split() == ["ready", "done", "3"]
 
 
+NOT_FORWARDED = "cuda.core calls the CUDA driver from compiled code"
+
+
+@pytest.mark.parametrize(
+    ("server", "program", "warned"),
+    [
+        ("127.0.0.1:9", "import cuda.core", True),
+        ("", "import cuda.core", False),
+        ("", "import cuda.core, client_stub; client_stub.install('127.0.0.1:9')", True),
+    ],
+    ids=["imported-with-the-stub", "no-stub", "imported-before-install"],
+)
+def test_a_package_calling_the_driver_from_compiled_code_is_named_at_import(
+    tmp_path: Path, server: str, program: str, warned: bool
+) -> None:
+    """cuda.core reaches the driver past the stub: the user is told, and it still imports."""
+    package = tmp_path / "cuda" / "core"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("IMPORTED = True\n")
+    env = {k: v for k, v in os.environ.items() if k != "FIKIT_SERVER"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(REPO)])
+    if server:
+        env["FIKIT_SERVER"] = server
+    done = subprocess.run(
+        [sys.executable, "-c", f"{program}; import cuda.core; print(cuda.core.IMPORTED)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True"]
+    assert (NOT_FORWARDED in done.stderr) == warned, done.stderr
+    assert done.stderr.count(NOT_FORWARDED) <= 1
+
+
 @pytest.mark.parametrize("address", ["127.0.0.1:9", "unix:///nonexistent/gpu.sock"])
 def test_unreachable_server_fails_cuinit_quickly_and_names_it(
     remote, caplog: pytest.LogCaptureFixture, address: str
