@@ -248,21 +248,22 @@ def hp_slowdown(
     trace: list[Json], alone: list[Json], kernels_per_request: int
 ) -> tuple[float, float] | None:
     """How much longer HP's kernels ran in a traced sharing run than alone, in us per
-    request: each kernel against the median of its kernel ID in the traced hp-alone run,
-    summed over the kernels that had an LP kernel on the GPU beside them, and over those
-    that had none (what LP left behind: the caches, the clocks). None without both."""
+    request: each kernel against the mean of its kernel ID in the traced hp-alone run (so
+    that run against itself reads 0 however skewed its durations), summed over the
+    kernels that had an LP kernel on the GPU beside them, and over those that had none
+    (what LP left behind: the caches, the clocks). None without both."""
     durations: dict[str, list[float]] = {}
     for k in alone:
         if k["priority"] == HP_PRIORITY:
             durations.setdefault(k["kernel_id"], []).append(k["end_us"] - k["start_us"])
-    medians = {kid: _median(values) for kid, values in durations.items()}
-    hp = [k for k in trace if k["priority"] == HP_PRIORITY and k["kernel_id"] in medians]
+    means = {kid: float(np.mean(values)) for kid, values in durations.items()}
+    hp = [k for k in trace if k["priority"] == HP_PRIORITY and k["kernel_id"] in means]
     if not hp or kernels_per_request < 1:
         return None
     stretches = _lp_stretches(trace)
     beside = without = 0.0
     for k in hp:
-        extra = k["end_us"] - k["start_us"] - medians[k["kernel_id"]]
+        extra = k["end_us"] - k["start_us"] - means[k["kernel_id"]]
         if _lp_within(stretches, k["start_us"], k["end_us"]):
             beside += extra
         else:
@@ -523,7 +524,7 @@ def render(summary: Json, command: str, failures: list[str]) -> str:
         *(
             f"- {mode}: HP's kernels ran {beside:.0f} us per request longer than alone with "
             f"an LP kernel beside them, {after:.0f} us with none (against each kernel's "
-            "median in the traced hp-alone run)"
+            "mean in the traced hp-alone run)"
             for mode, (beside, after) in summary["hp_slowdown"].items()
         ),
         *(

@@ -153,6 +153,9 @@ def test_hp_slowdown_splits_extra_kernel_time_by_whether_lp_ran_beside() -> None
     # 4 kernels of known IDs in 2-kernel requests: 2 requests.
     assert scheduling.hp_slowdown(shared, alone, 2) == ((20 + 5) / 2, (10 + 0) / 2)
     assert scheduling.hp_slowdown(shared, [], 2) is None
+    # Skewed durations alone (median 10, mean 20): the alone run against itself reads 0.
+    skewed = [hp("a", 0, 10), hp("a", 100, 110), hp("a", 200, 240)]
+    assert scheduling.hp_slowdown(skewed, skewed, 1) == (0.0, 0.0)
 
 
 def test_hp_start_waits_split_by_whether_an_lp_kernel_ran_while_hp_could_have_started() -> None:
