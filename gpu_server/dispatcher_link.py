@@ -110,11 +110,9 @@ class DispatcherLink:
 
     def call_finished(self, task_id: int) -> None:
         """The call ended; the completions it waited for leave with the report of its end
-        (the tracker does not look while the session runs its frames), once the session's
-        frames ran (``running``) or with its next message: after the call's reply, which
-        is what its client waits for. Until then the front end counts the task busy."""
+        (the tracker does not look while the session runs its frames)."""
         self._report_done(self.control.hold)
-        self.control.hold("finished", task_id)
+        self.control.send("finished", task_id)
 
     def idle(self, task_id: int, work_done: bool) -> None:
         """The session's thread waits for its client: report the launches done when it saw
