@@ -7,8 +7,9 @@ calls ``activate_from_environment()`` at interpreter start, which installs the h
 when ``FIKIT_SERVER`` is set.
 
 Packages that call the driver from compiled code (``cuda.core`` through
-``cuda.bindings.cydriver``) never pass through ``cuda.bindings.driver``, so the stub cannot
-forward their calls: importing one while the stub is in place logs a warning.
+``cuda.bindings.cydriver``, all but a version check) bypass ``cuda.bindings.driver``, so
+the stub cannot forward their calls: importing one while the stub is in place logs a
+warning.
 """
 
 from __future__ import annotations
@@ -109,9 +110,9 @@ _BUILDERS: dict[str, Callable[[ModuleType], ModuleType]] = {
 
 def _warn_not_forwarded(package: str) -> None:
     log.warning(
-        "fikit: %s calls the CUDA driver from compiled code, which the FIKIT stub does not "
-        "forward: its calls go to this host's CUDA driver, if it has one, not to the GPU server; "
-        "cuda.bindings.driver and cuda.bindings.runtime are forwarded",
+        "fikit: %s calls the CUDA driver mostly from compiled code, which the FIKIT stub does "
+        "not forward: its GPU work runs on this host's CUDA driver, if it has one, not on the "
+        "GPU server; only cuda.bindings.driver and cuda.bindings.runtime are forwarded",
         package,
     )
 
