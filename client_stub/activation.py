@@ -6,10 +6,9 @@ replaced in ``sys.modules`` too. The ``fikit_activate.pth`` file installed with 
 calls ``activate_from_environment()`` at interpreter start, which installs the hook only
 when ``FIKIT_SERVER`` is set.
 
-Packages that call the driver from compiled code (``cuda.core`` through
-``cuda.bindings.cydriver``, all but a version check) bypass ``cuda.bindings.driver``, so
-the stub cannot forward their calls: importing one while the stub is in place logs a
-warning.
+Packages that make most of their driver calls from compiled code (``cuda.core``, through
+``cuda.bindings.cydriver``) bypass ``cuda.bindings.driver``, so the stub cannot forward
+them: importing one while the stub is in place logs a warning.
 """
 
 from __future__ import annotations
