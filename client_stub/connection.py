@@ -50,9 +50,13 @@ _CLOSE = object()
 GIL_SWITCH_INTERVAL_S = 0.0002
 #: Stands in a call for the staging offset of its bytes.
 STAGED = object()
-#: How long a unix-socket session polls for a reply before it blocks: most replies come
-#: within tens of microseconds, and a blocked thread takes several more to wake.
-REPLY_SPIN_S = 50e-6
+#: How long a unix-socket session polls for a reply before it blocks. A blocked thread
+#: takes tens of microseconds to wake (40-60 us from the server's send to the client
+#: holding a synchronization's reply on the H200), which a synchronization that waits
+#: for the GPU pays each time; CUDA itself spin-waits in a synchronization by default
+#: (``CU_CTX_SCHED_AUTO``). Replies that come later than this (long kernels, module
+#: loads) are waited for blocked.
+REPLY_SPIN_S = 1e-3
 #: How long after posting a call a synchronization looks for the server's work-done notice
 #: before asking: after a short kernel the notice comes sooner than a synchronization's
 #: round trip would (the server reads the launch, runs it, sees the GPU done, says so). On
