@@ -639,15 +639,23 @@ class FikitPolicy(PriorityPolicy):
         """While the top level sits in a gap and the task is below it: a window of as many
         launches of ``kernel_id`` in flight at once as the room left in the gap holds, the
         task's own launches in flight included, until the predicted rest of the gap (times
-        ``gap_margin``) is over; else none."""
+        ``gap_margin``) is over. While no higher task is active, the task's launches go at
+        arrival anyway: a window of ``max_lp_inflight_us`` of them in flight, for as long,
+        which is also what it may have in flight if a higher task comes back meanwhile.
+        Else none."""
         task = self._tasks.get(task_id)
         self._credits.pop(task_id, None)  # a new credit replaces the old
-        floor = self._free_floor(now)
-        fit = self._room(floor, now)
-        if task is None or task.priority >= floor or fit is None or fit[2] is not None:
-            return NO_CREDIT  # a launch on credit could not follow the top task's
-        if cost_us <= 0:
+        if task is None or cost_us <= 0:
             return NO_CREDIT
+        floor = self._free_floor(now)
+        if task.priority >= floor:
+            window = self.max_lp_inflight_us
+            free = Credit(kernel_id, max(1, int(window // cost_us)), cost_us, now + window)
+            self._credits[task_id] = free
+            return free
+        fit = self._room(floor, now)
+        if fit is None or fit[2] is not None:
+            return NO_CREDIT  # a launch on credit could not follow the top task's
         room, remaining, _ = fit
         own_count, own_cost = self._own_in_flight(task_id)
         count = int((room + own_cost) // cost_us)

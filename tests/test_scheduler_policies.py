@@ -634,6 +634,28 @@ def test_fikit_credits_a_lower_task_with_a_window_of_the_room_left_in_the_gap() 
     assert policy.take_issuable(now + 2000.0) == []  # past the predicted gap: nothing goes
 
 
+def test_fikit_credits_a_task_no_higher_task_holds_back_with_a_bounded_window() -> None:
+    """A higher task that has not launched yet, or went quiet, holds nothing back: a lower
+    task's launches go at arrival, and its credit saves it asking for each (a round trip
+    per launch under ``--isolation process``), within max_lp_inflight_us; once the higher
+    task is back, that window is what it reserved, and no new one is given."""
+    policy = FikitPolicy(max_lp_inflight_us=300.0, quiet_after_us=1000.0)
+    policy.add_task(1, 9, 0.0)
+    policy.add_task(2, 0, 0.0)
+    seq = itertools.count()
+    first = PendingLaunch(next(seq), 2, "lp", 50.0)
+    policy.arrive(first, 0.0)
+    assert policy.take_issuable(0.0) == [first]  # task 1 never launched: free
+    assert policy.credit(2, "lp", 50.0, 0.0) == Credit("lp", 6, 50.0, 300.0)
+    assert policy.credit(2, "lp", 500.0, 0.0).count == 1  # longer than the window: ask
+    now = learn_pauses(policy, seq, 1, 2000.0)  # task 1 launched, then went quiet
+    assert policy.credit(2, "lp", 50.0, now) == Credit("lp", 6, 50.0, now + 300.0)
+    hp = PendingLaunch(next(seq), 1, "k", 10.0)
+    policy.arrive(hp, now + 10.0)
+    assert policy.take_issuable(now + 10.0) == [hp]
+    assert policy.credit(2, "lp", 50.0, now + 10.0) == NO_CREDIT  # task 1 busy
+
+
 def test_a_credit_goes_when_its_task_asks_again_not_when_it_synchronizes() -> None:
     policy = FikitPolicy(max_lp_inflight_us=300.0, quiet_after_us=1e6)
     policy.add_task(1, 9, 0.0)
