@@ -7,6 +7,7 @@ CUDA_ERROR_ILLEGAL_ADDRESS, as after a real kernel's illegal write.
 
 from __future__ import annotations
 
+import ast
 import os
 import queue
 import signal
@@ -63,7 +64,8 @@ ILLEGAL_ADDRESS = int(CUresult.CUDA_ERROR_ILLEGAL_ADDRESS)
 class ServerProcess:
     """``gpu-server --backend sim`` in a process of its own, on a unix socket and TCP."""
 
-    def __init__(self, tmp_path: Path, *options: str) -> None:
+    def __init__(self, tmp_path: Path, *options: str, log: Path | None = None) -> None:
+        """``log``: where the server's and its workers' log lines go (default: inherited)."""
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
@@ -82,6 +84,7 @@ class ServerProcess:
                 *options,
             ],
             env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *python_path])},
+            stderr=None if log is None else log.open("ab"),
         )
         assert wait_until(self._answers, timeout=60), "the server did not start"
 
@@ -279,6 +282,40 @@ def test_the_scheduler_orders_launches_across_worker_processes(
         high.conn.close()  # the high-priority task ends: its worker's launches stop counting
         assert synced.wait(10)
         low.conn.close()
+    finally:
+        server.stop()
+
+
+def test_a_lower_worker_beside_a_quiet_higher_task_launches_on_credit(tmp_path: Path) -> None:
+    """A higher session that never launches holds nothing back: the lower session's
+    launches go at arrival, and after a few asked (its kernel's first, measured) a credit
+    lets the rest go without a round trip to the front end each."""
+    log = tmp_path / "server.log"
+    server = ServerProcess(tmp_path, "--isolation", "process", "--policy", "fikit", log=log)
+    try:
+        low = server.session(priority=0)
+        high = server.session(priority=9)
+        time.sleep(0.5)  # the front end revokes the low task's lease (a message away)
+        module = low.value("cuModuleLoadData", low.ctx, FAULT_PTX, {})
+        function = low.value("cuModuleGetFunction", module, "fill")
+        for _ in range(200):
+            low.conn.post("cuLaunchKernel", low.ctx, function, [1, 1, 1], [1, 1, 1], 0, 0, b"")
+        low.value("cuCtxSynchronize", low.ctx)
+        low.conn.close()
+
+        def launches() -> dict[str, int] | None:
+            for line in log.read_text(errors="replace").splitlines():
+                if "the session's launches:" in line and "asked" in line:
+                    return ast.literal_eval(line.split("the session's launches: ", 1)[1])
+            return None
+
+        assert wait_until(lambda: launches() is not None, timeout=10)
+        counts = launches()
+        assert counts is not None
+        asked, on_credit = counts.get("asked", 0), counts.get("on credit", 0)
+        assert asked + on_credit + counts.get("leased", 0) == 200
+        assert on_credit > 0, counts
+        high.conn.close()
     finally:
         server.stop()
 
