@@ -51,7 +51,7 @@ GIL_SWITCH_INTERVAL_S = 0.0002
 #: Stands in a call for the staging offset of its bytes.
 STAGED = object()
 #: How long a unix-socket session polls for a reply before it blocks. A blocked thread
-#: takes tens of microseconds to wake (40-60 us from the server's send to the client
+#: takes tens of microseconds to wake (33-60 us from the server's send to the client
 #: holding a synchronization's reply on the H200), which a synchronization that waits
 #: for the GPU pays each time; CUDA itself spin-waits in a synchronization by default
 #: (``CU_CTX_SCHED_AUTO``). Replies that come later than this (long kernels, module
