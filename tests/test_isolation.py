@@ -8,6 +8,7 @@ CUDA_ERROR_ILLEGAL_ADDRESS, as after a real kernel's illegal write.
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import queue
 import signal
@@ -71,21 +72,23 @@ class ServerProcess:
             port = probe.getsockname()[1]
         self.addresses = (f"127.0.0.1:{port}", f"unix:{tmp_path / 'gpu.sock'}")
         python_path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gpu_server",
-                "--backend",
-                "sim",
-                "--profile-db",
-                str(tmp_path / "profiles.sqlite3"),
-                *(arg for address in self.addresses for arg in ("--listen", address)),
-                *options,
-            ],
-            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *python_path])},
-            stderr=None if log is None else log.open("ab"),
-        )
+        with contextlib.ExitStack() as files:
+            stderr = None if log is None else files.enter_context(log.open("ab"))
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "gpu_server",
+                    "--backend",
+                    "sim",
+                    "--profile-db",
+                    str(tmp_path / "profiles.sqlite3"),
+                    *(arg for address in self.addresses for arg in ("--listen", address)),
+                    *options,
+                ],
+                env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *python_path])},
+                stderr=stderr,
+            )  # the server holds its own copy of the log file
         assert wait_until(self._answers, timeout=60), "the server did not start"
 
     def _answers(self) -> bool:
