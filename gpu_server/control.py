@@ -26,8 +26,9 @@ HOLD_LIMIT_MESSAGES = 64
 HOLD_LIMIT_S = 100e-6
 
 #: Messages the front end sends a one-session worker unasked: ``lease`` (whether its
-#: launches may go without asking) and ``time`` (time its next launch of a kernel ID).
-NOTICES = frozenset({"lease", "time"})
+#: launches may go without asking), ``revoke`` (its credit ended) and ``time`` (time its
+#: next launch of a kernel ID).
+NOTICES = frozenset({"lease", "revoke", "time"})
 
 
 class ControlChannel:
@@ -81,6 +82,8 @@ class ControlSocket(ControlChannel):
         super().__init__(sock)
         #: Replies from the front end to a ``DispatcherLink`` request; None once it is gone.
         self.replies: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
+        #: How many replies were read so far: a notice comes after all of those.
+        self.replies_read = 0
         #: Takes the messages the front end sends unasked (named in ``NOTICES``).
         self.on_notice: Callable[[list[Any]], None] = lambda message: None
 
@@ -92,6 +95,7 @@ class ControlSocket(ControlChannel):
                 if message[0] in NOTICES:
                     self.on_notice(message)
                 else:
+                    self.replies_read += 1
                     self.replies.put(message)
         except (OSError, ValueError) as err:
             log.error("control socket: %s", err)

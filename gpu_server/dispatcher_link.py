@@ -53,8 +53,9 @@ class DispatcherLink:
     carry a credit (``Credit``): launches of the same kernel ID go unasked while the
     session has fewer than its count in flight and each is predicted to finish by its
     deadline (the policy reserved room for them in a higher task's gap; the deadline is on
-    the host's monotonic clock, which worker and front end share). The worker checks that
-    against its own completions, which it sees first. A worker launching unasked times
+    the host's monotonic clock, which worker and front end share), or, for a credit given
+    while no higher task was active, until the front end revokes it. The worker checks
+    that against its own completions, which it sees first. A worker launching unasked times
     the first launch of each kernel ID, then those the front end asks for.
     """
 
@@ -64,6 +65,11 @@ class DispatcherLink:
         self.leased = False
         #: The last go's credit: a window for launches of one kernel ID to go unasked.
         self._credit = NO_CREDIT
+        #: Replies taken so far, and how many had been read when the front end last revoked
+        #: a credit: the go of a credit revoked may still wait to be taken.
+        self._replies_taken = 0
+        self._revoked_through = 0
+        self._credit_lock = threading.Lock()
         #: Kernel IDs launched here, and those whose next launch the front end wants timed.
         self._seen: set[str] = set()
         self._to_time_next: set[str] = set()
@@ -93,6 +99,7 @@ class DispatcherLink:
         reply = self.control.replies.get()
         if reply is None:
             raise DispatcherClosed("the server is shutting down")
+        self._replies_taken += 1
         return reply
 
     def add_task(self, task_id: int, priority: int, client: str = "") -> None:
@@ -144,6 +151,11 @@ class DispatcherLink:
     def _notice(self, message: list[Any]) -> None:
         if message[0] == "lease":
             self.leased = bool(message[1])
+        elif message[0] == "revoke":
+            with self._credit_lock:
+                self._revoked_through = self.control.replies_read
+                self._credit = NO_CREDIT
+            self.stats["credits revoked"] += 1
         else:
             self._to_time_next.add(message[1])
 
@@ -185,7 +197,9 @@ class DispatcherLink:
         if grant[0] != "issue":
             raise DispatcherClosed(str(grant[1]))
         _, timed, count, cost_us, until = grant
-        self._credit = Credit(kernel_id, count, cost_us, until)
+        with self._credit_lock:  # a go read before a revocation carries no credit
+            revoked = self._replies_taken <= self._revoked_through
+            self._credit = NO_CREDIT if revoked else Credit(kernel_id, count, cost_us, until)
         try:
             probe = issue(bool(timed))
         except CudaError as err:
@@ -247,7 +261,7 @@ class DispatcherLink:
     def _on_credit(self, kernel_id: str) -> bool:
         """Whether the last go's credit lets a launch of ``kernel_id`` go unasked; while
         its window is full but the next completion would let the launch go in time,
-        waits for that completion."""
+        waits for that completion, unless the front end revokes the credit meanwhile."""
         credit = self._credit
         if credit.kernel_id != kernel_id:
             self.stats["credit for another kernel"] += 1
@@ -256,8 +270,9 @@ class DispatcherLink:
         waited_since = None
         while True:
             in_flight, now = self._in_flight, clock_us()
-            allowed = credit.allows(kernel_id, in_flight, now)
-            if allowed or in_flight < credit.count or now >= latest or self._closed:
+            revoked = self._credit is not credit
+            allowed = not revoked and credit.allows(kernel_id, in_flight, now)
+            if allowed or revoked or in_flight < credit.count or now >= latest or self._closed:
                 break
             if waited_since is None:
                 self.stats["waits for room"] += 1

@@ -136,6 +136,9 @@ class WorkerProcess:
         self.fault: tuple[int, int] | None = None
         self._tasks: set[int] = set()
         self._probes: dict[int, RemoteProbe] = {}
+        #: Held from granting a credit until its go is sent, and while revoking one: a
+        #: revocation never goes ahead of the go it revokes.
+        self._grant_lock = threading.Lock()
         #: ``_on_issued``'s answers to ``_issue``; None once the worker is gone.
         self._issued: queue.SimpleQueue[RemoteProbe | CudaError | None] = queue.SimpleQueue()
         self._launches: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
@@ -197,6 +200,15 @@ class WorkerProcess:
         if code is not None and code < 0:
             return f"signal {-code}"
         return f"exit status {code}"
+
+    def revoke_credit(self, task_id: int) -> bool:
+        """Tell the worker that its session's credit ended, if the session is ``task_id``'s;
+        whether it is."""
+        if task_id not in self._tasks:
+            return False
+        with self._grant_lock:
+            self._control.send("revoke")
+        return True
 
     def lease(self, leased: set[int]) -> None:
         """Tell the worker whether its session may launch without asking, if that changed
@@ -335,8 +347,9 @@ class WorkerProcess:
         """Tell the worker to issue the launch now, with the credit the policy grants for
         more of the same (``Credit``); the launch's probe, or the worker's error."""
         assert self.dispatcher is not None
-        credit = self.dispatcher.credit(task_id, kernel_id)
-        self._control.send("issue", timed, credit.count, credit.cost_us, credit.until)
+        with self._grant_lock:
+            credit = self.dispatcher.credit(task_id, kernel_id)
+            self._control.send("issue", timed, credit.count, credit.cost_us, credit.until)
         answer = self._issued.get()
         if answer is None:
             raise CudaError(CUresult.CUDA_ERROR_DEVICE_UNAVAILABLE, "the GPU worker is gone")
@@ -462,6 +475,7 @@ class WorkerPerSession(Placement):
         self._closed = False
         self._workers: set[WorkerProcess] = set()
         self._spare: WorkerProcess | None = None
+        dispatcher.on_credit_revoked = self._revoke_credit
         self._restock()
         assert self._spare is not None
         self._spare.wait_ready()
@@ -485,6 +499,14 @@ class WorkerPerSession(Placement):
             leased = self.dispatcher.leased_tasks()
             for worker in self._workers:
                 worker.lease(leased)
+
+    def _revoke_credit(self, task_id: int) -> None:
+        """The policy ended the task's credit: tell its worker (see ``DispatcherLink``)."""
+        with self._lock:
+            workers = list(self._workers)
+        for worker in workers:
+            if worker.revoke_credit(task_id):
+                return
 
     def _restock(self) -> None:
         """Start a spare worker unless one is there."""

@@ -333,6 +333,9 @@ class Dispatcher:
         self._warned_seq = -1
         #: When the tracker last looked at the oldest launches in flight (host microseconds).
         self._looked_us = -math.inf
+        #: Told of each task whose credit the policy revoked (``Policy.revoked``): set by
+        #: whoever passed the credit on (a front end's GPU workers of one session).
+        self.on_credit_revoked: Callable[[int], None] = lambda task_id: None
         self._tracker = threading.Thread(target=self._track, name="fikit-tracker", daemon=True)
         self._tracker.start()
 
@@ -461,6 +464,8 @@ class Dispatcher:
             self._due = self.policy.next_event(now) if self._held else None
             if self._to_issue or not mine:
                 self._wake.notify()  # issue what was released; time the held launch's release
+            revoked = self.policy.revoked()
+        self._tell_revoked(revoked)
         if mine:
             self._issue(launch, name, issue, timed, launch.arrived_us, behind)
             return
@@ -589,6 +594,8 @@ class Dispatcher:
                 return set()
             now = self.clock() if arrived_us is None else arrived_us
             self._count_run(task_id, kernels, plans, 0, len(kernels), probe, timed, now)
+            revoked = self.policy.revoked()
+        self._tell_revoked(revoked)
         return {kernel_id for (kernel_id, _), (measure, _) in zip(kernels, plans) if measure}
 
     def _count_unasked(
@@ -641,6 +648,13 @@ class Dispatcher:
             self._trace_call(task_id, "started", now)
             if self._held and self.policy.opens_gap(task_id):
                 self._release_behind(now)
+            revoked = self.policy.revoked()
+        self._tell_revoked(revoked)
+
+    def _tell_revoked(self, revoked: list[int]) -> None:
+        """Pass on the credits the policy revoked (outside the lock: it may send)."""
+        for task_id in revoked:
+            self.on_credit_revoked(task_id)
 
     def call_finished(self, task_id: int) -> None:
         """That call ended; the tracker asks the policy what this frees."""

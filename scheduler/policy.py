@@ -81,7 +81,8 @@ class Credit(NamedTuple):
     count: int
     #: The predicted duration of one launch of ``kernel_id`` (microseconds).
     cost_us: float
-    #: Host time (microseconds) by which the task's launches must be predicted to finish.
+    #: Host time (microseconds) by which the task's launches must be predicted to finish;
+    #: ``math.inf`` for a credit that lasts until the policy revokes it (``revoked``).
     until: float
 
     def allows(self, kernel_id: str, in_flight: int, now: float) -> bool:
@@ -141,6 +142,10 @@ class Policy(Protocol):
         """After a launch of the task went out: the window in which it may issue launches
         of ``kernel_id`` (``cost_us`` each) without asking (``Credit``); each, once issued,
         arrives with ``issue_now``."""
+
+    def revoked(self) -> list[int]:
+        """The tasks whose credit without a deadline ended since the last call (a higher
+        task became active): they must ask again before their next launch."""
 
     def issued(self, launch: PendingLaunch, now: float) -> None:
         """A launch handed out by ``take_issuable`` went to the GPU."""
@@ -293,6 +298,10 @@ class _QueuedPolicy:
     def credit(self, task_id: int, kernel_id: str, cost_us: float, now: float) -> Credit:
         """None: a launch either goes at arrival or waits for the policy."""
         return NO_CREDIT
+
+    def revoked(self) -> list[int]:
+        """None: no credit is given."""
+        return []
 
     def take_issuable(self, now: float) -> list[PendingLaunch]:
         """Hand out every launch at or above the free floor, then what ``_fill`` releases."""
@@ -601,6 +610,8 @@ class FikitPolicy(PriorityPolicy):
         #: Credits granted to lower tasks (``credit``), by task, until void, replaced, or the
         #: task asks again (a synchronizing call keeps it: a batch job's next iteration uses it).
         self._credits: dict[int, Credit] = {}
+        #: Tasks whose credit without a deadline a higher task's activity ended (``revoked``).
+        self._revoked: list[int] = []
 
     def gap_samples(self, task_id: int) -> dict[str, tuple[float, ...]]:
         """The task's learnt gap samples, by the kernel that opened the gap."""
@@ -633,24 +644,50 @@ class FikitPolicy(PriorityPolicy):
     def arrive(self, launch: PendingLaunch, now: float) -> None:
         """A task that asks again has no use for what is left of its credit: it goes."""
         self._credits.pop(launch.task_id, None)
+        self._end_free_credits_below(launch.task_id)
         super().arrive(launch, now)
+
+    def issue_now(self, launch: PendingLaunch, now: float) -> None:
+        self._end_free_credits_below(launch.task_id)
+        super().issue_now(launch, now)
+
+    def call_started(self, task_id: int, now: float) -> None:
+        self._end_free_credits_below(task_id)
+        super().call_started(task_id, now)
+
+    def revoked(self) -> list[int]:
+        revoked, self._revoked = self._revoked, []
+        return revoked
+
+    def _end_free_credits_below(self, task_id: int) -> None:
+        """The task is busy, so active: the credits without a deadline of tasks below it,
+        given while nothing above them was active, end (``revoked``)."""
+        if not self._credits:
+            return
+        task = self._tasks.get(task_id)
+        if task is None:
+            return
+        for other, credit in list(self._credits.items()):
+            if credit.until == math.inf and self._tasks[other].priority < task.priority:
+                del self._credits[other]
+                self._revoked.append(other)
 
     def credit(self, task_id: int, kernel_id: str, cost_us: float, now: float) -> Credit:
         """While the top level sits in a gap and the task is below it: a window of as many
         launches of ``kernel_id`` in flight at once as the room left in the gap holds, the
         task's own launches in flight included, until the predicted rest of the gap (times
         ``gap_margin``) is over. While no higher task is active, the task's launches go at
-        arrival anyway: a window of ``max_lp_inflight_us`` of them in flight, for as long,
-        which is also what it may have in flight if a higher task comes back meanwhile.
-        Else none."""
+        arrival anyway: a window of ``max_lp_inflight_us`` of them in flight, with no
+        deadline, until a higher task is busy (``revoked``); that is also what it may have
+        in flight when one comes back. Else none."""
         task = self._tasks.get(task_id)
         self._credits.pop(task_id, None)  # a new credit replaces the old
         if task is None or cost_us <= 0:
             return NO_CREDIT
         floor = self._free_floor(now)
         if task.priority >= floor:
-            window = self.max_lp_inflight_us
-            free = Credit(kernel_id, max(1, int(window // cost_us)), cost_us, now + window)
+            count = max(1, int(self.max_lp_inflight_us // cost_us))
+            free = Credit(kernel_id, count, cost_us, math.inf)
             self._credits[task_id] = free
             return free
         fit = self._room(floor, now)
@@ -759,7 +796,7 @@ class FikitPolicy(PriorityPolicy):
                 del self._credits[task_id]
             elif self._tasks[task_id].priority < floor:
                 # What the window may still put in flight (what it has counts above).
-                usable = min(credit.count, (credit.until - now) // credit.cost_us)
+                usable = math.floor(min(credit.count, (credit.until - now) / credit.cost_us))
                 lp_in_flight += max(0.0, usable * credit.cost_us - by_task.get(task_id, 0.0))
         room = min(remaining * self.gap_margin, self.max_lp_inflight_us) - lp_in_flight
         return room, remaining, behind

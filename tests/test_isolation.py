@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import math
 import os
 import queue
 import signal
@@ -290,20 +291,29 @@ def test_the_scheduler_orders_launches_across_worker_processes(
 
 
 def test_a_lower_worker_beside_a_quiet_higher_task_launches_on_credit(tmp_path: Path) -> None:
-    """A higher session that never launches holds nothing back: the lower session's
-    launches go at arrival, and after a few asked (its kernel's first, measured) a credit
-    lets the rest go without a round trip to the front end each."""
+    """A higher session that has not launched holds nothing back: the lower session's
+    launches go at arrival, and once its kernel's duration is known (a few asked, measured)
+    a credit lets the rest go without a round trip to the front end each. The higher
+    session's first launch revokes that credit."""
     log = tmp_path / "server.log"
     server = ServerProcess(tmp_path, "--isolation", "process", "--policy", "fikit", log=log)
     try:
         low = server.session(priority=0)
         high = server.session(priority=9)
         time.sleep(0.5)  # the front end revokes the low task's lease (a message away)
-        module = low.value("cuModuleLoadData", low.ctx, FAULT_PTX, {})
-        function = low.value("cuModuleGetFunction", module, "fill")
-        for _ in range(200):
-            low.conn.post("cuLaunchKernel", low.ctx, function, [1, 1, 1], [1, 1, 1], 0, 0, b"")
-        low.value("cuCtxSynchronize", low.ctx)
+
+        def launch(session: Session, count: int) -> None:
+            module = session.value("cuModuleLoadData", session.ctx, FAULT_PTX, {})
+            function = session.value("cuModuleGetFunction", module, "fill")
+            for _ in range(count):
+                session.conn.post(
+                    "cuLaunchKernel", session.ctx, function, [1, 1, 1], [1, 1, 1], 0, 0, b""
+                )
+            session.value("cuCtxSynchronize", session.ctx)
+
+        launch(low, 400)
+        launch(high, 1)
+        launch(low, 50)
         low.conn.close()
 
         def launches() -> dict[str, int] | None:
@@ -316,8 +326,9 @@ def test_a_lower_worker_beside_a_quiet_higher_task_launches_on_credit(tmp_path: 
         counts = launches()
         assert counts is not None
         asked, on_credit = counts.get("asked", 0), counts.get("on credit", 0)
-        assert asked + on_credit + counts.get("leased", 0) == 200
-        assert on_credit > 0, counts
+        assert asked + on_credit + counts.get("leased", 0) == 450
+        assert on_credit >= 420, counts  # a credit with a deadline ran out every 500 us
+        assert counts.get("credits revoked") == 1, counts
         high.conn.close()
     finally:
         server.stop()
@@ -387,7 +398,13 @@ class FakeControl:
         self.sent: list[tuple[object, ...]] = []
         self.held: list[tuple[object, ...]] = []
         self.replies: queue.SimpleQueue[list[object] | None] = queue.SimpleQueue()
+        self.replies_read = 0
         self.on_notice = lambda message: None
+
+    def reply(self, *message: object) -> None:
+        """The front end's reply, read off the socket."""
+        self.replies_read += 1
+        self.replies.put(list(message))
 
     def send(self, *message: object) -> None:
         self.hold(*message)
@@ -466,6 +483,44 @@ def test_a_worker_launches_unasked_within_its_credit_window_then_asks_again() ->
     stats = link.stats
     assert stats["asked"] == 6 and stats["on credit"] == 4 and stats["leased"] == 1
     assert stats["waits for room"] == 1
+    link.close()
+
+
+def test_a_worker_launches_on_a_credit_without_deadline_until_the_front_end_revokes_it() -> None:
+    """A credit given while no higher task was active has no deadline: the window's count
+    bounds what is in flight, and a launch waits for room in it until the front end says
+    a higher task is back; from then on the session asks. A revocation read before the
+    session took its go voids the go's credit too."""
+    control = FakeControl()
+    link = DispatcherLink(control)  # type: ignore[arg-type]
+    probe = RunningProbe()
+
+    def asked() -> list[object]:
+        return [m[0] for m in control.sent if m[0] in ("launch", "leased")]
+
+    def launch() -> None:
+        with link.running(0):
+            link.launch(1, "k", "k", lambda timed: probe)
+
+    control.reply("issue", False, 3, 10.0, math.inf)
+    for _ in range(3):
+        launch()
+    assert asked() == ["launch", "leased", "leased"]
+    fourth = threading.Thread(target=launch)
+    fourth.start()
+    fourth.join(0.2)
+    assert fourth.is_alive()  # 3 in flight, none finishing: it waits for room
+    control.reply("issue", False, 0, 0.0, 0.0)
+    control.on_notice(["revoke"])  # a higher task is busy: stop waiting, ask
+    fourth.join(5)
+    assert not fourth.is_alive() and asked()[3:] == ["launch"]
+    control.reply("issue", False, 50, 10.0, math.inf)
+    control.on_notice(["revoke"])  # read after that go, before the session took it
+    control.reply("issue", False, 0, 0.0, 0.0)
+    launch()
+    launch()
+    assert asked()[4:] == ["launch", "launch"]
+    assert link.stats["credits revoked"] == 2 and link.stats["on credit"] == 2
     link.close()
 
 
@@ -624,6 +679,7 @@ def test_a_launch_reported_done_before_its_issuer_woke_counts_as_done() -> None:
     worker.dispatcher = SimpleNamespace(credit=lambda task_id, kernel_id: NO_CREDIT)
     worker._control = SimpleNamespace(send=lambda *message: None)
     worker._probes = {}
+    worker._grant_lock = threading.Lock()
     worker._issued = queue.SimpleQueue()
     worker._on_issued(7, 3, 0)
     worker._on_done(7, 1.0, 2.0)

@@ -9,6 +9,7 @@ that keep 8 launches each outstanding, with kernels of 30..160 us.
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
 from collections.abc import Callable, Iterator
 from itertools import pairwise
@@ -634,25 +635,35 @@ def test_fikit_credits_a_lower_task_with_a_window_of_the_room_left_in_the_gap() 
     assert policy.take_issuable(now + 2000.0) == []  # past the predicted gap: nothing goes
 
 
-def test_fikit_credits_a_task_no_higher_task_holds_back_with_a_bounded_window() -> None:
+def test_fikit_credits_a_task_no_higher_task_holds_back_until_one_is_busy() -> None:
     """A higher task that has not launched yet, or went quiet, holds nothing back: a lower
     task's launches go at arrival, and its credit saves it asking for each (a round trip
-    per launch under ``--isolation process``), within max_lp_inflight_us; once the higher
-    task is back, that window is what it reserved, and no new one is given."""
+    per launch under ``--isolation process``), max_lp_inflight_us of them in flight, with no
+    deadline. It ends once a higher task is busy (a launch, a call), which is then told
+    once (``revoked``); a task at the same level or below ends nothing."""
     policy = FikitPolicy(max_lp_inflight_us=300.0, quiet_after_us=1000.0)
-    policy.add_task(1, 9, 0.0)
-    policy.add_task(2, 0, 0.0)
+    for task_id, priority in ((1, 9), (2, 0), (3, 0)):
+        policy.add_task(task_id, priority, 0.0)
     seq = itertools.count()
     first = PendingLaunch(next(seq), 2, "lp", 50.0)
     policy.arrive(first, 0.0)
     assert policy.take_issuable(0.0) == [first]  # task 1 never launched: free
-    assert policy.credit(2, "lp", 50.0, 0.0) == Credit("lp", 6, 50.0, 300.0)
+    assert policy.credit(2, "lp", 50.0, 0.0) == Credit("lp", 6, 50.0, math.inf)
+    assert policy.credit(2, "lp", 50.0, 0.0).allows("lp", 5, 1e12)  # no deadline
     assert policy.credit(2, "lp", 500.0, 0.0).count == 1  # longer than the window: ask
+    policy.issue_now(PendingLaunch(next(seq), 3, "lp", 50.0), 1.0)  # the same level
+    assert policy.revoked() == []
     now = learn_pauses(policy, seq, 1, 2000.0)  # task 1 launched, then went quiet
-    assert policy.credit(2, "lp", 50.0, now) == Credit("lp", 6, 50.0, now + 300.0)
+    assert policy.revoked() == [2]  # once, when task 1 launched
+    assert policy.revoked() == []
+    assert policy.credit(2, "lp", 50.0, now) == Credit("lp", 6, 50.0, math.inf)
+    policy.call_started(1, now + 5.0)  # task 1 is back, with a copy first
+    assert policy.revoked() == [2]
+    policy.call_finished(1, now + 8.0)
     hp = PendingLaunch(next(seq), 1, "k", 10.0)
     policy.arrive(hp, now + 10.0)
     assert policy.take_issuable(now + 10.0) == [hp]
+    assert policy.revoked() == []  # nothing left to end
     assert policy.credit(2, "lp", 50.0, now + 10.0) == NO_CREDIT  # task 1 busy
 
 
